@@ -1,0 +1,30 @@
+"""MicroDiT Workbench: train text-to-image diffusion transformers from scratch on a micro-budget.
+
+The notebook-facing API, imported lazily so that ``import workbench`` stays fast::
+
+    from workbench import MicroDiT, sample
+    model = MicroDiT.from_preset("nano")
+    model.summary()
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "MicroDiT": "workbench.model",
+    "MicroDiTConfig": "workbench.config",
+    "PRESETS": "workbench.model",
+    "null_caption": "workbench.model",
+    "EDMConfig": "workbench.diffusion",
+    "EDMLoss": "workbench.diffusion",
+    "sample": "workbench.diffusion",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'workbench' has no attribute {name!r}")

@@ -1,0 +1,135 @@
+"""Dataclass configs: validation helpers, YAML load/dump, and the model config.
+
+Every config in the workbench is a dataclass validated in ``__post_init__``. Errors are
+``ValueError`` messages that name the field, what was expected and what was received, so a
+typo in a YAML file or a notebook parameter is caught before any work starts::
+
+    from workbench.config import MicroDiTConfig, from_dict
+    cfg = from_dict(MicroDiTConfig, {"width": 256, "depht": 4})
+    # ValueError: MicroDiTConfig has no field 'depht' (did you mean 'depth'?)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+def require(ok: bool, owner: str, name: str, expected: str, got: Any) -> None:
+    """Raise ``ValueError("<owner>.<name>: expected <expected>, got <got>")`` unless ``ok``."""
+    if not ok:
+        raise ValueError(f"{owner}.{name}: expected {expected}, got {got!r}")
+
+
+def check_known_keys(cls: type, keys, what: str | None = None) -> None:
+    """Raise ``ValueError`` for keys that are not fields of dataclass ``cls``, suggesting the closest."""
+    known = [f.name for f in dataclasses.fields(cls)]
+    for key in keys:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (known fields: {', '.join(known)})"
+            raise ValueError(f"{what or cls.__name__} has no field '{key}'{hint}")
+
+
+def from_dict(cls: type[T], values: dict[str, Any]) -> T:
+    """Build dataclass ``cls`` from a dict, rejecting unknown keys with a did-you-mean hint."""
+    check_known_keys(cls, values)
+    return cls(**values)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A plain, YAML/JSON-able dict of a dataclass config (tuples become lists)."""
+    def plain(value):
+        if isinstance(value, (tuple, list)):
+            return [plain(v) for v in value]
+        return value
+    return {k: plain(v) for k, v in dataclasses.asdict(config).items()}
+
+
+def load_yaml(cls: type[T], path: str | Path) -> T:
+    """Load dataclass ``cls`` from a YAML file (a mapping of field names to values)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a YAML mapping of {cls.__name__} fields, got {type(values).__name__}")
+    return from_dict(cls, values)
+
+
+def dump_yaml(config: Any, path: str | Path) -> None:
+    """Write a dataclass config to a YAML file."""
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def config_diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Fields whose values differ between two config dicts: ``{name: (a_value, b_value)}``."""
+    names = sorted(set(a) | set(b))
+    norm = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731 - JSON turns tuples into lists
+    return {n: (a.get(n), b.get(n)) for n in names if norm(a.get(n)) != norm(b.get(n))}
+
+
+@dataclass
+class MicroDiTConfig:
+    """Architecture of a MicroDiT (defaults: the paper's MicroDiT_XL_2 on 4-channel SDXL latents).
+
+    Widths and depths follow PAPER.md; presets in ``workbench.model.PRESETS`` override these.
+    """
+
+    in_channels: int = 4                       # latent channels (4 for the SDXL VAE, 3 for the pixel codec)
+    sample_size: int = 32                      # default latent side (32 = 256 px through an f8 VAE)
+    patch_size: int = 2                        # p: tokens are p x p latent patches
+    caption_dim: int = 1024                    # caption token width from the text encoder
+    width: int = 1024                          # backbone width
+    depth: int = 28                            # backbone blocks
+    head_dim: int = 64                         # attention head size everywhere
+    mixer_depth: int = 6                       # patch-mixer blocks before masking (0 = no mixer)
+    mixer_width: int = 768                     # patch-mixer width (projections added when != width)
+    qkv_ratio: tuple[float, float] = (0.5, 1.0)   # layer-wise scaling of the attention inner dim, first -> last block
+    mlp_ratio: tuple[float, float] = (0.5, 4.0)   # layer-wise scaling of the FFN hidden size, first -> last block
+    mixer_mlp_ratio: float = 4.0               # FFN ratio inside the patch-mixer
+    caption_mlp_ratio: float = 4.0             # FFN ratio of the caption transformer block
+    ffn_multiple_of: int = 256                 # FFN hidden sizes are rounded up to this multiple
+    num_experts: int = 8                       # experts per MoE layer
+    expert_capacity: float = 2.0               # expert-choice capacity: each expert takes int(capacity*T/E) tokens
+    moe_every: int = 2                         # MoE in every n-th block (0 = dense everywhere)
+    timestep_freqs: int = 512                  # sinusoidal frequencies of the timestep embedding
+    pos_interp_scale: float = 1.0              # position interpolation: 2.0 when a 256 px model moves to 512 px
+    norm_eps: float = 1e-6                     # LayerNorm epsilon
+    caption_mask_compat: bool = False          # True: ignore the caption mask, like the official code
+    moe_lr_scale: float = 1.0                  # LR multiplier for MoE parameters (read by the trainer)
+
+    def __post_init__(self) -> None:
+        own = type(self).__name__
+        self.qkv_ratio = tuple(float(r) for r in self.qkv_ratio)
+        self.mlp_ratio = tuple(float(r) for r in self.mlp_ratio)
+        for name in ("in_channels", "sample_size", "patch_size", "caption_dim", "width", "depth", "head_dim",
+                     "ffn_multiple_of", "num_experts", "timestep_freqs"):
+            value = getattr(self, name)
+            require(isinstance(value, int) and value > 0, own, name, "a positive integer", value)
+        for name in ("mixer_depth", "moe_every"):
+            value = getattr(self, name)
+            require(isinstance(value, int) and value >= 0, own, name, "an integer >= 0", value)
+        require(self.width % self.head_dim == 0, own, "width", f"a multiple of head_dim={self.head_dim}", self.width)
+        if self.mixer_depth:
+            require(isinstance(self.mixer_width, int) and self.mixer_width > 0 and self.mixer_width % self.head_dim == 0,
+                    own, "mixer_width", f"a positive multiple of head_dim={self.head_dim}", self.mixer_width)
+        require(self.width % 4 == 0, own, "width", "a multiple of 4 (2-D sin-cos positions)", self.width)
+        require(self.sample_size % self.patch_size == 0, own, "sample_size",
+                f"a multiple of patch_size={self.patch_size}", self.sample_size)
+        for name in ("qkv_ratio", "mlp_ratio"):
+            value = getattr(self, name)
+            require(len(value) == 2 and all(r > 0 for r in value), own, name, "two positive numbers (first, last)", value)
+        require(max(self.qkv_ratio) <= 1.0, own, "qkv_ratio", "ratios <= 1.0", self.qkv_ratio)
+        for name in ("mixer_mlp_ratio", "caption_mlp_ratio", "expert_capacity", "pos_interp_scale",
+                     "norm_eps", "moe_lr_scale"):
+            value = getattr(self, name)
+            require(value > 0, own, name, "a positive number", value)
+        require(self.timestep_freqs % 2 == 0, own, "timestep_freqs", "an even number", self.timestep_freqs)
