@@ -45,7 +45,8 @@ class ExpertChoiceMoE(nn.Module):
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Expert choice: returns gate weights (B, E, k) and token indices (B, E, k)."""
-        probs = F.softmax(self.gate(x).float(), dim=-1)                    # (B, T, E)
+        logits = self.gate(x)                                              # (B, T, E)
+        probs = F.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)  # (B, T, E)
         k = tokens_per_expert(x.shape[1], self.num_experts, self.capacity)
         weights, index = probs.transpose(1, 2).topk(k, dim=-1)             # (B, E, k) each
         return weights, index

