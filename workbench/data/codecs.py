@@ -156,7 +156,8 @@ def check_vae_folder(path: str | os.PathLike) -> Path:
             hint = f"; to use a hub model, download it first: hf download {path} --local-dir DIR"
         raise FileNotFoundError(f"VAE path {str(path)!r} is not a folder: {VAE_EXPECTED}{hint}")
     if not (p / "config.json").is_file():
-        sub = " (it has a vae/ subfolder: did you mean vae:" + str(p / "vae") + "?)" if (p / "vae" / "config.json").is_file() else ""
+        has_vae = (p / "vae" / "config.json").is_file()  # a diffusers pipeline folder
+        sub = f" (it has a vae/ subfolder: did you mean vae:{p / 'vae'}?)" if has_vae else ""
         raise FileNotFoundError(f"VAE folder {str(p)!r} has no config.json{sub}: {VAE_EXPECTED}")
     if not any((p / name).is_file() for name in VAE_WEIGHT_FILES):
         raise FileNotFoundError(f"VAE folder {str(p)!r} has no diffusion_pytorch_model weights: {VAE_EXPECTED}")
@@ -201,10 +202,10 @@ class VAECodec(_Codec):
         self.device = torch.device(device or _default_device())
         self.dtype = dtype
         try:
-            vae = AutoencoderKL.from_pretrained(self.path)
+            vae = AutoencoderKL.from_pretrained(self.path, torch_dtype=dtype)
         except Exception as e:  # wrong class, corrupt weights, ...
             raise ValueError(f"could not load an AutoencoderKL from {str(self.path)!r}: {e}; {VAE_EXPECTED}") from e
-        self.vae = vae.to(self.device, dtype).eval().requires_grad_(False)
+        self.vae = vae.to(self.device).eval().requires_grad_(False)
         cfg = self.vae.config
         self.scaling_factor = float(cfg.scaling_factor)
         self.shift_factor = float(cfg.shift_factor or 0.0)

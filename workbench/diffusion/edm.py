@@ -142,7 +142,11 @@ def patch_loss(loss: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class EDMLoss:
-    """EDM loss: λ(σ)·‖D(x0 + σn; σ) − x0‖², λ = (σ² + σ_data²)/(σ·σ_data)², over kept patches when masked."""
+    """EDM loss λ(σ)·‖D(x0 + σn; σ) − x0‖² with λ = (σ² + σ_data²)/(σ·σ_data)².
+
+    Averaged over all elements of each sample, or, when the model masks patches, per patch and then
+    over the kept patches of each sample (as the official code); then over the batch.
+    """
 
     config: EDMConfig = field(default_factory=EDMConfig)  # σ_data and the training noise distribution
 

@@ -1,0 +1,57 @@
+"""``workbench bench model``: forward+backward time of MicroDiT presets with and without masking.
+
+Reports ms/step at mask ratios 0 and 0.75 and compares the realised speed-up of masking with
+the FLOP-theoretical one from ``MicroDiT.flops`` (target: realised >= 0.9x theoretical).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..model import MicroDiT
+from . import environment, interleaved_timings
+
+
+def bench_model(presets=("nano", "micro"), batch: int = 16, resolution: int = 32, caption_len: int = 77,
+                mask_ratios=(0.0, 0.75), repeats: int = 5, bf16: bool = False, progress=print) -> dict:
+    """Time one training forward+backward per preset and mask ratio; returns a JSON-able report."""
+    report = {"benchmark": "model", "batch": batch, "resolution": resolution, "caption_len": caption_len,
+              "autocast_bf16": bf16, "environment": environment(), "results": []}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    for name in presets:
+        torch.manual_seed(0)
+        model = MicroDiT.from_preset(name).to(device).train()
+        c = model.arch
+        x = torch.randn(batch, c.in_channels, resolution, resolution, device=device)
+        caption = torch.randn(batch, caption_len, c.caption_dim, device=device)
+        mask = torch.ones(batch, caption_len, dtype=torch.long, device=device)
+        c_noise = torch.randn(batch, device=device)
+
+        def step(ratio):
+            def run():
+                with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+                    out = model(x, c_noise, caption, mask, mask_ratio=ratio).sample
+                out.float().square().mean().backward()
+                model.zero_grad(set_to_none=True)
+            return run
+
+        seconds = interleaved_timings({str(r): step(r) for r in mask_ratios}, repeats)
+        base = str(mask_ratios[0])
+        for ratio in mask_ratios:
+            row = {"preset": name, "params": sum(p.numel() for p in model.parameters()), "mask_ratio": ratio,
+                   "ms_per_step": round(seconds[str(ratio)] * 1000, 2),
+                   "img_per_s": round(batch / seconds[str(ratio)], 1),
+                   "train_gflop_per_step": round(3 * model.flops(resolution, ratio, batch, caption_len) / 1e9, 3)}
+            row["achieved_gflop_per_s"] = round(row["train_gflop_per_step"] / seconds[str(ratio)], 1)
+            if ratio != mask_ratios[0]:
+                realised = seconds[base] / seconds[str(ratio)]
+                theoretical = model.flops(resolution, mask_ratios[0], batch, caption_len) / model.flops(
+                    resolution, ratio, batch, caption_len)
+                row.update(realised_speedup=round(realised, 3), theoretical_speedup=round(theoretical, 3),
+                           realised_over_theoretical=round(realised / theoretical, 3))
+            report["results"].append(row)
+            progress(f"{name:>6}  batch {batch}  {resolution}x{resolution}  mask {ratio:.2f}: "
+                     f"{row['ms_per_step']:8.1f} ms/step  {row['img_per_s']:7.1f} img/s"
+                     + (f"  speed-up {row['realised_speedup']:.2f}x of {row['theoretical_speedup']:.2f}x theoretical"
+                        if "realised_speedup" in row else ""))
+    return report
