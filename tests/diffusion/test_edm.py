@@ -40,7 +40,7 @@ def coefficients(sigma, sd=SD):
 class Recorder(nn.Module):
     """Stand-in F = sin(3·x_in) + c_noise that records what it was called with."""
 
-    def forward(self, x, c_noise, caption, caption_mask=None, mask_ratio=0.0):
+    def forward(self, x, c_noise, caption, caption_mask=None, mask_ratio=0.0, generator=None):
         self.seen = dict(x=x, c_noise=c_noise, caption=caption, caption_mask=caption_mask, mask_ratio=mask_ratio)
         return Out(torch.sin(3 * x) + c_noise.view(-1, 1, 1, 1))
 
@@ -52,7 +52,7 @@ class Oracle(nn.Module):
         super().__init__()
         self.x0, self.error, self.keep = x0, error, keep
 
-    def forward(self, x_in, c_noise, caption, caption_mask=None, mask_ratio=0.0):
+    def forward(self, x_in, c_noise, caption, caption_mask=None, mask_ratio=0.0, generator=None):
         sigma = (4 * c_noise).exp().view(-1, 1, 1, 1)
         c_skip, c_out, c_in = coefficients(sigma)
         x = x_in / c_in

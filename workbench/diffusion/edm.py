@@ -76,7 +76,8 @@ def _param_dtype(model) -> torch.dtype | None:
 
 
 def precondition(model, x: torch.Tensor, sigma, caption: torch.Tensor, caption_mask: torch.Tensor | None = None,
-                 mask_ratio: float = 0.0, sigma_data: float = 0.9) -> tuple[torch.Tensor, torch.Tensor | None]:
+                 mask_ratio: float = 0.0, sigma_data: float = 0.9,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The EDM denoiser D(x; σ) = c_skip·x + c_out·F(c_in·x, ln σ / 4, caption).
 
     Args:
@@ -88,6 +89,7 @@ def precondition(model, x: torch.Tensor, sigma, caption: torch.Tensor, caption_m
         caption_mask: (B, L) 1 for real tokens, or None.
         mask_ratio: fraction of patches the model drops (training only).
         sigma_data: std of the data.
+        generator: when given, passed to the model to draw its patch mask (reproducible masking).
 
     Returns:
         ``(denoised, keep)``: denoised (B, C, H, W) in at least float32, and the model's (B, T) keep mask or None.
@@ -103,8 +105,9 @@ def precondition(model, x: torch.Tensor, sigma, caption: torch.Tensor, caption_m
     c_in = 1 / (s ** 2 + sd2).sqrt()
     c_noise = sigma.log() / 4                                   # (B,)
     net_dtype = _param_dtype(model) or dtype
+    extra = {} if generator is None else {"generator": generator}
     out = model((c_in * x).to(net_dtype), c_noise.to(net_dtype), caption,
-                caption_mask=caption_mask, mask_ratio=mask_ratio)
+                caption_mask=caption_mask, mask_ratio=mask_ratio, **extra)
     f_x, keep = _unpack(out)                                    # (B, C, H, W), (B, T) or None
     denoised = c_skip * x + c_out * f_x.to(dtype)               # (B, C, H, W)
     return denoised, keep
@@ -152,7 +155,7 @@ class EDMLoss:
 
     def __call__(self, model, x0: torch.Tensor, caption: torch.Tensor, caption_mask: torch.Tensor | None = None,
                  mask_ratio: float = 0.0, generator: torch.Generator | None = None) -> LossOutput:
-        """Loss of ``model`` on clean data x0 (B, C, H, W); ``generator`` fixes σ and the noise."""
+        """Loss of ``model`` on clean data x0 (B, C, H, W); ``generator`` fixes σ, the noise and the patch mask."""
         cfg, sd = self.config, self.config.sigma_data
         x0 = x0.to(torch.promote_types(x0.dtype, torch.float32))            # (B, C, H, W)
         sigma = sample_sigmas(x0.shape[0], cfg, generator, x0.device).to(x0.dtype)  # (B,)
@@ -160,7 +163,7 @@ class EDMLoss:
         n = torch.randn(x0.shape, generator=generator, device=draw_device, dtype=x0.dtype).to(x0.device)
         s = sigma.view(-1, 1, 1, 1)                                         # (B, 1, 1, 1)
         weight = (s ** 2 + sd ** 2) / (s * sd) ** 2                         # (B, 1, 1, 1)
-        denoised, keep = precondition(model, x0 + n * s, sigma, caption, caption_mask, mask_ratio, sd)
+        denoised, keep = precondition(model, x0 + n * s, sigma, caption, caption_mask, mask_ratio, sd, generator)
         loss = weight * (denoised - x0) ** 2                                # (B, C, H, W)
         per_sample = loss.flatten(1).mean(1) if keep is None else patch_loss(loss, keep)  # (B,)
         return LossOutput(loss=per_sample.mean(), per_sample=per_sample, sigma=sigma)

@@ -27,7 +27,8 @@ def random_keep(batch: int, tokens: int, mask_ratio: float, generator: torch.Gen
     inverse permutation, and ``keep`` (B, T) bool, True where a token is kept.
     """
     k = num_kept(tokens, mask_ratio)
-    noise = torch.rand(batch, tokens, generator=generator, device=device)  # (B, T)
+    draw_device = generator.device if generator is not None else device
+    noise = torch.rand(batch, tokens, generator=generator, device=draw_device).to(device)  # (B, T)
     ids_shuffle = noise.argsort(dim=1)                                     # (B, T) small noise = keep
     ids_restore = ids_shuffle.argsort(dim=1)                               # (B, T)
     ids_keep = ids_shuffle[:, :k]                                          # (B, K)

@@ -1,0 +1,23 @@
+"""Data: the embedded shapes set, image-caption sources, codecs, text encoders, prepare, loader.
+
+Names are re-exported lazily, so ``import workbench.data`` stays light (no ``datasets``/torch)::
+
+    from workbench.data import open_source, shapes_dataset
+"""
+
+from importlib import import_module
+
+_EXPORTS = {
+    "shapes": ("shapes_dataset", "shapes_arrays", "make_scenes", "render_scene", "eval_prompts",
+               "parse_caption", "benchmark_shapes", "Scene", "ShapeObject", "EvalPrompt"),
+    "sources": ("open_source", "preprocess", "Source", "SourceRecord", "SKIP_REASONS"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
