@@ -1,0 +1,34 @@
+# MicroDiT Workbench: `make demo` and `make test` work from a fresh clone.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PIP     := $(VENV)/bin/pip -q --disable-pip-version-check
+STAMP   := $(VENV)/.installed
+
+.PHONY: setup demo test test-fast bench clean
+
+$(PY):
+	python3 -m venv $(VENV)
+
+# torch first, pinned by constraints.txt: a plain `torch` requirement would pull a multi-GB CUDA build
+$(STAMP): pyproject.toml constraints.txt kernels/workbench/kernel.json | $(PY)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -c constraints.txt torch==2.13.0
+	$(PIP) install -c constraints.txt -e ".[dev]"
+	$(VENV)/bin/workbench kernel install
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/workbench demo
+
+test: setup
+	$(PY) -m pytest
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow"
+
+bench: setup
+	$(VENV)/bin/workbench bench model --json docs/bench/model.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache
