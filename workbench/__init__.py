@@ -19,6 +19,11 @@ _EXPORTS = {
     "EDMConfig": "workbench.diffusion",
     "EDMLoss": "workbench.diffusion",
     "sample": "workbench.diffusion",
+    "prepare": "workbench.data.prepare",
+    "PreparedLoader": "workbench.data.loader",
+    "shapes_dataset": "workbench.data.shapes",
+    "Stage": "workbench.train",
+    "Trainer": "workbench.train",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,7 +1,10 @@
 """The ``workbench`` command line.
 
+    workbench prepare --source shapes --out data/prepared/shapes   latents + caption embeddings
     workbench info --preset nano [--json]        parameters by part, FLOPs
-    workbench bench model [--json PATH]          forward+backward speed, masking speed-up
+    workbench train --config configs/demo/stage1.yaml [--set k=v] [--resume auto]
+    workbench sample --checkpoint runs/demo/stage4 --prompt "a red circle"
+    workbench bench model|data [--json PATH]     speed benchmarks (JSON)
     workbench kernel install                     the Jupyter kernel for this venv
     workbench demo                               the main job on the embedded data
 """
@@ -13,30 +16,14 @@ import json
 import sys
 
 
-def _parse_value(text: str):
-    """``--set`` values: YAML scalars (``4``, ``0.5``, ``true``, ``[0.5, 1.0]``)."""
-    import yaml
-
-    return yaml.safe_load(text)
-
-
-def _overrides(pairs: list[str]) -> dict:
-    out = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise SystemExit(f"error: --set expects key=value, got {pair!r}")
-        key, value = pair.split("=", 1)
-        out[key.strip()] = _parse_value(value)
-    return out
-
-
 def cmd_info(args) -> int:
     import torch
 
+    from .config import parse_overrides
     from .model import MicroDiT
 
     with torch.device("meta"):  # no memory for the weights: xl_2 is summarised instantly
-        model = MicroDiT.from_preset(args.preset, **_overrides(args.set))
+        model = MicroDiT.from_preset(args.preset, **parse_overrides(args.set))
     summary = model.summary()
     side = args.resolution or model.arch.sample_size
     flops = {f"forward_gflops_mask_{r}": round(model.flops(side, r) / 1e9, 3) for r in (0.0, 0.75)}
@@ -59,8 +46,35 @@ def cmd_bench(args) -> int:
 
         report = bench_model(batch=args.batch, resolution=args.resolution, repeats=args.repeats, bf16=args.bf16)
     else:
-        raise SystemExit(f"error: unknown benchmark {args.what!r}")
+        from .bench.data import bench_data
+
+        report = bench_data(n=args.n, resolution=args.resolution, batch_size=args.batch,
+                            trim_padding=args.trim_padding)
     print(write_report(report, args.json))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .config import parse_overrides
+    from .train import Stage, Trainer
+
+    stage = Stage.from_yaml(args.config, **parse_overrides(args.set))
+    trainer = Trainer(stage, resume=args.resume)
+    if trainer.resumed_from:
+        print(f"resuming {stage.run}/{stage.name} from {trainer.resumed_from} (step {trainer.step_count})")
+    trainer.run()
+    last = trainer.history[-1] if trainer.history else {}
+    print(f"{stage.run}/{stage.name}: step {trainer.step_count}/{stage.steps}, loss {last.get('loss', float('nan')):.4f}; "
+          f"outputs in {stage.stage_dir}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from .train.sampling import sample_checkpoint
+
+    path = sample_checkpoint(args.checkpoint, args.prompt, out=args.out, steps=args.steps, cfg_scale=args.cfg,
+                             seed=args.seed, per_prompt=args.n, use_ema=not args.raw, sampler=args.sampler)
+    print(f"wrote {path}")
     return 0
 
 
@@ -83,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workbench", description="MicroDiT Workbench: micro-budget diffusion training")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    from .data.prepare import add_prepare_arguments, run_prepare_cli
+
+    prep = sub.add_parser("prepare", help="precompute latents and caption embeddings (resumable)")
+    add_prepare_arguments(prep)
+    prep.set_defaults(fn=run_prepare_cli)
+
     info = sub.add_parser("info", help="parameters by part and FLOPs of a preset")
     info.add_argument("--preset", default="nano")
     info.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a MicroDiTConfig field")
@@ -91,13 +111,33 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(fn=cmd_info)
 
     bench = sub.add_parser("bench", help="performance benchmarks (JSON)")
-    bench.add_argument("what", choices=["model"])
+    bench.add_argument("what", choices=["model", "data"])
     bench.add_argument("--json", metavar="PATH", default=None, help="also write the report here")
     bench.add_argument("--batch", type=int, default=16)
     bench.add_argument("--resolution", type=int, default=32)
     bench.add_argument("--repeats", type=int, default=5)
-    bench.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    bench.add_argument("--bf16", action="store_true", help="bf16 autocast (model)")
+    bench.add_argument("--n", type=int, default=512, help="images to prepare (data)")
+    bench.add_argument("--trim-padding", action="store_true", help="text encoder stops at the longest caption (data)")
     bench.set_defaults(fn=cmd_bench)
+
+    train = sub.add_parser("train", help="train one stage (also under `accelerate launch -m workbench train`)")
+    train.add_argument("--config", required=True, help="a stage YAML, e.g. configs/demo/stage1.yaml")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a Stage field")
+    train.add_argument("--resume", default="auto", help="auto (default), never, or a checkpoint path")
+    train.set_defaults(fn=cmd_train)
+
+    samp = sub.add_parser("sample", help="sample prompts from a checkpoint into a PNG grid")
+    samp.add_argument("--checkpoint", required=True, help="a checkpoint folder, or a stage folder (newest checkpoint)")
+    samp.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
+    samp.add_argument("--cfg", type=float, default=5.0)
+    samp.add_argument("--steps", type=int, default=30)
+    samp.add_argument("--seed", type=int, default=0)
+    samp.add_argument("--n", type=int, default=4, help="images per prompt")
+    samp.add_argument("--sampler", default="heun")
+    samp.add_argument("--raw", action="store_true", help="use the raw weights even when an EMA exists")
+    samp.add_argument("--out", default="samples.png")
+    samp.set_defaults(fn=cmd_sample)
 
     kernel = sub.add_parser("kernel", help="Jupyter kernel management")
     kernel.add_argument("action", choices=["install"])

@@ -69,6 +69,20 @@ def dump_yaml(config: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """``["steps=100", "model_overrides={depth: 4}"]`` -> ``{"steps": 100, "model_overrides": {"depth": 4}}``.
+
+    Values are parsed as YAML scalars or flow collections (``4``, ``0.5``, ``true``, ``[0.5, 1.0]``).
+    """
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
 def config_diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Fields whose values differ between two config dicts: ``{name: (a_value, b_value)}``."""
     names = sorted(set(a) | set(b))

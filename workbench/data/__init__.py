@@ -3,6 +3,8 @@
 Names are re-exported lazily, so ``import workbench.data`` stays light (no ``datasets``/torch)::
 
     from workbench.data import open_source, shapes_dataset
+
+The ``prepare`` function is ``workbench.prepare`` (``workbench.data.prepare`` is its module).
 """
 
 from importlib import import_module
@@ -11,6 +13,11 @@ _EXPORTS = {
     "shapes": ("shapes_dataset", "shapes_arrays", "make_scenes", "render_scene", "eval_prompts",
                "parse_caption", "benchmark_shapes", "Scene", "ShapeObject", "EvalPrompt"),
     "sources": ("open_source", "preprocess", "Source", "SourceRecord", "SKIP_REASONS"),
+    "codecs": ("open_codec", "PixelCodec", "VAECodec"),
+    "text": ("open_text_encoder", "TextEncoder"),
+    "loader": ("PreparedLoader", "Batch", "distributed_defaults"),
+    "prepare": ("load_prepared", "PreparedInfo", "PrepareReport", "open_prepared_codec",
+                "open_prepared_text_encoder"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 

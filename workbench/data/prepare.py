@@ -92,8 +92,8 @@ def from_arrow(column, shape: tuple[int, ...]) -> np.ndarray:
 
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    values = column
-    while pa.types.is_fixed_size_list(values.type):
+    values = column.storage if isinstance(column.type, pa.ExtensionType) else column   # datasets ArrayND
+    while pa.types.is_fixed_size_list(values.type) or pa.types.is_list(values.type):
         values = values.flatten()                # honours slice offsets
     flat = values.to_numpy(zero_copy_only=not pa.types.is_boolean(values.type))
     return flat.reshape(len(column), *shape)
@@ -258,7 +258,8 @@ class PreparedInfo:
                 caption_dim=int(d["caption_dim"]), codec=d["codec"], text_encoder=d["text_encoder"],
                 source=d["source"], fingerprint=d["fingerprint"], format_version=version)
         except (KeyError, TypeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{marker} is damaged ({type(e).__name__}: {e}); delete {str(p)!r} and prepare again") from e
+            raise ValueError(f"{marker} is damaged ({type(e).__name__}: {e}); delete {str(p)!r} and "
+                             "prepare again") from e
 
     def to_json(self) -> dict:
         """JSON-able dict (the content of ``prepared.json``)."""
@@ -274,6 +275,23 @@ class PreparedInfo:
             raise ValueError(f"resolution {resolution} was not prepared in {self.path!r}: it has "
                              f"{', '.join(map(str, self.resolutions))}; prepare it with --resolutions")
         return f"latents_{int(resolution)}"
+
+
+def open_prepared_codec(info: PreparedInfo, **kw):
+    """The latent codec a prepared dataset was made with (to decode samples into images)."""
+    from .codecs import open_codec
+
+    codec = info.codec
+    return open_codec("pixel" if codec["kind"] == "pixel" else f"vae:{codec['path']}", **kw)
+
+
+def open_prepared_text_encoder(info: PreparedInfo, **kw):
+    """The text encoder a prepared dataset was made with, with the same max length and padding mode."""
+    from .text import open_text_encoder
+
+    text = info.text_encoder
+    return open_text_encoder(text["path"], max_length=text["max_length"],
+                             trim_padding=text.get("trim_padding", False), **kw)
 
 
 def load_prepared(path: str | os.PathLike, format: str | None = "torch"):
@@ -389,14 +407,16 @@ class _Preparer:
             for r in self.resolutions:
                 pixels = from_arrow(batch.column(f"pixels_{r}"), (r, r, 3)).copy()        # (b, R, R, 3) uint8
                 lat = self.codec.encode(pixels, generator=generator).numpy()             # (b, C, h, w) float32
-                lat16 = lat.astype(np.float16)                                            # (b, C, h, w)
+                with np.errstate(over="ignore"):                                          # checked below
+                    lat16 = lat.astype(np.float16)                                        # (b, C, h, w)
                 keep &= np.isfinite(lat16).reshape(n, -1).all(axis=1)
                 cols[f"latents_{r}"] = lat16
             captions = batch.column("caption").to_pylist()
             new = [c for c in dict.fromkeys(captions) if c not in cache]                  # dedupe
             if new:
                 states, masks = self.encoder.encode(new)                                  # (u, L, D), (u, L)
-                states16 = states.numpy().astype(np.float16)                              # (u, L, D)
+                with np.errstate(over="ignore"):
+                    states16 = states.numpy().astype(np.float16)                          # (u, L, D)
                 for c, s, m in zip(new, states16, masks.numpy()):
                     cache[c] = (s, m, bool(np.isfinite(s).all()))
             emb = np.stack([cache[c][0] for c in captions])                              # (b, L, D) fp16
@@ -513,7 +533,7 @@ class _Preparer:
         with _quiet_datasets():
             parts = [datasets.load_from_disk(str(d)) for d, m in zip(dirs, metas) if m["written"]]
             final = datasets.concatenate_datasets(parts) if parts else datasets.Dataset(self.empty_table())
-            final.save_to_disk(str(tmp))
+            final.save_to_disk(str(tmp), num_shards=1 if len(final) == 0 else None)  # 0 rows: still one file
         for f in tmp.iterdir():                                      # dataset files into OUT itself
             os.replace(f, self.out / f.name)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -564,6 +584,10 @@ class _Preparer:
 #  prepare(): checks before any work, then the run
 # ---------------------------------------------------------------------------------------------
 
+class SourceOptionError(TypeError, ValueError):
+    """A source option the source kind does not accept (a TypeError for Python, a ValueError for the CLI)."""
+
+
 def _reraise(err: Exception, prefix: str):
     """The same exception type with ``prefix`` in front of the message."""
     try:
@@ -581,8 +605,8 @@ def check_out_folder(out: Path, settings: dict) -> bool:
     """
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} is a file, not a folder; choose another --out")
-    if not out.is_dir() or not any(out.iterdir()):
-        return False
+    if not out.is_dir() or not [p for p in out.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp"))]:
+        return False                                             # absent, empty, or only our temp files
     settings_file = out / SETTINGS_FILE
     if not settings_file.is_file():
         raise ValueError(f"--out {str(out)!r} is not empty and was not written by workbench prepare (no "
@@ -652,8 +676,11 @@ def prepare(
     options = dict(source_options)
     if kind == "shapes":
         options.setdefault("resolution", resolutions[-1])    # render once, downsample for smaller sizes
-    src = open_source(source, image_column=image_column, caption_column=caption_column, min_side=min_side,
-                      limit=limit, **options)
+    try:
+        src = open_source(source, image_column=image_column, caption_column=caption_column, min_side=min_side,
+                          limit=limit, **options)
+    except TypeError as e:                                  # an option this kind of source does not take
+        raise SourceOptionError(str(e)) from e
     if isinstance(codec, str):
         try:
             codec = open_codec(codec, **dict(codec_options or {}))
@@ -719,7 +746,8 @@ def add_prepare_arguments(parser) -> None:
     parser.add_argument("--trim-padding", action="store_true",
                         help="encode only real caption tokens (zeros at padding; faster for short captions)")
     parser.add_argument("--vae-mean", action="store_true", help="store the VAE posterior mean, not a sample")
-    parser.add_argument("--device", default=None, help="device of the codec and text encoder (default cuda if available)")
+    parser.add_argument("--device", default=None,
+                        help="device of the codec and text encoder (default cuda if available)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="source option, e.g. n=5000 or split=val for shapes (repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

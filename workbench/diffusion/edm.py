@@ -76,8 +76,8 @@ def _param_dtype(model) -> torch.dtype | None:
 
 
 def precondition(model, x: torch.Tensor, sigma, caption: torch.Tensor, caption_mask: torch.Tensor | None = None,
-                 mask_ratio: float = 0.0, sigma_data: float = 0.9,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                 mask_ratio: float = 0.0, sigma_data: float = 0.9, generator: torch.Generator | None = None,
+                 mask_noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The EDM denoiser D(x; σ) = c_skip·x + c_out·F(c_in·x, ln σ / 4, caption).
 
     Args:
@@ -90,6 +90,7 @@ def precondition(model, x: torch.Tensor, sigma, caption: torch.Tensor, caption_m
         mask_ratio: fraction of patches the model drops (training only).
         sigma_data: std of the data.
         generator: when given, passed to the model to draw its patch mask (reproducible masking).
+        mask_noise: when given, (B, T) uniform noise that defines the model's patch mask.
 
     Returns:
         ``(denoised, keep)``: denoised (B, C, H, W) in at least float32, and the model's (B, T) keep mask or None.
@@ -105,7 +106,7 @@ def precondition(model, x: torch.Tensor, sigma, caption: torch.Tensor, caption_m
     c_in = 1 / (s ** 2 + sd2).sqrt()
     c_noise = sigma.log() / 4                                   # (B,)
     net_dtype = _param_dtype(model) or dtype
-    extra = {} if generator is None else {"generator": generator}
+    extra = {k: v for k, v in (("generator", generator), ("mask_noise", mask_noise)) if v is not None}
     out = model((c_in * x).to(net_dtype), c_noise.to(net_dtype), caption,
                 caption_mask=caption_mask, mask_ratio=mask_ratio, **extra)
     f_x, keep = _unpack(out)                                    # (B, C, H, W), (B, T) or None
@@ -154,16 +155,27 @@ class EDMLoss:
     config: EDMConfig = field(default_factory=EDMConfig)  # σ_data and the training noise distribution
 
     def __call__(self, model, x0: torch.Tensor, caption: torch.Tensor, caption_mask: torch.Tensor | None = None,
-                 mask_ratio: float = 0.0, generator: torch.Generator | None = None) -> LossOutput:
-        """Loss of ``model`` on clean data x0 (B, C, H, W); ``generator`` fixes σ, the noise and the patch mask."""
+                 mask_ratio: float = 0.0, generator: torch.Generator | None = None, *,
+                 sigma: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+                 mask_noise: torch.Tensor | None = None) -> LossOutput:
+        """Loss of ``model`` on clean data x0 (B, C, H, W); ``generator`` fixes σ, the noise and the patch mask.
+
+        ``sigma`` (B,), ``noise`` (B, C, H, W) standard normal and ``mask_noise`` (B, T) may be given
+        instead of drawn (the trainer draws them per sample, so results do not depend on batching).
+        """
         cfg, sd = self.config, self.config.sigma_data
         x0 = x0.to(torch.promote_types(x0.dtype, torch.float32))            # (B, C, H, W)
-        sigma = sample_sigmas(x0.shape[0], cfg, generator, x0.device).to(x0.dtype)  # (B,)
-        draw_device = generator.device if generator is not None else x0.device
-        n = torch.randn(x0.shape, generator=generator, device=draw_device, dtype=x0.dtype).to(x0.device)
+        if sigma is None:
+            sigma = sample_sigmas(x0.shape[0], cfg, generator, x0.device)   # (B,)
+        sigma = sigma.to(x0.device, x0.dtype)
+        if noise is None:
+            draw_device = generator.device if generator is not None else x0.device
+            noise = torch.randn(x0.shape, generator=generator, device=draw_device, dtype=x0.dtype)
+        n = noise.to(x0.device, x0.dtype)                                   # (B, C, H, W)
         s = sigma.view(-1, 1, 1, 1)                                         # (B, 1, 1, 1)
         weight = (s ** 2 + sd ** 2) / (s * sd) ** 2                         # (B, 1, 1, 1)
-        denoised, keep = precondition(model, x0 + n * s, sigma, caption, caption_mask, mask_ratio, sd, generator)
+        denoised, keep = precondition(model, x0 + n * s, sigma, caption, caption_mask, mask_ratio, sd, generator,
+                                      mask_noise)
         loss = weight * (denoised - x0) ** 2                                # (B, C, H, W)
         per_sample = loss.flatten(1).mean(1) if keep is None else patch_loss(loss, keep)  # (B,)
         return LossOutput(loss=per_sample.mean(), per_sample=per_sample, sigma=sigma)

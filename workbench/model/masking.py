@@ -20,15 +20,21 @@ def num_kept(tokens: int, mask_ratio: float) -> int:
 
 
 def random_keep(batch: int, tokens: int, mask_ratio: float, generator: torch.Generator | None = None,
-                device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                device: torch.device | str | None = None,
+                noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Draw an independent random keep set per sample (argsort of uniform noise).
 
-    Returns ``ids_keep`` (B, K) positions kept (in shuffled order), ``ids_restore`` (B, T) the
+    ``noise`` (B, T) uniform values may be given instead of drawing them (the lowest are kept);
+    the trainer uses this to make every sample's mask a function of its own seed. Returns ``ids_keep`` (B, K) positions kept (in shuffled order), ``ids_restore`` (B, T) the
     inverse permutation, and ``keep`` (B, T) bool, True where a token is kept.
     """
     k = num_kept(tokens, mask_ratio)
-    draw_device = generator.device if generator is not None else device
-    noise = torch.rand(batch, tokens, generator=generator, device=draw_device).to(device)  # (B, T)
+    if noise is None:
+        draw_device = generator.device if generator is not None else device
+        noise = torch.rand(batch, tokens, generator=generator, device=draw_device)      # (B, T)
+    elif noise.shape != (batch, tokens):
+        raise ValueError(f"mask noise must have shape ({batch}, {tokens}), got {tuple(noise.shape)}")
+    noise = noise.to(device)
     ids_shuffle = noise.argsort(dim=1)                                     # (B, T) small noise = keep
     ids_restore = ids_shuffle.argsort(dim=1)                               # (B, T)
     ids_keep = ids_shuffle[:, :k]                                          # (B, K)

@@ -224,12 +224,13 @@ class MicroDiT(ModelMixin, ConfigMixin):
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, caption: torch.Tensor,
                 caption_mask: torch.Tensor | None = None, mask_ratio: float = 0.0,
-                generator: torch.Generator | None = None) -> MicroDiTOutput:
+                generator: torch.Generator | None = None, mask_noise: torch.Tensor | None = None) -> MicroDiTOutput:
         """Network F of EDM: ``x`` (B, C, H, W) scaled input, ``c_noise`` (B,) = ln(sigma)/4.
 
         ``caption`` (B, L, caption_dim) token states; ``caption_mask`` (B, L), 1 for real tokens
         (ignored when ``caption_mask_compat``). With ``mask_ratio > 0`` only ``int(T(1-r))``
-        random tokens per sample pass the backbone; ``keep`` says which.
+        random tokens per sample pass the backbone; ``keep`` says which. The mask is drawn from
+        ``generator``, or is the argsort of given ``mask_noise`` (B, T).
         """
         self.check_inputs(x, caption, caption_mask, mask_ratio)
         cfg = self.arch
@@ -252,7 +253,7 @@ class MicroDiT(ModelMixin, ConfigMixin):
 
         keep = None
         if mask_ratio > 0:
-            ids_keep, ids_restore, keep = random_keep(b, tokens.shape[1], mask_ratio, generator, x.device)
+            ids_keep, ids_restore, keep = random_keep(b, tokens.shape[1], mask_ratio, generator, x.device, mask_noise)
             tokens = gather_tokens(tokens, ids_keep)                               # (B, K, Dm)
         tokens = self.mixer_out(tokens)                                            # (B, K, D)
         for block in self.blocks:

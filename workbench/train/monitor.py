@@ -1,0 +1,118 @@
+"""Monitoring: metrics.jsonl, sample grids of fixed prompts, image-grid helpers.
+
+    log = MetricsLog("runs/demo/stage1/metrics.jsonl"); log.write({"step": 10, "loss": 0.4})
+    grid = PromptGrid(info, ["a red circle"], steps=30, cfg_scale=5.0)
+    path = grid.save(model, "runs/demo/stage1/samples/step_0000100.png")
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..diffusion import EDMConfig, sample
+
+
+class MetricsLog:
+    """Append-only JSON-lines log (one dict per line, flushed each write)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record: dict) -> None:
+        """Append one record."""
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read(self) -> list[dict]:
+        """All records written so far (an empty list when there is no file)."""
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records of steps after ``step`` (a resumed run rewrites them)."""
+        kept = [r for r in self.read() if r.get("step", 0) <= step]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(tmp, self.path)
+
+
+def image_grid(images: np.ndarray, columns: int | None = None, pad: int = 2) -> np.ndarray:
+    """Tile uint8 images (N, H, W, 3) into one (rows*(H+pad)+pad, cols*(W+pad)+pad, 3) image."""
+    n, h, w, c = images.shape
+    cols = columns or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 255, dtype=np.uint8)
+    for i, image in enumerate(images):
+        r, q = divmod(i, cols)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = image
+    return grid
+
+
+def save_png(image: np.ndarray, path: str | Path, scale: int = 1) -> Path:
+    """Write a uint8 (H, W, 3) image as PNG atomically, optionally upscaled (nearest) by ``scale``."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if scale > 1:
+        image = image.repeat(scale, axis=0).repeat(scale, axis=1)
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(image).save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
+
+
+class PromptGrid:
+    """Samples a fixed prompt set with a model and decodes it with the prepared data's codec.
+
+    The text encoder and codec are the ones recorded in the prepared dataset, so prompts are
+    embedded exactly as the training captions were. They load on first use.
+    """
+
+    def __init__(self, info, prompts, steps: int = 30, cfg_scale: float = 5.0, seed: int = 0,
+                 edm: EDMConfig | None = None, resolution: int | None = None, sampler: str = "heun",
+                 columns: int | None = None):
+        self.info, self.prompts, self.steps, self.cfg_scale, self.seed = info, list(prompts), steps, cfg_scale, seed
+        self.edm = edm or EDMConfig()
+        self.resolution, self.sampler, self.columns = resolution, sampler, columns
+        self._embeddings = None
+        self._codec = None
+
+    def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(caption (N, L, D), mask (N, L)) of the prompts, computed once."""
+        if self._embeddings is None:
+            from ..data.prepare import open_prepared_text_encoder
+
+            self._embeddings = open_prepared_text_encoder(self.info).encode(self.prompts)
+        return self._embeddings
+
+    @property
+    def codec(self):
+        """The prepared data's latent codec."""
+        if self._codec is None:
+            from ..data.prepare import open_prepared_codec
+
+            self._codec = open_prepared_codec(self.info)
+        return self._codec
+
+    def images(self, model, device=None) -> np.ndarray:
+        """Sample every prompt once with ``model``: uint8 (N, H, W, 3)."""
+        caption, mask = self.embeddings()
+        side = self.codec.latent_size(self.resolution) if self.resolution else None
+        latents = sample(model, caption, mask, steps=self.steps, cfg_scale=self.cfg_scale, seed=self.seed,
+                         sampler=self.sampler, resolution=side, edm=self.edm, device=device)
+        return self.codec.decode(latents)
+
+    def save(self, model, path: str | Path, device=None) -> Path:
+        """Sample the prompts and write them as one PNG grid (upscaled for small images)."""
+        images = self.images(model, device)
+        scale = max(1, 128 // images.shape[1])
+        return save_png(image_grid(images, self.columns), path, scale=scale)

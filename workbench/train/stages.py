@@ -1,0 +1,150 @@
+"""Training stages: one validated dataclass per stage, YAML files, and the checks run before training.
+
+The paper trains in four stages (256 px masked, 256 px unmasked, 512 px masked, 512 px
+unmasked); each stage starts from the previous one's final checkpoint (``init_from``)::
+
+    stage = Stage.from_yaml("configs/demo/stage1.yaml", steps=200)
+    stage.stage_dir            # runs/<run>/<name>
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import check_known_keys, from_dict, require, to_dict
+
+DEFAULT_PROMPTS = ("a red circle", "a blue square", "a green triangle", "a yellow star",
+                   "a large purple ring", "an orange cross", "two red circles", "a blue star above a green square")
+SCHEDULES = ("cosine", "constant")
+PRECISIONS = ("no", "bf16", "fp16")
+INIT_MODES = ("weights", "full")
+
+
+@dataclass
+class Stage:
+    """One training stage: model, data, optimisation, noise, masking, monitoring, checkpoints."""
+
+    name: str = "stage1"                       # stage folder: <runs_dir>/<run>/<name>
+    run: str = "demo"                          # run name shared by the stages of one training
+    runs_dir: str = "runs"                     # where runs live
+    data: str = "data/prepared/shapes"         # a prepared dataset (workbench prepare --out)
+    resolution: int = 32                       # image resolution of the latents_<resolution> column
+    model: str = "nano"                        # MicroDiT preset
+    model_overrides: dict = field(default_factory=dict)  # MicroDiTConfig fields, e.g. {pos_interp_scale: 2.0}
+    mask_ratio: float = 0.75                   # fraction of patches dropped before the backbone
+    steps: int = 1000                          # optimiser steps in this stage
+    global_batch: int = 32                     # samples per optimiser step over all processes
+    micro_batch: int = 32                      # samples per forward on one process (accumulation fills the rest)
+    lr: float = 2.4e-4                         # peak learning rate
+    schedule: str = "cosine"                   # cosine (to final_lr_fraction * lr) or constant, after warmup
+    warmup_steps: int = 0                      # linear warmup from 0
+    final_lr_fraction: float = 0.33            # cosine end point (paper stage 1: 7.9e-5 / 2.4e-4)
+    weight_decay: float = 0.1                  # AdamW weight decay, on all parameters
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
+    grad_clip: float = 0.25                    # max global gradient norm (0 = no clipping)
+    ema_decay: float = 0.0                     # EMA of the weights (0 = no EMA)
+    ema_start: int = 0                         # EMA copies the weights until this step, then averages
+    caption_dropout: float = 0.1               # probability of training on the null caption (for CFG)
+    p_mean: float = -0.6                       # EDM training noise: mean of ln sigma
+    p_std: float = 1.2                         # EDM training noise: std of ln sigma
+    sigma_data: float = 0.9                    # EDM sigma_data
+    mixed_precision: str = "no"                # no | bf16 | fp16 (fp16 is for GPUs only)
+    compile: bool = False                      # torch.compile the model
+    fsdp: bool = False                         # shard with FSDP instead of DDP (multi-GPU)
+    seed: int = 0                              # data order and per-sample noise
+    init_from: str | None = None               # a run stage folder or checkpoint to start from
+    init_mode: str = "weights"                 # weights: model (+EMA) only; full: also the optimiser state
+    sample_prompts: list = field(default_factory=lambda: list(DEFAULT_PROMPTS))  # fixed prompts for sample grids
+    sample_every: int = 0                      # sample grid every N steps (0: only at the end)
+    sample_steps: int = 30                     # Heun steps for sample grids
+    sample_cfg: float = 5.0                    # classifier-free guidance for sample grids
+    checkpoint_every: int = 0                  # checkpoint every N steps (0: only at the end or on stop)
+    keep_last: int = 2                         # checkpoints kept besides each stage's final one
+    log_every: int = 10                        # metrics.jsonl line every N steps
+    max_nonfinite: int = 20                    # stop after this many consecutive non-finite steps
+    tensorboard: bool = False                  # also log to TensorBoard through accelerate
+
+    def __post_init__(self) -> None:
+        own = "Stage"
+        self.betas = tuple(float(b) for b in self.betas)
+        self.sample_prompts = [str(p) for p in self.sample_prompts]
+        for name in ("steps", "global_batch", "micro_batch", "resolution", "sample_steps"):
+            value = getattr(self, name)
+            require(isinstance(value, int) and value > 0, own, name, "a positive integer", value)
+        for name in ("warmup_steps", "ema_start", "sample_every", "checkpoint_every", "log_every", "seed"):
+            value = getattr(self, name)
+            require(isinstance(value, int) and value >= 0, own, name, "an integer >= 0", value)
+        require(self.keep_last >= 1, own, "keep_last", "at least 1", self.keep_last)
+        require(self.max_nonfinite >= 1, own, "max_nonfinite", "at least 1", self.max_nonfinite)
+        require(isinstance(self.lr, (int, float)) and self.lr > 0, own, "lr", "a positive number", self.lr)
+        require(0.0 <= self.mask_ratio < 1.0, own, "mask_ratio", "a value in [0, 1)", self.mask_ratio)
+        require(0.0 <= self.caption_dropout < 1.0, own, "caption_dropout", "a value in [0, 1)", self.caption_dropout)
+        require(0.0 <= self.ema_decay < 1.0, own, "ema_decay", "a value in [0, 1)", self.ema_decay)
+        require(0.0 <= self.final_lr_fraction <= 1.0, own, "final_lr_fraction", "a value in [0, 1]",
+                self.final_lr_fraction)
+        require(self.weight_decay >= 0, own, "weight_decay", "a number >= 0", self.weight_decay)
+        require(self.grad_clip >= 0, own, "grad_clip", "a number >= 0", self.grad_clip)
+        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), own, "betas", "two values in [0, 1)",
+                self.betas)
+        require(self.p_std > 0 and self.sigma_data > 0, own, "p_std/sigma_data", "positive numbers",
+                (self.p_std, self.sigma_data))
+        require(self.sample_cfg >= 1.0, own, "sample_cfg", "a guidance scale >= 1", self.sample_cfg)
+        require(self.schedule in SCHEDULES, own, "schedule", " or ".join(SCHEDULES), self.schedule)
+        require(self.mixed_precision in PRECISIONS, own, "mixed_precision", " | ".join(PRECISIONS),
+                self.mixed_precision)
+        require(self.init_mode in INIT_MODES, own, "init_mode", " or ".join(INIT_MODES), self.init_mode)
+        require(self.global_batch % self.micro_batch == 0, own, "global_batch",
+                f"a multiple of micro_batch={self.micro_batch}", self.global_batch)
+        require(isinstance(self.model_overrides, dict), own, "model_overrides", "a mapping of MicroDiTConfig fields",
+                self.model_overrides)
+        for name in ("name", "run"):
+            value = getattr(self, name)
+            require(isinstance(value, str) and value and "/" not in value, own, name, "a non-empty name without '/'",
+                    value)
+        from ..model import preset_config
+
+        preset_config(self.model, **self.model_overrides)  # unknown preset or bad override fails here
+
+    # ------------------------------------------------------------------ paths
+    @property
+    def stage_dir(self) -> Path:
+        """``<runs_dir>/<run>/<name>``: checkpoints/, samples/, metrics.jsonl, stage.yaml."""
+        return Path(self.runs_dir) / self.run / self.name
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Where this stage's checkpoints are written."""
+        return self.stage_dir / "checkpoints"
+
+    # ------------------------------------------------------------------ YAML
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> "Stage":
+        """Load a stage YAML file, then apply field overrides (like ``--set key=value``)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"stage config not found: {path}")
+        values = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a mapping of Stage fields")
+        check_known_keys(cls, values, what=f"Stage config {path}")
+        check_known_keys(cls, overrides, what="Stage")
+        return from_dict(cls, {**values, **overrides})
+
+    def to_yaml(self, path: str | Path) -> None:
+        """Write this stage as YAML."""
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    def to_dict(self) -> dict:
+        """Plain dict of every field."""
+        return to_dict(self)
+
+    def replace(self, **changes: Any) -> "Stage":
+        """A validated copy with some fields changed."""
+        check_known_keys(type(self), changes, what="Stage")
+        return from_dict(type(self), {**self.to_dict(), **changes})
+

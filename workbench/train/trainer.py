@@ -1,0 +1,418 @@
+"""The Trainer: one stage of MicroDiT training on accelerate, usable from a notebook, papermill or a shell.
+
+    stage = Stage.from_yaml("configs/demo/stage1.yaml")
+    trainer = Trainer(stage)          # validates everything before training; resumes automatically
+    trainer.run()                     # or trainer.run_in_background(); trainer.stop()
+    trainer.history[-1]               # {"step": ..., "loss": ..., "lr": ..., "img_per_s": ...}
+
+Every sample's noise level, noise, patch mask and caption dropout are drawn from a generator
+seeded by (seed, step, dataset row), so results do not depend on how the global batch is split
+over processes and micro-batches, and a resumed run repeats the uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import threading
+import time
+import warnings
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from ..config import to_dict
+from ..data.loader import PreparedLoader
+from ..data.prepare import PreparedInfo
+from ..diffusion import EDMConfig, EDMLoss, loss_per_sigma_bin
+from ..model import MicroDiT, null_caption, preset_config
+from ..model.moe import ExpertChoiceMoE
+from . import checkpoint as ckpt
+from .monitor import MetricsLog, PromptGrid
+from .stages import Stage
+
+# fields that may differ between a checkpoint and the model it initialises (resolution changes)
+RESOLUTION_FIELDS = ("pos_interp_scale", "sample_size", "moe_lr_scale")
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive non-finite losses or gradients."""
+
+
+def lr_factor(step: int, stage: Stage) -> float:
+    """Learning-rate multiplier at ``step``: linear warmup, then cosine to ``final_lr_fraction`` or constant."""
+    if stage.warmup_steps and step < stage.warmup_steps:
+        return (step + 1) / stage.warmup_steps
+    if stage.schedule == "constant":
+        return 1.0
+    span = max(1, stage.steps - stage.warmup_steps)
+    progress = min(1.0, (step - stage.warmup_steps) / span)
+    return stage.final_lr_fraction + (1 - stage.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def sample_seed(seed: int, step: int, row: int) -> int:
+    """A 63-bit seed for one training sample, from the stage seed, the step and the dataset row."""
+    return (((seed * 1_000_003 + step) * 2_654_435_761) ^ (row * 40_503 + 0x9E3779B97F4A7C15)) % (2 ** 63)
+
+
+def draw_sample_noise(rows, step: int, stage: Stage, shape: tuple[int, int, int], tokens: int):
+    """Per-sample sigma (B,), noise (B, C, H, W), mask noise (B, T) and caption-drop flags (B,)."""
+    sigmas, noises, mask_noises, drops = [], [], [], []
+    for row in rows:
+        gen = torch.Generator().manual_seed(sample_seed(stage.seed, step, int(row)))
+        sigmas.append((torch.randn((), generator=gen) * stage.p_std + stage.p_mean).exp())
+        noises.append(torch.randn(shape, generator=gen))
+        mask_noises.append(torch.rand(tokens, generator=gen))
+        drops.append(torch.rand((), generator=gen) < stage.caption_dropout)
+    return torch.stack(sigmas), torch.stack(noises), torch.stack(mask_noises), torch.stack(drops)
+
+
+def check_stage(stage: Stage, num_processes: int = 1) -> PreparedInfo:
+    """Everything that can be checked before training starts; returns the prepared data's info.
+
+    Raises ``ValueError`` / ``FileNotFoundError`` naming the field and the fix.
+    """
+    if stage.global_batch % (stage.micro_batch * num_processes):
+        raise ValueError(f"Stage.global_batch: expected a multiple of micro_batch x processes = "
+                         f"{stage.micro_batch} x {num_processes}, got {stage.global_batch}")
+    info = PreparedInfo.read(stage.data)
+    if stage.resolution not in info.resolutions:
+        raise ValueError(f"Stage.resolution: {stage.resolution} px was not prepared in {stage.data} (it has "
+                         f"{', '.join(map(str, info.resolutions))}); prepare it with --resolutions")
+    arch = preset_config(stage.model, **stage.model_overrides)
+    channels, side, _ = info.latent_shapes[stage.resolution]
+    if side % arch.patch_size:
+        raise ValueError(f"Stage.resolution: {stage.resolution} px gives {side}x{side} latents, which patch_size="
+                         f"{arch.patch_size} cannot tile; choose a resolution whose latent side is a multiple of it")
+    if channels != arch.in_channels or info.caption_dim != arch.caption_dim:
+        raise ValueError(f"Stage.model: {stage.model} expects {arch.in_channels}-channel latents and "
+                         f"{arch.caption_dim}-d captions, but {stage.data} has {channels} channels and "
+                         f"{info.caption_dim}-d captions; set model_overrides in_channels/caption_dim")
+    if stage.init_from is not None:
+        ckpt.resolve_checkpoint(stage.init_from)   # FileNotFoundError naming the path
+    if stage.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ValueError("Stage.mixed_precision: fp16 on CPU is ~100x slower than fp32; use 'bf16' or 'no'")
+    return info
+
+
+class Trainer:
+    """Trains one :class:`Stage`; resumable, stoppable from another thread, with callbacks.
+
+    Args:
+        stage: the stage config.
+        resume: ``"auto"`` continues from the newest valid checkpoint of this stage (if any),
+            ``"never"`` refuses to run over existing checkpoints, a path resumes from it.
+        accelerator: an ``accelerate.Accelerator`` (built from the stage when None).
+        progress: show a tqdm bar (loss and img/s).
+        on_step / on_checkpoint / on_samples: callbacks ``f(trainer, metrics)``, ``f(trainer, path)``,
+            ``f(trainer, path)``.
+
+    Example::
+
+        trainer = Trainer(Stage.from_yaml("configs/demo/stage1.yaml", steps=50))
+        trainer.run()
+        import pandas as pd; pd.DataFrame(trainer.history).plot(x="step", y="loss")
+    """
+
+    def __init__(self, stage: Stage, *, resume: str | Path | None = "auto", accelerator=None, progress: bool = True,
+                 on_step: Callable | None = None, on_checkpoint: Callable | None = None,
+                 on_samples: Callable | None = None):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        self.stage = stage
+        if accelerator is None:
+            plugin = None
+            if stage.fsdp:
+                from accelerate import FullyShardedDataParallelPlugin
+                plugin = FullyShardedDataParallelPlugin()
+            accelerator = Accelerator(mixed_precision=stage.mixed_precision, fsdp_plugin=plugin,
+                                      log_with="tensorboard" if stage.tensorboard else None,
+                                      project_dir=str(stage.stage_dir))
+        self.accelerator = acc = accelerator
+        self.info = check_stage(stage, acc.num_processes)
+        self.accumulation = stage.global_batch // (stage.micro_batch * acc.num_processes)
+        self.callbacks = {"on_step": [f for f in [on_step] if f], "on_checkpoint": [f for f in [on_checkpoint] if f],
+                          "on_samples": [f for f in [on_samples] if f]}
+        self.progress = progress
+        self.history: list[dict] = []
+        self.step_count = 0
+        self.nonfinite_total = 0
+        self.nonfinite_streak = 0
+        self._stop = threading.Event()
+        self._checkpointed_step = self._sampled_step = -1
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+        set_seed(stage.seed)
+
+        model = MicroDiT.from_preset(stage.model, **stage.model_overrides)
+        self.edm = EDMConfig(sigma_data=stage.sigma_data, p_mean=stage.p_mean, p_std=stage.p_std)
+        self.loss_fn = EDMLoss(self.edm)
+        self.ema = None
+        if stage.ema_decay > 0:
+            self.ema = copy.deepcopy(model).requires_grad_(False).eval()
+        optimizer = torch.optim.AdamW(self.param_groups(model), lr=stage.lr, betas=stage.betas,
+                                      weight_decay=stage.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, stage))
+        self.loader = PreparedLoader(stage.data, stage.resolution, stage.micro_batch, seed=stage.seed,
+                                     device=acc.device, rank=acc.process_index, world_size=acc.num_processes)
+        self.init_info = self._init_from(model, optimizer) if stage.init_from else None
+        self.model, self.optimizer = acc.prepare(model, optimizer)
+        if self.ema is not None:
+            self.ema.to(acc.device)
+        if stage.compile:
+            self.model = torch.compile(self.model)
+        self.metrics = MetricsLog(stage.stage_dir / "metrics.jsonl")
+        self.grid = PromptGrid(self.info, stage.sample_prompts, stage.sample_steps, stage.sample_cfg, seed=stage.seed,
+                               edm=self.edm, resolution=stage.resolution)
+        self.resumed_from = self._resume(resume)
+        if acc.is_main_process:
+            stage.to_yaml(stage.stage_dir / "stage.yaml")
+        if stage.tensorboard:
+            acc.init_trackers(stage.run, config={k: v for k, v in stage.to_dict().items()
+                                                 if isinstance(v, (int, float, str, bool))})
+
+    # ------------------------------------------------------------------ set-up
+    def param_groups(self, model: MicroDiT) -> list[dict]:
+        """AdamW groups: MoE parameters get ``lr * moe_lr_scale`` (the paper's intended half LR)."""
+        moe = {id(p) for m in model.modules() if isinstance(m, ExpertChoiceMoE) for p in m.parameters()}
+        scale = model.arch.moe_lr_scale
+        dense = [p for p in model.parameters() if id(p) not in moe]
+        experts = [p for p in model.parameters() if id(p) in moe]
+        groups = [{"params": dense, "name": "dense"}]
+        if experts:
+            groups.append({"params": experts, "name": "moe", "lr": self.stage.lr * scale})
+        return groups
+
+    def _init_from(self, model: MicroDiT, optimizer) -> dict:
+        """Start from another stage's checkpoint: weights (+EMA), and the optimiser state in ``full`` mode."""
+        path = ckpt.resolve_checkpoint(self.stage.init_from)
+        saved = ckpt.read_config(path)["model"]
+        diff = {k: v for k, v in ckpt.config_diff(saved, to_dict(model.arch)).items() if k not in RESOLUTION_FIELDS}
+        if diff:
+            fields = ", ".join(f"{k}: checkpoint {a!r}, stage {b!r}" for k, (a, b) in diff.items())
+            raise ValueError(f"init_from {path} has another architecture ({fields}); use the same model preset and "
+                             f"overrides as the stage it comes from")
+        ckpt.load_model_weights(path, model, ignore_fields=RESOLUTION_FIELDS)
+        if self.ema is not None:
+            ckpt.load_model_weights(path, self.ema, ema=ckpt.has_ema(path), ignore_fields=RESOLUTION_FIELDS)
+        if self.stage.init_mode == "full":
+            ckpt.load_optimizer_state(path, optimizer)
+            for group in optimizer.param_groups:            # the new stage's own learning rate
+                group["lr"] = group["initial_lr"] = self.stage.lr * (
+                    model.arch.moe_lr_scale if group.get("name") == "moe" else 1.0)
+        return {"path": str(path), "mode": self.stage.init_mode}
+
+    def _resume(self, resume) -> str | None:
+        root = self.stage.checkpoint_dir
+        if resume in (None, "never"):
+            if ckpt.list_checkpoints(root):
+                raise ValueError(f"{root} already has checkpoints; resume with resume='auto' (--resume auto) or "
+                                 f"choose another run/stage name")
+            return None
+        path = ckpt.latest_valid_checkpoint(root) if resume == "auto" else ckpt.resolve_checkpoint(resume)
+        if path is None:
+            return None
+        state = ckpt.load_checkpoint(path, model=self.accelerator.unwrap_model(self.model), optimizer=self.optimizer,
+                                     scheduler=self.scheduler, ema=self.ema, map_location=self.accelerator.device,
+                                     verify=resume != "auto")   # "auto" verified it while choosing it
+        ckpt.restore_rng(state.rng)
+        self.step_count = self._checkpointed_step = state.step
+        self.loader.load_state_dict(state.loader)
+        self.nonfinite_total = state.extra.get("nonfinite_total", 0)
+        self.history = [r for r in self.metrics.read() if r.get("step", 0) <= state.step]
+        if self.accelerator.is_main_process:
+            self.metrics.truncate_after(state.step)
+        return str(path)
+
+    # ------------------------------------------------------------------ training
+    @property
+    def done(self) -> bool:
+        """True once the stage has run all its steps."""
+        return self.step_count >= self.stage.steps
+
+    def step(self) -> dict:
+        """One optimiser step over ``global_batch`` samples; returns its metrics."""
+        acc, stage, model = self.accelerator, self.stage, self.model
+        start = time.perf_counter()
+        batches = self._batches()
+        per_sample, sigmas = [], []
+        model.train()
+        for i, batch in enumerate(batches):
+            c, h, w = batch.latents.shape[1:]
+            tokens = (h // self._patch) * (w // self._patch)
+            sigma, noise, mask_noise, drop = draw_sample_noise(batch.indices, self.step_count, stage, (c, h, w), tokens)
+            caption, caption_mask = batch.caption_emb, batch.caption_mask
+            if drop.any():
+                null, null_mask = null_caption(caption, caption_mask)
+                d = drop.to(caption.device)
+                caption = torch.where(d[:, None, None], null, caption)                 # (B, L, D)
+                caption_mask = torch.where(d[:, None], null_mask, caption_mask)       # (B, L)
+            sync = acc.no_sync(model) if i < len(batches) - 1 and acc.num_processes > 1 else nullcontext()
+            with sync, acc.autocast():
+                out = self.loss_fn(model, batch.latents, caption, caption_mask, stage.mask_ratio,
+                                   sigma=sigma.to(acc.device), noise=noise.to(acc.device),
+                                   mask_noise=mask_noise.to(acc.device))
+                acc.backward(out.loss / len(batches))
+            per_sample.append(out.per_sample.detach())
+            sigmas.append(out.sigma.detach())
+        grad_norm = acc.clip_grad_norm_(model.parameters(), stage.grad_clip if stage.grad_clip > 0 else float("inf"))
+        grad_norm = float(grad_norm)
+        losses = acc.gather(torch.cat(per_sample))                                       # (global_batch,)
+        all_sigmas = acc.gather(torch.cat(sigmas))                                       # (global_batch,)
+        loss = losses.float().mean().item()
+        finite = math.isfinite(grad_norm) and math.isfinite(loss)
+        if finite:
+            self.optimizer.step()
+            self.nonfinite_streak = 0
+        else:
+            self.nonfinite_total += 1
+            self.nonfinite_streak += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step_count += 1
+        if finite:
+            self._update_ema()
+        if self.nonfinite_streak >= stage.max_nonfinite:
+            raise TrainingDiverged(
+                f"{self.nonfinite_streak} consecutive steps had a non-finite loss or gradient (last at step "
+                f"{self.step_count}); the last good checkpoint in {stage.checkpoint_dir} is intact. Lower the LR, "
+                f"raise warmup_steps or use grad_clip")
+        elapsed = time.perf_counter() - start
+        metrics = {"step": self.step_count, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
+                   "grad_norm": grad_norm, "img_per_s": stage.global_batch / elapsed, "mask_ratio": stage.mask_ratio,
+                   "nonfinite_steps": self.nonfinite_total,
+                   "loss_per_sigma": loss_per_sigma_bin(losses, all_sigmas)}
+        self.history.append(metrics)
+        return metrics
+
+    @property
+    def _patch(self) -> int:
+        return self.accelerator.unwrap_model(self.model).arch.patch_size
+
+    def _batches(self) -> list:
+        if getattr(self, "_iterator", None) is None:
+            self._iterator = self.loader.batches()
+        return [next(self._iterator) for _ in range(self.accumulation)]
+
+    def _update_ema(self) -> None:
+        if self.ema is None:
+            return
+        raw = [p.detach() for p in self.accelerator.unwrap_model(self.model).parameters()]
+        ema = list(self.ema.parameters())
+        with torch.no_grad():
+            if self.step_count <= self.stage.ema_start:
+                torch._foreach_copy_(ema, raw)
+            else:
+                torch._foreach_lerp_(ema, raw, 1.0 - self.stage.ema_decay)
+
+    def run(self, steps: int | None = None) -> list[dict]:
+        """Train until the stage's last step (or ``steps`` more), then checkpoint and sample.
+
+        Returns ``history``. A stop request (``stop()``) ends at a step boundary with a checkpoint.
+        """
+        stage, acc = self.stage, self.accelerator
+        target = stage.steps if steps is None else min(stage.steps, self.step_count + steps)
+        if self.step_count >= target:
+            return self.history
+        bar = tqdm(total=stage.steps, initial=self.step_count, desc=f"{stage.run}/{stage.name}",
+                   disable=not (self.progress and acc.is_main_process), dynamic_ncols=True)
+        try:
+            while self.step_count < target and not self._stop.is_set():
+                metrics = self.step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{metrics['img_per_s']:.1f}")
+                self._after_step(metrics)
+        finally:
+            bar.close()
+        if self._checkpointed_step != self.step_count:
+            self.save_checkpoint()
+        if self.done and self._sampled_step != self.step_count:
+            self.save_samples()
+        if stage.tensorboard:
+            acc.end_training()
+        return self.history
+
+    def _after_step(self, metrics: dict) -> None:
+        stage, acc = self.stage, self.accelerator
+        s = self.step_count
+        if acc.is_main_process and (s % stage.log_every == 0 or s == stage.steps or s == 1):
+            self.metrics.write(metrics)
+            if stage.tensorboard:
+                acc.log({k: v for k, v in metrics.items() if isinstance(v, float)}, step=s)
+        for fn in self.callbacks["on_step"]:
+            fn(self, metrics)
+        if stage.checkpoint_every and s % stage.checkpoint_every == 0:
+            self.save_checkpoint()
+        if stage.sample_every and s % stage.sample_every == 0:
+            self.save_samples()
+
+    # ------------------------------------------------------------------ outputs
+    def save_checkpoint(self) -> Path | None:
+        """Write a checkpoint of the current step (atomic; retention applied); returns its path."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        path = None
+        if acc.is_main_process:
+            state = ckpt.TrainingState(step=self.step_count, rng=ckpt.capture_rng(), loader=self.loader.state_dict(),
+                                       extra={"stage": self.stage.name, "nonfinite_total": self.nonfinite_total,
+                                              "init_from": self.init_info})
+            path = ckpt.save_checkpoint(self.stage.checkpoint_dir, self.step_count,
+                                        model=acc.unwrap_model(self.model), optimizer=self.optimizer,
+                                        scheduler=self.scheduler, ema=self.ema, state=state,
+                                        stage_config=self.stage.to_dict(), final=self.done)
+            ckpt.apply_retention(self.stage.checkpoint_dir, keep_last=self.stage.keep_last)
+            for fn in self.callbacks["on_checkpoint"]:
+                fn(self, path)
+        self._checkpointed_step = self.step_count
+        acc.wait_for_everyone()
+        return path
+
+    def sampling_model(self) -> MicroDiT:
+        """The EMA model when the stage keeps one, else the raw model."""
+        return self.ema if self.ema is not None else self.accelerator.unwrap_model(self.model)
+
+    def save_samples(self) -> Path | None:
+        """Sample the stage's prompts (EMA weights when present) into samples/step_XXXXXXX.png."""
+        self._sampled_step = self.step_count
+        if not self.accelerator.is_main_process:
+            return None
+        path = self.stage.stage_dir / "samples" / f"step_{self.step_count:07d}.png"
+        self.grid.save(self.sampling_model(), path, device=self.accelerator.device)
+        for fn in self.callbacks["on_samples"]:
+            fn(self, path)
+        return path
+
+    # ------------------------------------------------------------------ background
+    def run_in_background(self, steps: int | None = None) -> threading.Thread:
+        """Run ``run()`` on a daemon thread (the notebook stays responsive); ``stop()`` ends it."""
+        if self._thread is not None and self._thread.is_alive():
+            raise RuntimeError("this trainer is already running")
+        self._stop.clear()
+        self.error = None
+
+        def target():
+            try:
+                self.run(steps)
+            except BaseException as err:   # surfaced through trainer.error and the dashboard
+                self.error = err
+                warnings.warn(f"training stopped with an error: {err}")
+
+        self._thread = threading.Thread(target=target, name=f"train-{self.stage.name}", daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def stop(self, wait: bool = True, timeout: float | None = None) -> None:
+        """Ask the run to end at the next step boundary (it then writes a checkpoint)."""
+        self._stop.set()
+        if wait and self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        """True while a background run is in progress."""
+        return self._thread is not None and self._thread.is_alive()
+
