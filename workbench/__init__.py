@@ -24,6 +24,9 @@ _EXPORTS = {
     "shapes_dataset": "workbench.data.shapes",
     "Stage": "workbench.train",
     "Trainer": "workbench.train",
+    "MaskExplorer": "workbench.widgets",
+    "SamplerPanel": "workbench.widgets",
+    "TrainingDashboard": "workbench.widgets",
 }
 
 __all__ = sorted(_EXPORTS)

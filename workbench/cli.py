@@ -4,7 +4,7 @@
     workbench info --preset nano [--json]        parameters by part, FLOPs
     workbench train --config configs/demo/stage1.yaml [--set k=v] [--resume auto]
     workbench sample --checkpoint runs/demo/stage4 --prompt "a red circle"
-    workbench bench model|data [--json PATH]     speed benchmarks (JSON)
+    workbench bench model|data|train [--json PATH]     speed benchmarks (JSON)
     workbench kernel install                     the Jupyter kernel for this venv
     workbench demo                               the main job on the embedded data
 """
@@ -45,6 +45,11 @@ def cmd_bench(args) -> int:
         from .bench.model import bench_model
 
         report = bench_model(batch=args.batch, resolution=args.resolution, repeats=args.repeats, bf16=args.bf16)
+    elif args.what == "train":
+        from .bench.train import bench_train
+
+        report = bench_train(batch=args.batch, resolution=args.resolution,
+                             mixed_precision="bf16" if args.bf16 else "no")
     else:
         from .bench.data import bench_data
 
@@ -111,12 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(fn=cmd_info)
 
     bench = sub.add_parser("bench", help="performance benchmarks (JSON)")
-    bench.add_argument("what", choices=["model", "data"])
+    bench.add_argument("what", choices=["model", "data", "train"])
     bench.add_argument("--json", metavar="PATH", default=None, help="also write the report here")
     bench.add_argument("--batch", type=int, default=16)
     bench.add_argument("--resolution", type=int, default=32)
     bench.add_argument("--repeats", type=int, default=5)
-    bench.add_argument("--bf16", action="store_true", help="bf16 autocast (model)")
+    bench.add_argument("--bf16", action="store_true", help="bf16 autocast (model, train)")
     bench.add_argument("--n", type=int, default=512, help="images to prepare (data)")
     bench.add_argument("--trim-padding", action="store_true", help="text encoder stops at the longest caption (data)")
     bench.set_defaults(fn=cmd_bench)

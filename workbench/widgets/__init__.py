@@ -1,0 +1,16 @@
+"""Notebook widgets (ipywidgets + plotly ``FigureWidget``): each is a thin face on the package.
+
+    from workbench.widgets import MaskExplorer, SamplerPanel, TrainingDashboard
+    MaskExplorer(model)                       # kept / dropped patches, noisy input, masked vs unmasked prediction
+    SamplerPanel("runs/demo/stage4")          # prompt -> live denoising preview -> image grid -> PNG
+    TrainingDashboard(trainer)                # live curves, latest samples, progress, Stop / Resume
+
+Every widget shows itself as a cell's value and keeps its ``ipywidgets`` container in ``.widget``;
+its controls are attributes, so it can be driven and checked from plain Python.
+"""
+
+from .mask_explorer import MaskExplorer, patch_grid_image
+from .sampler_panel import SamplerPanel
+from .training_dashboard import TrainingDashboard
+
+__all__ = ["MaskExplorer", "SamplerPanel", "TrainingDashboard", "patch_grid_image"]

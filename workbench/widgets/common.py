@@ -1,0 +1,195 @@
+"""Helpers shared by the widgets: PNG bytes for ``ipywidgets.Image``, image inputs, captions, display.
+
+Nothing here is widget logic of its own: images go through the package's codecs and
+``data.images.preprocess``, grids through ``train.monitor.image_grid``::
+
+    png = png_bytes(images[0], scale=4)          # uint8 (H, W, 3) -> PNG bytes, nearest upscale
+    png = grid_png(images)                        # uint8 (N, H, W, 3) -> one PNG grid
+    pixels = load_image("cat.jpg", 32)            # path / PIL / array -> uint8 (32, 32, 3)
+    caption, mask = embed_captions(encoder, ["a red circle"], caption_dim=384)
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# side (pixels) that small images are upscaled to, at least, so 16-32 px samples stay visible
+DISPLAY_SIDE = 128
+
+
+# ---------------------------------------------------------------------------------------------
+#  Images -> PNG bytes
+# ---------------------------------------------------------------------------------------------
+
+def display_scale(side: int, target: int = DISPLAY_SIDE) -> int:
+    """Integer nearest-neighbour upscale factor that brings an image of ``side`` pixels to about ``target``."""
+    return max(1, int(target) // max(1, int(side)))
+
+
+def upscale(image: np.ndarray, scale: int) -> np.ndarray:
+    """Nearest-neighbour upscale of an (H, W, C) array by an integer factor."""
+    if scale <= 1:
+        return image
+    return image.repeat(scale, axis=0).repeat(scale, axis=1)
+
+
+def png_bytes(image: np.ndarray, scale: int = 1) -> bytes:
+    """uint8 (H, W, 3) or (H, W) -> PNG bytes (for ``ipywidgets.Image(format="png")``), upscaled by ``scale``."""
+    from PIL import Image
+
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"png_bytes expects a uint8 image, got dtype {image.dtype}")
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(upscale(image, scale))).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def grid_png(images: np.ndarray, columns: int | None = None, scale: int | None = None) -> bytes:
+    """uint8 (N, H, W, 3) -> one PNG grid (``train.monitor.image_grid``), upscaled for small images."""
+    from ..train.monitor import image_grid
+
+    images = np.asarray(images)
+    scale = display_scale(images.shape[1]) if scale is None else scale
+    return png_bytes(image_grid(images, columns), scale)
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of PNG bytes; raises ``ValueError`` for anything that is not a PNG."""
+    from PIL import Image
+
+    if not data or data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("not PNG bytes")
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        return image.size
+
+
+# ---------------------------------------------------------------------------------------------
+#  Inputs: images, codecs, captions
+# ---------------------------------------------------------------------------------------------
+
+def load_image(image, resolution: int) -> np.ndarray:
+    """A file path, PIL image or array -> uint8 (resolution, resolution, 3), with the training preprocessing.
+
+    Arrays may be uint8 (H, W, 3) / (H, W), or float in [0, 1]. The short side is resized to
+    ``resolution`` (bicubic) and the centre is cropped, as ``workbench.data.images.preprocess`` does.
+    """
+    from PIL import Image
+
+    from ..data.images import preprocess
+
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"image file not found: {str(path)!r}")
+        with Image.open(path) as opened:
+            opened.load()
+            return preprocess(opened, resolution)
+    if isinstance(image, Image.Image):
+        return preprocess(image, resolution)
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        if not np.issubdtype(array.dtype, np.floating):
+            raise ValueError(f"image arrays must be uint8 or float in [0, 1], got dtype {array.dtype}")
+        array = (np.clip(array, 0.0, 1.0) * 255).round().astype(np.uint8)
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (1, 3, 4)):
+        raise ValueError(f"image arrays must be shaped (H, W), (H, W, 3) or (H, W, 4), got {array.shape}")
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    return preprocess(Image.fromarray(array), resolution)
+
+
+def resolve_codec(codec):
+    """None / ``"pixel"`` -> the pixel codec; a string -> ``open_codec(spec)``; a codec object as is."""
+    from ..data.codecs import open_codec
+
+    if codec is None:
+        return open_codec("pixel")
+    if isinstance(codec, str):
+        return open_codec(codec)
+    return codec
+
+
+def check_codec(model, codec) -> None:
+    """Raise ``ValueError`` when the codec's latent channels differ from the model's ``in_channels``."""
+    channels = getattr(codec, "channels", None)
+    if channels is not None and channels != model.config.in_channels:
+        raise ValueError(f"the codec makes {channels}-channel latents but the model expects "
+                         f"model.config.in_channels={model.config.in_channels}; pass codec= the codec the model "
+                         f"was trained with (e.g. open_codec('vae:/path/to/vae'))")
+
+
+_DEFAULT_ENCODER = None
+_DEFAULT_ENCODER_LOCK = threading.Lock()
+
+
+def default_text_encoder():
+    """The embedded MiniLM-L6 text encoder (``open_text_encoder("default")``), loaded once per process."""
+    global _DEFAULT_ENCODER
+    with _DEFAULT_ENCODER_LOCK:
+        if _DEFAULT_ENCODER is None:
+            from ..data.text import open_text_encoder
+
+            _DEFAULT_ENCODER = open_text_encoder("default")
+        return _DEFAULT_ENCODER
+
+
+def resolve_text_encoder(text_encoder, model):
+    """None -> the embedded default; False -> None (zero captions); a path string -> ``open_text_encoder``.
+
+    Raises ``ValueError`` when the encoder's width differs from ``model.config.caption_dim``.
+    """
+    if text_encoder is False:
+        return None
+    if text_encoder is None:
+        text_encoder = default_text_encoder()
+    elif isinstance(text_encoder, (str, os.PathLike)):
+        from ..data.text import open_text_encoder
+
+        text_encoder = open_text_encoder(str(text_encoder))
+    dim = getattr(text_encoder, "dim", None)
+    if dim is not None and dim != model.config.caption_dim:
+        raise ValueError(f"the text encoder makes {dim}-d token states but the model expects "
+                         f"model.config.caption_dim={model.config.caption_dim}; pass the text encoder the model "
+                         f"was trained with, or text_encoder=False for zero captions")
+    return text_encoder
+
+
+def embed_captions(text_encoder, captions: list[str], caption_dim: int,
+                   length: int = 77) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Caption token states (B, L, D) and mask (B, L), or all-zero states and no mask without an encoder."""
+    if text_encoder is None:
+        return torch.zeros(len(captions), length, caption_dim), None
+    return text_encoder.encode(list(captions))
+
+
+def model_device(model) -> torch.device:
+    """The device of the model's first parameter (CPU for parameter-free models)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+# ---------------------------------------------------------------------------------------------
+#  Notebook display
+# ---------------------------------------------------------------------------------------------
+
+class DisplayMixin:
+    """Shows ``self.widget`` when the object is the value of a notebook cell."""
+
+    widget = None
+
+    def _repr_mimebundle_(self, include=None, exclude=None, **kwargs):
+        return self.widget._repr_mimebundle_(include=include, exclude=exclude, **kwargs)
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)

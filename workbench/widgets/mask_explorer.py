@@ -1,0 +1,203 @@
+"""MaskExplorer: see deferred patch masking on one image: kept and dropped patches, the noisy input, and
+the model's denoised prediction with and without masking.
+
+    from workbench import MicroDiT
+    from workbench.widgets import MaskExplorer
+    model = MicroDiT.from_preset("nano")
+    explorer = MaskExplorer(model)                    # a shapes scene at the model's resolution
+    explorer                                          # shows the widget in a notebook
+    explorer.mask_ratio.value = 0.5                   # the outputs update
+    explorer.keep.sum()                               # int(T * (1 - 0.5)) kept patches
+
+The masked prediction is exactly what training computes: ``precondition(model, x, σ, caption,
+mask_ratio=r, generator=seeded)``. The backbone sees only the kept patches; at dropped positions the
+network output is the mask token, so there the denoiser returns (almost) only c_skip·x.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..diffusion.edm import precondition
+from ..model.masking import num_kept
+from .common import (DisplayMixin, check_codec, display_scale, embed_captions, load_image, model_device, png_bytes,
+                     resolve_codec, resolve_text_encoder, upscale)
+
+SIGMA_RANGE = (0.002, 80.0)      # the log slider's σ range (EDM's σ_min .. σ_max)
+DROPPED_GREY = 150.0             # grey level dropped patches are blended towards
+HATCH_EVERY = 4                  # display pixels between the hatch lines of a dropped patch
+
+
+def patch_grid_image(image: np.ndarray, keep: np.ndarray, patch_px: int, scale: int = 1) -> np.ndarray:
+    """The image with dropped patches greyed and hatched, and thin patch borders.
+
+    Args:
+        image: uint8 (H, W, 3).
+        keep: (T,) bool, True where the patch is kept, patches in row-major order.
+        patch_px: side of one patch in image pixels (patch_size x the codec's downsample factor).
+        scale: nearest-neighbour upscale of the result (hatching needs a few pixels per patch).
+
+    Returns:
+        uint8 (H*scale, W*scale, 3).
+    """
+    h, w = image.shape[:2]
+    gh, gw = h // patch_px, w // patch_px
+    keep = np.asarray(keep, dtype=bool).reshape(gh, gw)                          # (gh, gw)
+    big = upscale(image, scale).astype(np.float32)                               # (H*s, W*s, 3)
+    side = patch_px * scale
+    kept_px = keep.repeat(side, 0).repeat(side, 1)                               # (H*s, W*s)
+    yy, xx = np.mgrid[:big.shape[0], :big.shape[1]]                              # (H*s, W*s) each
+    hatch = (yy + xx) % HATCH_EVERY == 0
+    dropped = big * 0.3 + DROPPED_GREY * 0.7
+    dropped[hatch] = 90.0
+    out = np.where(kept_px[..., None], big, dropped)                             # (H*s, W*s, 3)
+    if side >= 4:                                                                # patch borders
+        border = (yy % side == 0) | (xx % side == 0)
+        out[border] = out[border] * 0.5 + 255 * 0.5
+    return out.round().clip(0, 255).astype(np.uint8)
+
+
+class MaskExplorer(DisplayMixin):
+    """Explore MicroDiT's deferred masking on one image.
+
+    Args:
+        model: a ``MicroDiT`` (any in_channels; for latent models pass their ``codec``).
+        image: None (render a shapes scene at the model's resolution), a file path, a PIL image or an
+            array (resized and centre-cropped to the resolution).
+        text_encoder: None (the embedded MiniLM-L6), a ``TextEncoder`` or a folder path, or False for
+            all-zero caption states.
+        caption: the caption to condition on (default: the shapes scene's caption, or "").
+        codec: None / "pixel" (in_channels == 3, pixels in [-1, 1]), "vae:PATH" or a codec object.
+        resolution: image side in pixels (default ``model.config.sample_size`` x the codec's downsample).
+        mask_ratio, sigma, seed: initial control values (the seed draws both the noise and the mask).
+        sigma_data: the EDM σ_data the model was trained with.
+        scene: index of the shapes scene (``split="val"``) when no image is given.
+
+    Attributes:
+        mask_ratio, sigma, seed, caption_text: the controls (``ipywidgets``; set ``.value`` to update).
+        image_view, patch_view, noisy_view, unmasked_view, masked_view: ``ipywidgets.Image`` outputs.
+        keep: (T,) bool numpy array of the kept patches; ``num_tokens``; ``num_kept``.
+        noisy, denoised_unmasked, denoised_masked: (1, C, h, w) float tensors of the last update.
+        widget: the ``ipywidgets.VBox`` shown in notebooks.
+
+    Example::
+
+        explorer = MaskExplorer(model, "photo.jpg", caption="a cat", codec="vae:/models/sdxl-vae")
+        explorer.sigma.value = 2.0
+        explorer.update()
+    """
+
+    def __init__(self, model, image=None, text_encoder=None, caption: str | None = None, *, codec=None,
+                 resolution: int | None = None, mask_ratio: float = 0.75, sigma: float = 1.0, seed: int = 0,
+                 sigma_data: float = 0.9, scene: int = 0):
+        import ipywidgets as W
+
+        self.model = model
+        self.codec = resolve_codec(codec)
+        check_codec(model, self.codec)
+        self.text_encoder = resolve_text_encoder(text_encoder, model)
+        self.sigma_data = float(sigma_data)
+        self.device = model_device(model)
+        down = getattr(self.codec, "downsample", 1)
+        self.resolution = int(resolution or model.config.sample_size * down)
+        self.patch_px = model.config.patch_size * down
+        if self.resolution % self.patch_px:
+            raise ValueError(f"resolution {self.resolution} is not a multiple of the patch side in pixels "
+                             f"({model.config.patch_size} x downsample {down} = {self.patch_px})")
+
+        if image is None:
+            from ..data.shapes import shapes_arrays
+
+            images, scenes = shapes_arrays(1, resolution=self.resolution, split="val", start=scene)
+            self.pixels = images[0]                                              # (R, R, 3) uint8
+            caption = scenes[0].caption if caption is None else caption
+        else:
+            self.pixels = load_image(image, self.resolution)                     # (R, R, 3) uint8
+            caption = "" if caption is None else caption
+        self.x0 = self.codec.encode(self.pixels[None]).float().to(self.device)   # (1, C, h, w)
+        p = model.config.patch_size
+        self.num_tokens = (self.x0.shape[-2] // p) * (self.x0.shape[-1] // p)                # T
+        self.scale = display_scale(self.resolution)
+
+        # ------------------------------------------------------------ controls
+        lo, hi = (math.log10(s) for s in SIGMA_RANGE)
+        self.mask_ratio = W.FloatSlider(value=mask_ratio, min=0.0, max=0.95, step=0.05, description="mask ratio",
+                                        continuous_update=False, readout_format=".2f")
+        self.sigma = W.FloatLogSlider(value=sigma, base=10, min=lo, max=hi, step=0.05, description="σ",
+                                      continuous_update=False, readout_format=".3g")
+        self.seed = W.IntText(value=seed, description="seed")
+        self.caption_text = W.Text(value=caption, description="caption", continuous_update=False,
+                                   disabled=self.text_encoder is None,
+                                   layout=W.Layout(width="28em"))
+        # ------------------------------------------------------------ outputs
+        image_layout = W.Layout(width=f"{max(128, self.resolution * self.scale)}px")
+        make = lambda: W.Image(format="png", layout=image_layout)  # noqa: E731
+        self.image_view, self.patch_view, self.noisy_view = make(), make(), make()
+        self.unmasked_view, self.masked_view = make(), make()
+        self.image_view.value = png_bytes(self.pixels, self.scale)
+        self.info = W.HTML()
+        panels = [(self.image_view, "image"), (self.patch_view, "kept / dropped patches"),
+                  (self.noisy_view, "noisy input x₀ + σn"), (self.unmasked_view, "denoised, no masking"),
+                  (self.masked_view, "denoised, masked")]
+        self.widget = W.VBox([
+            W.HBox([self.mask_ratio, self.sigma, self.seed]),
+            self.caption_text,
+            W.HBox([W.VBox([W.HTML(f"<b>{title}</b>"), view]) for view, title in panels]),
+            self.info,
+        ])
+
+        self._embed(caption)
+        self.mask_ratio.observe(self._on_change, names="value")
+        self.sigma.observe(self._on_change, names="value")
+        self.seed.observe(self._on_change, names="value")
+        self.caption_text.observe(self._on_caption, names="value")
+        self.update()
+
+    # ---------------------------------------------------------------- callbacks
+    def _embed(self, caption: str) -> None:
+        states, mask = embed_captions(self.text_encoder, [caption], self.model.config.caption_dim)
+        self.caption_states = states.to(self.device)                             # (1, L, D)
+        self.caption_mask = mask.to(self.device) if mask is not None else None   # (1, L) or None
+
+    def _on_change(self, _change=None) -> None:
+        self.update()
+
+    def _on_caption(self, change) -> None:
+        self._embed(change["new"])
+        self.update()
+
+    # ---------------------------------------------------------------- the computation
+    @torch.no_grad()
+    def update(self) -> None:
+        """Recompute the noisy input, the keep mask and both predictions from the controls."""
+        ratio, sigma, seed = float(self.mask_ratio.value), float(self.sigma.value), int(self.seed.value)
+        noise = torch.randn(self.x0.shape, generator=torch.Generator().manual_seed(seed))   # (1, C, h, w)
+        self.noisy = self.x0 + sigma * noise.to(self.device)                                 # (1, C, h, w)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            args = (self.model, self.noisy, sigma, self.caption_states, self.caption_mask)
+            self.denoised_unmasked, _ = precondition(*args, sigma_data=self.sigma_data)
+            self.denoised_masked, keep = precondition(*args, mask_ratio=ratio, sigma_data=self.sigma_data,
+                                                      generator=torch.Generator().manual_seed(seed))
+        finally:
+            self.model.train(was_training)
+        if keep is None:                                                          # mask_ratio == 0
+            keep = torch.ones(1, self.num_tokens, dtype=torch.bool)
+        self.keep = keep[0].cpu().numpy()                                         # (T,)
+        self.num_kept = int(self.keep.sum())
+
+        decode = lambda x: self.codec.decode(x.float())[0]  # noqa: E731           (H, W, 3) uint8
+        self.patch_view.value = png_bytes(patch_grid_image(self.pixels, self.keep, self.patch_px, self.scale))
+        self.noisy_view.value = png_bytes(decode(self.noisy), self.scale)
+        self.unmasked_view.value = png_bytes(decode(self.denoised_unmasked), self.scale)
+        self.masked_view.value = png_bytes(decode(self.denoised_masked), self.scale)
+        error = lambda d: float(((d - self.x0) ** 2).mean())  # noqa: E731
+        self.info.value = (
+            f"kept <b>{self.num_kept}</b> of {self.num_tokens} patches (mask ratio {ratio:.2f}: the backbone sees "
+            f"int(T·(1−r)) = {num_kept(self.num_tokens, ratio)} tokens) · σ = {sigma:.3g} · "
+            f"MSE to the clean image: unmasked {error(self.denoised_unmasked):.4f}, "
+            f"masked {error(self.denoised_masked):.4f}")
