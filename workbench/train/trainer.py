@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import threading
 import time
 import warnings
@@ -98,6 +99,40 @@ def check_stage(stage: Stage, num_processes: int = 1) -> PreparedInfo:
     return info
 
 
+def has_gpu() -> bool:
+    """Whether torch sees a GPU-like accelerator (CUDA, XPU, ...)."""
+    accel = getattr(torch, "accelerator", None)
+    return bool(accel.is_available()) if accel is not None else torch.cuda.is_available()
+
+
+def make_accelerator(stage: Stage):
+    """The stage's ``accelerate.Accelerator``: joins a launched process group also without a GPU.
+
+    accelerate only builds a gloo (CPU) process group when asked to run on the CPU; without that,
+    ``accelerate launch --multi_gpu`` / ``torchrun`` on a CPU machine start N independent
+    single-process trainings that overwrite each other's checkpoints. In a single process (a
+    notebook), a stage whose ``mixed_precision`` differs from the previous stage's resets
+    accelerate's process-wide state instead of failing.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, is_initialized
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1 and is_initialized() and AcceleratorState().mixed_precision != stage.mixed_precision:
+        AcceleratorState._reset_state()
+    plugin = None
+    if stage.fsdp:
+        from accelerate import FullyShardedDataParallelPlugin
+        plugin = FullyShardedDataParallelPlugin()
+    acc = Accelerator(mixed_precision=stage.mixed_precision, fsdp_plugin=plugin, cpu=world > 1 and not has_gpu(),
+                      log_with="tensorboard" if stage.tensorboard else None, project_dir=str(stage.stage_dir))
+    if world > 1 and acc.num_processes == 1:
+        raise RuntimeError(f"the launcher started {world} processes (WORLD_SIZE) but accelerate joined "
+                           f"{acc.num_processes}; on a CPU machine use `accelerate launch --multi_gpu "
+                           f"--num_processes {world}` or torchrun")
+    return acc
+
+
 class Trainer:
     """Trains one :class:`Stage`; resumable, stoppable from another thread, with callbacks.
 
@@ -120,19 +155,10 @@ class Trainer:
     def __init__(self, stage: Stage, *, resume: str | Path | None = "auto", accelerator=None, progress: bool = True,
                  on_step: Callable | None = None, on_checkpoint: Callable | None = None,
                  on_samples: Callable | None = None):
-        from accelerate import Accelerator
         from accelerate.utils import set_seed
 
         self.stage = stage
-        if accelerator is None:
-            plugin = None
-            if stage.fsdp:
-                from accelerate import FullyShardedDataParallelPlugin
-                plugin = FullyShardedDataParallelPlugin()
-            accelerator = Accelerator(mixed_precision=stage.mixed_precision, fsdp_plugin=plugin,
-                                      log_with="tensorboard" if stage.tensorboard else None,
-                                      project_dir=str(stage.stage_dir))
-        self.accelerator = acc = accelerator
+        self.accelerator = acc = accelerator if accelerator is not None else make_accelerator(stage)
         self.info = check_stage(stage, acc.num_processes)
         self.accumulation = stage.global_batch // (stage.micro_batch * acc.num_processes)
         self.callbacks = {"on_step": [f for f in [on_step] if f], "on_checkpoint": [f for f in [on_checkpoint] if f],
@@ -200,10 +226,11 @@ class Trainer:
         if self.ema is not None:
             ckpt.load_model_weights(path, self.ema, ema=ckpt.has_ema(path), ignore_fields=RESOLUTION_FIELDS)
         if self.stage.init_mode == "full":
-            ckpt.load_optimizer_state(path, optimizer)
-            for group in optimizer.param_groups:            # the new stage's own learning rate
-                group["lr"] = group["initial_lr"] = self.stage.lr * (
-                    model.arch.moe_lr_scale if group.get("name") == "moe" else 1.0)
+            ckpt.load_optimizer_state(path, optimizer)      # moments and step counts; it also restores the
+            for group in optimizer.param_groups:            # old stage's settings: use this stage's instead
+                base = self.stage.lr * (model.arch.moe_lr_scale if group.get("name") == "moe" else 1.0)
+                group.update(initial_lr=base, lr=base * lr_factor(0, self.stage), betas=self.stage.betas,
+                             weight_decay=self.stage.weight_decay)
         return {"path": str(path), "mode": self.stage.init_mode}
 
     def _resume(self, resume) -> str | None:
@@ -272,6 +299,7 @@ class Trainer:
             self.nonfinite_total += 1
             self.nonfinite_streak += 1
         self.optimizer.zero_grad(set_to_none=True)
+        lr = self.scheduler.get_last_lr()[0]                                             # the LR this step used
         self.scheduler.step()
         self.step_count += 1
         if finite:
@@ -282,7 +310,7 @@ class Trainer:
                 f"{self.step_count}); the last good checkpoint in {stage.checkpoint_dir} is intact. Lower the LR, "
                 f"raise warmup_steps or use grad_clip")
         elapsed = time.perf_counter() - start
-        metrics = {"step": self.step_count, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
+        metrics = {"step": self.step_count, "loss": loss, "lr": lr,
                    "grad_norm": grad_norm, "img_per_s": stage.global_batch / elapsed, "mask_ratio": stage.mask_ratio,
                    "nonfinite_steps": self.nonfinite_total,
                    "loss_per_sigma": loss_per_sigma_bin(losses, all_sigmas)}
@@ -328,6 +356,7 @@ class Trainer:
                 self._after_step(metrics)
         finally:
             bar.close()
+            self._stop.clear()          # a stop request ends this run only; a later run() trains again
         if self._checkpointed_step != self.step_count:
             self.save_checkpoint()
         if self.done and self._sampled_step != self.step_count:
@@ -345,8 +374,8 @@ class Trainer:
                 acc.log({k: v for k, v in metrics.items() if isinstance(v, float)}, step=s)
         for fn in self.callbacks["on_step"]:
             fn(self, metrics)
-        if stage.checkpoint_every and s % stage.checkpoint_every == 0:
-            self.save_checkpoint()
+        if stage.checkpoint_every and s % stage.checkpoint_every == 0 and not self.nonfinite_streak:
+            self.save_checkpoint()      # not inside a non-finite streak: keep the last good checkpoint
         if stage.sample_every and s % stage.sample_every == 0:
             self.save_samples()
 
@@ -408,7 +437,7 @@ class Trainer:
     def stop(self, wait: bool = True, timeout: float | None = None) -> None:
         """Ask the run to end at the next step boundary (it then writes a checkpoint)."""
         self._stop.set()
-        if wait and self._thread is not None:
+        if wait and self._thread is not None and self._thread is not threading.current_thread():  # (a callback)
             self._thread.join(timeout)
 
     @property

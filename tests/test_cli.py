@@ -1,0 +1,104 @@
+"""The `workbench` command: info, prepare -> train -> sample end to end, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from workbench.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+XL_2_PARAMS = 1_165_442_320                      # PAPER.md appendix: MicroDiT_XL_2 on SDXL latents
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+
+
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the installed ``workbench`` console script (one thread, no progress bars)."""
+    return subprocess.run([str(BIN / "workbench"), *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=ENV)
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, f"{proc.args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+# --------------------------------------------------------------------------- in process (fast)
+
+def test_info_json_gives_the_xl_2_parameter_count(capsys):
+    assert main(["info", "--preset", "xl_2", "--json"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    report = json.loads(last)
+    assert report["preset"] == "xl_2" and report["params"] == XL_2_PARAMS
+
+
+def test_info_with_an_unknown_preset_lists_the_presets(capsys):
+    assert main(["info", "--preset", "bogus"]) != 0
+    err = capsys.readouterr().err
+    assert "unknown MicroDiT preset 'bogus'" in err
+    assert all(name in err for name in ("micro", "nano", "tiny_2", "xl_2"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "mask_ratio=1.0"], "Stage.mask_ratio: expected a value in [0, 1)"),
+    (["--set", "lr=-1"], "Stage.lr: expected a positive number"),
+    (["--set", "stpes=5"], "did you mean 'steps'"),
+])
+def test_train_rejects_a_bad_config_before_training(tmp_path, capsys, args, message):
+    code = main(["train", "--config", str(ROOT / "configs/paper/stage1.yaml"), "--set", f"runs_dir={tmp_path}", *args])
+    assert code == 2 and message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_train_with_a_missing_config_file_says_so(tmp_path, capsys):
+    assert main(["train", "--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "stage config not found" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- console script (slow)
+
+@pytest.mark.slow
+def test_prepare_train_resume_and_sample_from_the_command_line(tmp_path, capsys):
+    """The first training runs as the console script; prepare, the resumed training and sample run
+    in process through the same ``main`` (a subprocess costs ~5-15 s of imports on 2 busy cores)."""
+    data = tmp_path / "data"
+    assert main(["prepare", "--source", "shapes", "--out", str(data), "--resolutions", "16", "--limit", "16",
+                 "--trim-padding", "--no-progress"]) == 0
+    assert (data / "prepared.json").is_file()
+
+    config = tmp_path / "stage.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "stage1", "run": "cli", "runs_dir": str(tmp_path / "runs"), "data": str(data), "resolution": 16,
+        "model": "nano", "model_overrides": {"depth": 2, "width": 64, "mixer_width": 64}, "steps": 50,
+        "global_batch": 8, "micro_batch": 8, "lr": 1e-3, "sample_steps": 2, "sample_prompts": ["a red circle"],
+        "log_every": 1, "ema_decay": 0.9}))
+    stage_dir = tmp_path / "runs" / "cli" / "stage1"
+    train = ok(cli("train", "--config", str(config), "--set", "steps=2"))
+    assert "step 2/2" in train.stdout
+    assert (stage_dir / "checkpoints" / "step_0000002" / "manifest.json").is_file()
+    assert (stage_dir / "samples" / "step_0000002.png").is_file()
+
+    # the same stage, one step longer: resumes from step 2 (in process; accelerate launch is in tests/train)
+    capsys.readouterr()
+    assert main(["train", "--config", str(config), "--set", "steps=3"]) == 0
+    printed = capsys.readouterr().out
+    assert "resuming cli/stage1 from" in printed and "(step 2)" in printed and "step 3/3" in printed
+    records = [json.loads(line) for line in (stage_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3]
+
+    out = tmp_path / "x.png"
+    capsys.readouterr()
+    assert main(["sample", "--checkpoint", str(stage_dir), "--prompt", "a red circle", "--prompt", "a blue square",
+                 "--steps", "2", "--n", "2", "--out", str(out)]) == 0
+    assert str(out) in capsys.readouterr().out
+    image = np.asarray(Image.open(out))
+    assert image.ndim == 3 and image.shape[2] == 3 and image.shape[0] > 16 and image.std() > 0
