@@ -53,19 +53,25 @@ def to_dict(config: Any) -> dict[str, Any]:
     return {k: plain(v) for k, v in dataclasses.asdict(config).items()}
 
 
-def load_yaml(cls: type[T], path: str | Path) -> T:
-    """Load dataclass ``cls`` from a YAML file (a mapping of field names to values)."""
+def load_yaml(cls: type[T], path: str | Path, **overrides: Any) -> T:
+    """Load dataclass ``cls`` from a YAML file (a mapping of field names to values), then apply overrides.
+
+    Unknown keys in the file or the overrides raise ``ValueError`` with a did-you-mean hint.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+        raise FileNotFoundError(f"{cls.__name__} config file not found: {path}")
     values = yaml.safe_load(path.read_text()) or {}
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a YAML mapping of {cls.__name__} fields, got {type(values).__name__}")
-    return from_dict(cls, values)
+    check_known_keys(cls, values, what=f"{cls.__name__} config {path}")
+    check_known_keys(cls, overrides)
+    return cls(**{**values, **overrides})
 
 
 def dump_yaml(config: Any, path: str | Path) -> None:
-    """Write a dataclass config to a YAML file."""
+    """Write a dataclass config to a YAML file (creating its folder)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
 

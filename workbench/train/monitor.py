@@ -31,10 +31,19 @@ class MetricsLog:
             f.write(json.dumps(record) + "\n")
 
     def read(self) -> list[dict]:
-        """All records written so far (an empty list when there is no file)."""
+        """All records written so far (an empty list when there is no file).
+
+        A torn last line (a process killed mid-write) is ignored.
+        """
         if not self.path.is_file():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        records = []
+        for line in self.path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return records
 
     def truncate_after(self, step: int) -> None:
         """Drop records of steps after ``step`` (a resumed run rewrites them)."""

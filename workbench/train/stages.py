@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from ..config import check_known_keys, from_dict, require, to_dict
+from ..config import check_known_keys, dump_yaml, from_dict, load_yaml, require, to_dict
 
 DEFAULT_PROMPTS = ("a red circle", "a blue square", "a green triangle", "a yellow star",
                    "a large purple ring", "an orange cross", "two red circles", "a blue star above a green square")
@@ -124,20 +123,11 @@ class Stage:
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> "Stage":
         """Load a stage YAML file, then apply field overrides (like ``--set key=value``)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"stage config not found: {path}")
-        values = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(values, dict):
-            raise ValueError(f"{path}: expected a mapping of Stage fields")
-        check_known_keys(cls, values, what=f"Stage config {path}")
-        check_known_keys(cls, overrides, what="Stage")
-        return from_dict(cls, {**values, **overrides})
+        return load_yaml(cls, path, **overrides)
 
     def to_yaml(self, path: str | Path) -> None:
         """Write this stage as YAML."""
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        dump_yaml(self, path)
 
     def to_dict(self) -> dict:
         """Plain dict of every field."""
