@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt kernels/workbench/kernel.json | $(PY)
 setup: $(STAMP)
 
 demo: setup
-	$(VENV)/bin/workbench demo
+	$(VENV)/bin/workbench pipeline --config configs/demo/pipeline.yaml
 
 test: setup
 	$(PY) -m pytest

@@ -61,7 +61,7 @@ def test_train_rejects_a_bad_config_before_training(tmp_path, capsys, args, mess
 
 def test_train_with_a_missing_config_file_says_so(tmp_path, capsys):
     assert main(["train", "--config", str(tmp_path / "nope.yaml")]) == 2
-    assert "stage config not found" in capsys.readouterr().err
+    assert "Stage config file not found" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- console script (slow)

@@ -3,6 +3,7 @@
     workbench prepare --source shapes --out data/prepared/shapes   latents + caption embeddings
     workbench info --preset nano [--json]        parameters by part, FLOPs
     workbench train --config configs/demo/stage1.yaml [--set k=v] [--resume auto]
+    workbench pipeline --config configs/demo/pipeline.yaml [--set prepare.limit=500]   notebooks via papermill
     workbench sample --checkpoint runs/demo/stage4 --prompt "a red circle"
     workbench bench model|data|train [--json PATH]     speed benchmarks (JSON)
     workbench kernel install                     the Jupyter kernel for this venv
@@ -131,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a Stage field")
     train.add_argument("--resume", default="auto", help="auto (default), never, or a checkpoint path")
     train.set_defaults(fn=cmd_train)
+
+    from .pipeline import add_pipeline_arguments, run_pipeline_cli
+
+    pipe = sub.add_parser("pipeline", help="prepare, train every stage and evaluate by running the notebooks "
+                                           "(papermill); resumable; writes runs/<run>/report.html")
+    add_pipeline_arguments(pipe)
+    pipe.set_defaults(fn=run_pipeline_cli)
 
     samp = sub.add_parser("sample", help="sample prompts from a checkpoint into a PNG grid")
     samp.add_argument("--checkpoint", required=True, help="a checkpoint folder, or a stage folder (newest checkpoint)")

@@ -242,6 +242,8 @@ class Trainer:
             return None
         path = ckpt.latest_valid_checkpoint(root) if resume == "auto" else ckpt.resolve_checkpoint(resume)
         if path is None:
+            if self.accelerator.is_main_process:   # a fresh start: drop metrics of an earlier run that never checkpointed
+                self.metrics.truncate_after(0)
             return None
         state = ckpt.load_checkpoint(path, model=self.accelerator.unwrap_model(self.model), optimizer=self.optimizer,
                                      scheduler=self.scheduler, ema=self.ema, map_location=self.accelerator.device,

@@ -1,0 +1,1 @@
+"""Evaluation: the cost model (FLOPs per step, GPU-hours, dollars; the paper's cost table)."""
