@@ -10,7 +10,7 @@ one-line call and ``report.html`` shows exactly what the notebooks show::
     write_report("runs/demo")                     # runs/demo/report.html, self-contained (no CDN)
 
 A stage folder is what ``workbench.train.Trainer`` writes: ``stage.yaml``, ``metrics.jsonl``,
-``samples/step_XXXXXXX.png`` and ``checkpoints/step_XXXXXXX/``.
+``samples/step_NNNNNNN.png`` and ``checkpoints/step_NNNNNNN/``.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def read_metrics(stage_dir: str | os.PathLike) -> list[dict]:
 
 
 def latest_samples(stage_dir: str | os.PathLike) -> Path | None:
-    """The newest ``samples/step_XXXXXXX.png`` of a stage, or None."""
+    """The newest ``samples/step_NNNNNNN.png`` of a stage, or None."""
     found = sorted((Path(stage_dir) / "samples").glob("step_*.png"))
     return found[-1] if found else None
 

@@ -1,6 +1,6 @@
 """Checkpoints: atomic save, verified load, exact resume, retention.
 
-A checkpoint is one folder, ``<root>/step_XXXXXXX/`` (``root`` is usually
+A checkpoint is one folder, ``<root>/step_NNNNNNN/`` (``root`` is usually
 ``runs/<run>/<stage>/checkpoints``)::
 
     model.safetensors    model.state_dict()                    (safetensors, config in its metadata)
@@ -11,8 +11,8 @@ A checkpoint is one folder, ``<root>/step_XXXXXXX/`` (``root`` is usually
     config.json          {"model": <MicroDiTConfig as a dict>, "stage": <stage config>}
     manifest.json        written last: format, step, final flag, sha256 and size of every file
 
-It is built in a hidden ``<root>/.tmp-step_XXXXXXX-<pid>-<hex>/`` folder, every file is
-fsync'ed, and only then is the folder renamed to ``step_XXXXXXX``. A process killed at any
+It is built in a hidden ``<root>/.tmp-step_NNNNNNN-<pid>-<hex>/`` folder, every file is
+fsync'ed, and only then is the folder renamed to ``step_NNNNNNN``. A process killed at any
 instant therefore leaves either no new ``step_*`` folder or a complete one, and never touches
 the older ones. Loading checks the checksums and that the saved model config equals the
 current model's, naming every differing field. Example::
@@ -395,7 +395,7 @@ def latest_valid_checkpoint(root: str | Path, log: Callable[[str], Any] = warnin
 def resolve_checkpoint(spec: str | Path) -> Path:
     """A checkpoint folder from ``spec``: the folder itself, or the newest valid one under a stage folder.
 
-    Accepts ``.../step_XXXXXXX`` (returned as is; loading verifies it), a checkpoints root
+    Accepts ``.../step_NNNNNNN`` (returned as is; loading verifies it), a checkpoints root
     (``runs/x/stage1/checkpoints``) or a stage folder (``runs/x/stage1``). Raises
     ``FileNotFoundError`` saying what was looked for.
     """
@@ -416,7 +416,7 @@ def resolve_checkpoint(spec: str | Path) -> Path:
     if stages:
         raise FileNotFoundError(f"{path} is a run with stages {', '.join(stages)}: name one, "
                                 f"e.g. {path / stages[-1]}")
-    raise FileNotFoundError(f"no checkpoints under {path}: expected a step_XXXXXXX folder, a checkpoints folder "
+    raise FileNotFoundError(f"no checkpoints under {path}: expected a step_NNNNNNN folder, a checkpoints folder "
                             "holding them, or a stage folder with a checkpoints/ subfolder")
 
 

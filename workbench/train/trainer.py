@@ -407,7 +407,7 @@ class Trainer:
         return self.ema if self.ema is not None else self.accelerator.unwrap_model(self.model)
 
     def save_samples(self) -> Path | None:
-        """Sample the stage's prompts (EMA weights when present) into samples/step_XXXXXXX.png."""
+        """Sample the stage's prompts (EMA weights when present) into samples/step_NNNNNNN.png."""
         self._sampled_step = self.step_count
         if not self.accelerator.is_main_process:
             return None
