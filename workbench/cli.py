@@ -7,7 +7,7 @@
     workbench sample --checkpoint runs/demo/stage4 --prompt "a red circle"
     workbench bench model|data|train [--json PATH]     speed benchmarks (JSON)
     workbench kernel install                     the Jupyter kernel for this venv
-    workbench demo                               the main job on the embedded data
+    workbench demo                               a 1-minute model tour (make demo runs `workbench pipeline`)
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     kernel.add_argument("action", choices=["install"])
     kernel.set_defaults(fn=cmd_kernel)
 
-    demo = sub.add_parser("demo", help="the main job on the embedded default data")
+    demo = sub.add_parser("demo", help="a 1-minute model tour: summary, FLOPs, overfit one batch, sample (make demo runs the pipeline)")
     demo.add_argument("--steps", type=int, default=200)
     demo.set_defaults(fn=cmd_demo)
     return parser
