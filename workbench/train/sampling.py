@@ -42,9 +42,10 @@ def sample_checkpoint(spec: str | Path, prompts: list[str], out: str | Path = "s
     from ..diffusion import EDMConfig
     from .monitor import PromptGrid
 
-    model = load_checkpoint_model(spec, use_ema)
-    info = checkpoint_data_info(spec)
-    stage = ckpt.read_config(ckpt.resolve_checkpoint(spec))["stage"]
+    path = ckpt.resolve_checkpoint(spec)   # once: a stage folder's newest checkpoint is found by verifying them
+    model = load_checkpoint_model(path, use_ema)
+    info = checkpoint_data_info(path)
+    stage = ckpt.read_config(path)["stage"]
     grid = PromptGrid(info, [p for p in prompts for _ in range(per_prompt)], steps=steps, cfg_scale=cfg_scale,
                       seed=seed, resolution=stage.get("resolution"), sampler=sampler, columns=per_prompt,
                       edm=EDMConfig(sigma_data=stage.get("sigma_data", 0.9)))
