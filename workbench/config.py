@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,6 +21,22 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, also reading ``1e-3`` and ``2E5`` as floats (YAML 1.2), not strings."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?\.?[0-9_]*[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that reads ``lr: 1e-3`` as a float (plain PyYAML gives the string ``'1e-3'``)."""
+    return yaml.load(text, Loader=_Loader)
 
 
 def require(ok: bool, owner: str, name: str, expected: str, got: Any) -> None:
@@ -61,7 +78,7 @@ def load_yaml(cls: type[T], path: str | Path, **overrides: Any) -> T:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{cls.__name__} config file not found: {path}")
-    values = yaml.safe_load(path.read_text()) or {}
+    values = parse_yaml(path.read_text()) or {}
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a YAML mapping of {cls.__name__} fields, got {type(values).__name__}")
     check_known_keys(cls, values, what=f"{cls.__name__} config {path}")
@@ -85,7 +102,7 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
         if "=" not in pair:
             raise ValueError(f"--set expects key=value, got {pair!r}")
         key, value = pair.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        out[key.strip()] = parse_yaml(value)
     return out
 
 

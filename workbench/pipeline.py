@@ -54,6 +54,8 @@ from typing import Any, Callable
 
 import yaml
 
+from .config import parse_yaml
+
 KERNEL_NAME = "workbench"
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"   # the repo's notebook templates
 PREPARE_NOTEBOOK = "01_prepare_data.ipynb"
@@ -123,7 +125,7 @@ def parse_mapping(value: str | dict | None, name: str = "overrides") -> dict:
     except ValueError:
         parsed = None
     try:
-        parsed = yaml.safe_load(value) if parsed is None else parsed
+        parsed = parse_yaml(value) if parsed is None else parsed
     except yaml.YAMLError as err:
         raise ValueError(f"{name}: not a YAML mapping ({err}); write it like \"{{lr: 3.0e-4, steps: 10}}\"") from None
     if parsed is None:
@@ -229,7 +231,7 @@ class PipelineConfig:
         if not path.is_file():
             raise PipelineConfigError(f"--config: pipeline config {str(path)!r} not found")
         try:
-            values = yaml.safe_load(path.read_text()) or {}
+            values = parse_yaml(path.read_text()) or {}
         except yaml.YAMLError as err:
             raise PipelineConfigError(f"--config: {path} is not valid YAML: {err}") from None
         if not isinstance(values, dict):
@@ -277,7 +279,7 @@ def apply_set(values: dict, pair: str) -> None:
     if not all(parts):
         raise PipelineConfigError(f"--set {pair!r}: empty key part")
     try:
-        value = yaml.safe_load(raw)
+        value = parse_yaml(raw)
     except yaml.YAMLError as err:
         raise PipelineConfigError(f"--set {key}: value {raw!r} is not valid YAML ({err})") from None
     if isinstance(value, str):           # YAML 1.1 reads 1e30 (no dot) as a string: take it as the number meant

@@ -1,0 +1,32 @@
+"""Config helpers: YAML parsing of overrides and files, unknown keys, diffs."""
+
+import pytest
+
+from workbench.config import config_diff, load_yaml, parse_overrides, parse_yaml
+from workbench.train import Stage
+
+
+def test_exponent_floats_are_numbers_not_strings():
+    # plain PyYAML (YAML 1.1) reads "1e-3" as the string '1e-3'; a researcher types it anyway
+    assert parse_yaml("1e-3") == pytest.approx(1e-3)
+    assert parse_yaml("-2E+4") == pytest.approx(-2e4)
+    assert parse_yaml("3.0e-4") == pytest.approx(3e-4)
+    assert parse_yaml("1e") == "1e" and parse_yaml("e5") == "e5" and parse_yaml("stage1") == "stage1"
+    assert parse_overrides(["lr=1e-3", "steps=3", "model_overrides={depth: 2}"]) == {
+        "lr": pytest.approx(1e-3), "steps": 3, "model_overrides": {"depth": 2}}
+
+
+def test_stage_yaml_reads_exponent_lr(tmp_path):
+    path = tmp_path / "stage.yaml"
+    path.write_text("name: s\nlr: 2e-4\nsteps: 5\n")
+    stage = load_yaml(Stage, path, **parse_overrides(["warmup_steps=1"]))
+    assert stage.lr == pytest.approx(2e-4) and stage.warmup_steps == 1
+
+
+def test_parse_overrides_needs_key_value():
+    with pytest.raises(ValueError, match="key=value"):
+        parse_overrides(["lr"])
+
+
+def test_config_diff_names_fields_and_ignores_tuple_vs_list():
+    assert config_diff({"a": 1, "b": (1, 2)}, {"a": 2, "b": [1, 2], "c": 3}) == {"a": (1, 2), "c": (None, 3)}
