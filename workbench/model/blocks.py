@@ -69,8 +69,8 @@ class Attention(nn.Module):
         self.k_norm = layer_norm(inner_dim, eps, affine=False)
         self.proj = nn.Linear(inner_dim, dim, bias=False)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
-                key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def _heads(self, x: torch.Tensor, context: torch.Tensor | None):
+        """Normalised q, k and v split into heads: (B, H, N, hd), (B, H, L, hd), (B, H, L, hd)."""
         if self.cross:
             q = self.q(x)                                   # (B, N, I)
             k, v = self.kv(context).chunk(2, dim=-1)        # (B, L, I) each
@@ -78,9 +78,23 @@ class Attention(nn.Module):
             q, k, v = self.qkv(x).chunk(3, dim=-1)          # (B, N, I) each
         q, k = self.q_norm(q).to(v.dtype), self.k_norm(k).to(v.dtype)
         split = lambda t: t.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)  # noqa: E731 (B, H, N, hd)
+        return split(q), split(k), split(v)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        q, k, v = self._heads(x, context)                   # (B, H, N, hd), (B, H, L, hd) x2
         attn_mask = None if key_mask is None else key_mask.bool()[:, None, None, :]    # (B, 1, 1, L)
-        out = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=attn_mask)  # (B, H, N, hd)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)             # (B, H, N, hd)
         return self.proj(out.transpose(1, 2).flatten(2))    # (B, N, D)
+
+    def attention_weights(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                          key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The softmax attention probabilities ``forward`` uses: (B, H, N, L) (for diagnostics)."""
+        q, k, _ = self._heads(x, context)                   # (B, H, N, hd), (B, H, L, hd)
+        logits = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)                    # (B, H, N, L)
+        if key_mask is not None:
+            logits = logits.masked_fill(~key_mask.bool()[:, None, None, :], float("-inf"))
+        return logits.softmax(dim=-1)                       # (B, H, N, L)
 
 
 class SwiGLU(nn.Module):
