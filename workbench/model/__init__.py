@@ -4,5 +4,5 @@ from .diagnostics import AttentionLocality, AttentionRecorder
 from .embeddings import null_caption, sincos_2d_positions
 from .microdit import PRESETS, MicroDiT, MicroDiTOutput, ModelSummary, preset_config
 
-__all__ = ["AttentionLocality", "AttentionRecorder", "MicroDiT", "MicroDiTOutput", "ModelSummary", "PRESETS", "preset_config", "null_caption",
-           "sincos_2d_positions"]
+__all__ = ["AttentionLocality", "AttentionRecorder", "MicroDiT", "MicroDiTOutput", "ModelSummary", "PRESETS",
+           "preset_config", "null_caption", "sincos_2d_positions"]
