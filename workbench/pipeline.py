@@ -121,11 +121,7 @@ def parse_mapping(value: str | dict | None, name: str = "overrides") -> dict:
     if not isinstance(value, str):
         raise ValueError(f"{name}: expected a mapping or a YAML mapping string, got {value!r}")
     try:
-        parsed = json.loads(value)        # JSON first: YAML 1.1 would read JSON's 1e+30 as a string
-    except ValueError:
-        parsed = None
-    try:
-        parsed = parse_yaml(value) if parsed is None else parsed
+        parsed = parse_yaml(value)        # JSON is YAML too; 1e-3 and 1e+30 read as floats
     except yaml.YAMLError as err:
         raise ValueError(f"{name}: not a YAML mapping ({err}); write it like \"{{lr: 3.0e-4, steps: 10}}\"") from None
     if parsed is None:
@@ -282,11 +278,6 @@ def apply_set(values: dict, pair: str) -> None:
         value = parse_yaml(raw)
     except yaml.YAMLError as err:
         raise PipelineConfigError(f"--set {key}: value {raw!r} is not valid YAML ({err})") from None
-    if isinstance(value, str):           # YAML 1.1 reads 1e30 (no dot) as a string: take it as the number meant
-        try:
-            value = float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "infinity") else value
-        except ValueError:
-            pass
     node = values
     for i, part in enumerate(parts[:-1]):
         child = node.get(part)
