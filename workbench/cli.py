@@ -66,12 +66,15 @@ def cmd_train(args) -> int:
 
     stage = Stage.from_yaml(args.config, **parse_overrides(args.set))
     trainer = Trainer(stage, resume=args.resume)
-    if trainer.resumed_from:
+    main = trainer.accelerator.is_main_process     # under `accelerate launch`, one report, not one per rank
+    if trainer.resumed_from and main:
         print(f"resuming {stage.run}/{stage.name} from {trainer.resumed_from} (step {trainer.step_count})")
     trainer.run()
     last = trainer.history[-1] if trainer.history else {}
-    print(f"{stage.run}/{stage.name}: step {trainer.step_count}/{stage.steps}, loss {last.get('loss', float('nan')):.4f}; "
-          f"outputs in {stage.stage_dir}")
+    if main:
+        print(f"{stage.run}/{stage.name}: step {trainer.step_count}/{stage.steps}, "
+              f"loss {last.get('loss', float('nan')):.4f} ({trainer.accelerator.num_processes} process(es)); "
+              f"outputs in {stage.stage_dir}")
     return 0
 
 

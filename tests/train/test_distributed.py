@@ -114,3 +114,17 @@ def test_two_gloo_processes_keep_identical_replicas_and_match_one_process(make_s
         diff = max((a[k] - b[k]).abs().max().item() for k in a)
         assert diff < 1e-4, f"{'EMA' if ema else 'model'} differs from 1-process training by {diff}"
     assert [p.name for p in ckpt.list_checkpoints(multi.checkpoint_dir)] == ["step_0000004"]
+
+
+def test_accelerate_launch_runs_the_train_cli_on_two_processes(make_stage, tmp_path):
+    stage = make_stage(micro_batch=4)                    # global 8 = 2 ranks x 4
+    config = tmp_path / "stage.yaml"
+    stage.to_yaml(config)
+    launch = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--num_cpu_threads_per_process", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(free_port()), "-m", "workbench", "train", "--config", str(config)]
+    out = finish(start(launch), timeout=240)
+    reports = [line for line in out.splitlines() if "outputs in" in line]
+    assert len(reports) == 1 and "step 4/4" in reports[0] and "(2 process(es))" in reports[0]   # one report, 2 ranks
+    assert sorted(losses(stage)) == [1, 2, 3, 4]
+    assert ckpt.resolve_checkpoint(stage.stage_dir).name == "step_0000004"
