@@ -51,7 +51,8 @@ def test_recorder_reports_every_patch_self_attention(nano, caption_batch):
     with AttentionRecorder(nano) as rec:
         nano(torch.randn(2, 3, 32, 32), torch.zeros(2), caption, mask)
     rows = rec.locality()
-    expected = [f"mixer.{i}.attn" for i in range(len(nano.mixer))] + [f"blocks.{i}.attn" for i in range(len(nano.blocks))]
+    expected = ([f"mixer.{i}.attn" for i in range(len(nano.mixer))]
+                + [f"blocks.{i}.attn" for i in range(len(nano.blocks))])
     assert [r.name for r in rows] == expected
     modules = dict(nano.named_modules())
     t = 16 * 16
