@@ -92,15 +92,16 @@ def dump_yaml(config: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
-def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+def parse_overrides(pairs: list[str] | None, flag: str = "--set") -> dict[str, Any]:
     """``["steps=100", "model_overrides={depth: 4}"]`` -> ``{"steps": 100, "model_overrides": {"depth": 4}}``.
 
     Values are parsed as YAML scalars or flow collections (``4``, ``0.5``, ``true``, ``[0.5, 1.0]``).
+    ``flag`` names the command-line option in the error for a pair without ``=``.
     """
     out: dict[str, Any] = {}
     for pair in pairs or []:
         if "=" not in pair:
-            raise ValueError(f"--set expects key=value, got {pair!r}")
+            raise ValueError(f"{flag} expects key=value, got {pair!r}")
         key, value = pair.split("=", 1)
         out[key.strip()] = parse_yaml(value)
     return out

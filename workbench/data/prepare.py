@@ -756,14 +756,9 @@ def add_prepare_arguments(parser) -> None:
 
 def run_prepare_cli(args) -> int:
     """Run ``prepare`` from parsed ``add_prepare_arguments`` options; returns the exit status."""
-    from ..config import parse_yaml
+    from ..config import parse_overrides
 
-    options = {}
-    for pair in args.option:
-        if "=" not in pair:
-            raise ValueError(f"--option expects KEY=VALUE, got {pair!r}")
-        key, value = pair.split("=", 1)
-        options[key.strip()] = parse_yaml(value)
+    options = parse_overrides(args.option, flag="--option")
     text_options = {}
     if args.max_length is not None:
         text_options["max_length"] = args.max_length
