@@ -45,12 +45,14 @@ def cmd_bench(args) -> int:
     if args.what == "model":
         from .bench.model import bench_model
 
-        report = bench_model(batch=args.batch, resolution=args.resolution, repeats=args.repeats, bf16=args.bf16)
+        report = bench_model(presets=args.presets or ("nano", "micro"), batch=args.batch, resolution=args.resolution,
+                             repeats=args.repeats, bf16=args.bf16, compile=args.compile)
     elif args.what == "train":
         from .bench.train import bench_train
 
-        report = bench_train(batch=args.batch, resolution=args.resolution,
-                             mixed_precision="bf16" if args.bf16 else "no")
+        report = bench_train(presets=args.presets or ("nano", "micro"), batch=args.batch, resolution=args.resolution,
+                             steps=args.steps, mixed_precision="bf16" if args.bf16 else "no", compile=args.compile,
+                             data=args.data)
     else:
         from .bench.data import bench_data
 
@@ -82,7 +84,8 @@ def cmd_sample(args) -> int:
     from .train.sampling import sample_checkpoint
 
     path = sample_checkpoint(args.checkpoint, args.prompt, out=args.out, steps=args.steps, cfg_scale=args.cfg,
-                             seed=args.seed, per_prompt=args.n, use_ema=not args.raw, sampler=args.sampler)
+                             seed=args.seed, per_prompt=args.n, use_ema=not args.raw, sampler=args.sampler,
+                             device=args.device)
     print(f"wrote {path}")
     return 0
 
@@ -126,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--resolution", type=int, default=32)
     bench.add_argument("--repeats", type=int, default=5)
     bench.add_argument("--bf16", action="store_true", help="bf16 autocast (model, train)")
+    bench.add_argument("--compile", action="store_true", help="torch.compile the model (model, train)")
+    bench.add_argument("--presets", type=lambda s: tuple(s.split(",")), default=None, metavar="A,B",
+                       help="MicroDiT presets (model, train; default nano,micro), e.g. xl_2 on a GPU")
+    bench.add_argument("--steps", type=int, default=6, help="timed steps per round (train)")
+    bench.add_argument("--data", default=None, help="a prepared dataset to train on (train; default: a temporary "
+                       "shapes set)")
     bench.add_argument("--n", type=int, default=512, help="images to prepare (data)")
     bench.add_argument("--trim-padding", action="store_true", help="text encoder stops at the longest caption (data)")
     bench.set_defaults(fn=cmd_bench)
@@ -153,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     samp.add_argument("--sampler", default="heun")
     samp.add_argument("--raw", action="store_true", help="use the raw weights even when an EMA exists")
     samp.add_argument("--out", default="samples.png")
+    samp.add_argument("--device", default=None, help="cuda, cpu, ... (default: the GPU when there is one)")
     samp.set_defaults(fn=cmd_sample)
 
     kernel = sub.add_parser("kernel", help="Jupyter kernel management")

@@ -13,15 +13,25 @@ from . import environment, interleaved_timings
 
 
 def bench_model(presets=("nano", "micro"), batch: int = 16, resolution: int = 32, caption_len: int = 77,
-                mask_ratios=(0.0, 0.75), repeats: int = 5, bf16: bool = False, progress=print) -> dict:
-    """Time one training forward+backward per preset and mask ratio; returns a JSON-able report."""
+                mask_ratios=(0.0, 0.75), repeats: int = 5, bf16: bool = False, compile: bool = False,
+                progress=print) -> dict:
+    """Time one training forward+backward per preset and mask ratio; returns a JSON-able report.
+
+    ``resolution`` is the side of the model's input (latents for 4-channel presets such as xl_2:
+    32 is the paper's 256 px stage). On a GPU, ``bf16=True, compile=True`` is the paper's setting.
+
+    Example::
+
+        bench_model(presets=("xl_2",), batch=64, resolution=32, bf16=True)   # on a GPU
+    """
     report = {"benchmark": "model", "batch": batch, "resolution": resolution, "caption_len": caption_len,
-              "autocast_bf16": bf16, "environment": environment(), "results": []}
+              "autocast_bf16": bf16, "compile": compile, "environment": environment(), "results": []}
     device = "cuda" if torch.cuda.is_available() else "cpu"
     for name in presets:
         torch.manual_seed(0)
         model = MicroDiT.from_preset(name).to(device).train()
         c = model.arch
+        forward = torch.compile(model) if compile else model
         x = torch.randn(batch, c.in_channels, resolution, resolution, device=device)
         caption = torch.randn(batch, caption_len, c.caption_dim, device=device)
         mask = torch.ones(batch, caption_len, dtype=torch.long, device=device)
@@ -30,12 +40,15 @@ def bench_model(presets=("nano", "micro"), batch: int = 16, resolution: int = 32
         def step(ratio):
             def run():
                 with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-                    out = model(x, c_noise, caption, mask, mask_ratio=ratio).sample
+                    out = forward(x, c_noise, caption, mask, mask_ratio=ratio).sample
                 out.float().square().mean().backward()
                 model.zero_grad(set_to_none=True)
             return run
 
-        seconds = interleaved_timings({str(r): step(r) for r in mask_ratios}, repeats)
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        seconds = interleaved_timings({str(r): step(r) for r in mask_ratios}, repeats, warmup=3 if compile else 2)
+        peak_gib = round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None
         base = str(mask_ratios[0])
         for ratio in mask_ratios:
             row = {"preset": name, "params": sum(p.numel() for p in model.parameters()), "mask_ratio": ratio,
@@ -43,6 +56,8 @@ def bench_model(presets=("nano", "micro"), batch: int = 16, resolution: int = 32
                    "img_per_s": round(batch / seconds[str(ratio)], 1),
                    "train_gflop_per_step": round(3 * model.flops(resolution, ratio, batch, caption_len) / 1e9, 3)}
             row["achieved_gflop_per_s"] = round(row["train_gflop_per_step"] / seconds[str(ratio)], 1)
+            if peak_gib is not None:
+                row["peak_gpu_memory_gib"] = peak_gib       # the largest over this preset's mask ratios
             if ratio != mask_ratios[0]:
                 realised = seconds[base] / seconds[str(ratio)]
                 theoretical = model.flops(resolution, mask_ratios[0], batch, caption_len) / model.flops(
@@ -54,4 +69,7 @@ def bench_model(presets=("nano", "micro"), batch: int = 16, resolution: int = 32
                      f"{row['ms_per_step']:8.1f} ms/step  {row['img_per_s']:7.1f} img/s"
                      + (f"  speed-up {row['realised_speedup']:.2f}x of {row['theoretical_speedup']:.2f}x theoretical"
                         if "realised_speedup" in row else ""))
+        del model, forward
+        if device == "cuda":
+            torch.cuda.empty_cache()
     return report

@@ -133,7 +133,7 @@ def restore_rng(state: Mapping, generators: Mapping[str, torch.Generator] | None
     py = state["python"]
     random.setstate((int(py["version"]), tuple(int(v) for v in py["state"].tolist()), py["gauss_next"]))
     npy = state["numpy"]
-    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), int(npy["pos"]),
+    np.random.set_state((npy["kind"], npy["keys"].cpu().numpy().astype(np.uint32), int(npy["pos"]),
                          int(npy["has_gauss"]), float(npy["cached_gaussian"])))
     torch.set_rng_state(state["torch"].cpu())
     _restore_cuda_rng(state.get("cuda"))
@@ -472,7 +472,8 @@ def load_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer=None,
     device = str(map_location)
     weights = load_file(str(path / MODEL_FILE), device=device)
     ema_weights = load_file(str(path / EMA_FILE), device=device) if ema is not None else None
-    loaded = {name: torch.load(path / name, map_location=map_location, weights_only=True)
+    loaded = {name: torch.load(path / name, map_location="cpu" if name == STATE_FILE else map_location,
+                               weights_only=True)      # RNG states must stay CPU byte tensors
               for name in (STATE_FILE, OPTIMIZER_FILE, SCHEDULER_FILE) if name in needed}
     training_state = TrainingState.from_dict(loaded[STATE_FILE])
     model.load_state_dict(weights)

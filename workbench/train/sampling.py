@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from ..model import MicroDiT
 from . import checkpoint as ckpt
 
@@ -37,16 +39,21 @@ def checkpoint_data_info(spec: str | Path):
 
 def sample_checkpoint(spec: str | Path, prompts: list[str], out: str | Path = "samples.png", steps: int = 30,
                       cfg_scale: float = 5.0, seed: int = 0, per_prompt: int = 1, use_ema: bool = True,
-                      sampler: str = "heun") -> Path:
-    """Sample ``per_prompt`` images of each prompt from a checkpoint into one PNG grid (a row per prompt)."""
+                      sampler: str = "heun", device: str | None = None) -> Path:
+    """Sample ``per_prompt`` images of each prompt from a checkpoint into one PNG grid (a row per prompt).
+
+    ``device`` defaults to the GPU when torch sees one, else the CPU; a seed gives the same
+    initial noise on every device (it is drawn on the CPU).
+    """
     from ..diffusion import EDMConfig
     from .monitor import PromptGrid
 
     path = ckpt.resolve_checkpoint(spec)   # once: a stage folder's newest checkpoint is found by verifying them
-    model = load_checkpoint_model(path, use_ema)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_checkpoint_model(path, use_ema).to(device)
     info = checkpoint_data_info(path)
     stage = ckpt.read_config(path)["stage"]
     grid = PromptGrid(info, [p for p in prompts for _ in range(per_prompt)], steps=steps, cfg_scale=cfg_scale,
                       seed=seed, resolution=stage.get("resolution"), sampler=sampler, columns=per_prompt,
                       edm=EDMConfig(sigma_data=stage.get("sigma_data", 0.9)))
-    return grid.save(model, out)
+    return grid.save(model, out, device=device)

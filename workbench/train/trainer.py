@@ -245,13 +245,15 @@ class Trainer:
             if self.accelerator.is_main_process:   # a fresh start: drop metrics of an earlier run that never checkpointed
                 self.metrics.truncate_after(0)
             return None
-        state = ckpt.load_checkpoint(path, model=self.accelerator.unwrap_model(self.model), optimizer=self.optimizer,
+        state = ckpt.load_checkpoint(path, model=self.raw_model, optimizer=self.optimizer,
                                      scheduler=self.scheduler, ema=self.ema, map_location=self.accelerator.device,
                                      verify=resume != "auto")   # "auto" verified it while choosing it
         ckpt.restore_rng(state.rng)
         self.step_count = self._checkpointed_step = state.step
         self.loader.load_state_dict(state.loader)
         self.nonfinite_total = state.extra.get("nonfinite_total", 0)
+        if self.accelerator.scaler is not None and state.extra.get("grad_scaler"):
+            self.accelerator.scaler.load_state_dict(state.extra["grad_scaler"])   # fp16: the loss scale
         self.history = [r for r in self.metrics.read() if r.get("step", 0) <= state.step]
         if self.accelerator.is_main_process:
             self.metrics.truncate_after(state.step)
@@ -298,6 +300,8 @@ class Trainer:
             self.optimizer.step()
             self.nonfinite_streak = 0
         else:
+            if acc.scaler is not None:      # fp16: the GradScaler skips this update itself and lowers its
+                self.optimizer.step()       # scale; without this call the scale never drops and every step overflows
             self.nonfinite_total += 1
             self.nonfinite_streak += 1
         self.optimizer.zero_grad(set_to_none=True)
@@ -320,8 +324,13 @@ class Trainer:
         return metrics
 
     @property
+    def raw_model(self) -> MicroDiT:
+        """The trained MicroDiT itself, under any DDP and ``torch.compile`` wrappers."""
+        return ckpt.unwrap_model(self.model)
+
+    @property
     def _patch(self) -> int:
-        return self.accelerator.unwrap_model(self.model).arch.patch_size
+        return self.raw_model.arch.patch_size
 
     def _batches(self) -> list:
         if getattr(self, "_iterator", None) is None:
@@ -331,7 +340,7 @@ class Trainer:
     def _update_ema(self) -> None:
         if self.ema is None:
             return
-        raw = [p.detach() for p in self.accelerator.unwrap_model(self.model).parameters()]
+        raw = [p.detach() for p in self.raw_model.parameters()]
         ema = list(self.ema.parameters())
         with torch.no_grad():
             if self.step_count <= self.stage.ema_start:
@@ -390,9 +399,9 @@ class Trainer:
         if acc.is_main_process:
             state = ckpt.TrainingState(step=self.step_count, rng=ckpt.capture_rng(), loader=self.loader.state_dict(),
                                        extra={"stage": self.stage.name, "nonfinite_total": self.nonfinite_total,
-                                              "init_from": self.init_info})
+                                              "init_from": self.init_info, "grad_scaler": self._scaler_state()})
             path = ckpt.save_checkpoint(self.stage.checkpoint_dir, self.step_count,
-                                        model=acc.unwrap_model(self.model), optimizer=self.optimizer,
+                                        model=self.raw_model, optimizer=self.optimizer,
                                         scheduler=self.scheduler, ema=self.ema, state=state,
                                         stage_config=self.stage.to_dict(), final=self.done)
             ckpt.apply_retention(self.stage.checkpoint_dir, keep_last=self.stage.keep_last)
@@ -402,9 +411,16 @@ class Trainer:
         acc.wait_for_everyone()
         return path
 
+    def _scaler_state(self) -> dict | None:
+        """fp16's GradScaler state (loss scale, growth tracker) as plain numbers; None otherwise."""
+        scaler = self.accelerator.scaler
+        if scaler is None:
+            return None
+        return {k: v.item() if torch.is_tensor(v) else v for k, v in scaler.state_dict().items()}
+
     def sampling_model(self) -> MicroDiT:
         """The EMA model when the stage keeps one, else the raw model."""
-        return self.ema if self.ema is not None else self.accelerator.unwrap_model(self.model)
+        return self.ema if self.ema is not None else self.raw_model
 
     def save_samples(self) -> Path | None:
         """Sample the stage's prompts (EMA weights when present) into samples/step_NNNNNNN.png."""
