@@ -45,8 +45,8 @@ def bench_train(presets=("nano", "micro"), mask_ratios=(0.0, 0.75), batch: int =
                 stage = Stage(name=f"{preset}_{ratio}_{round_}", run="bench", runs_dir=str(Path(tmp) / "runs"),
                               data=str(data), resolution=resolution, model=preset, mask_ratio=ratio, steps=steps,
                               global_batch=batch, micro_batch=batch, lr=1e-4, ema_decay=0.999,
-                              mixed_precision=mixed_precision, compile=compile, sample_steps=1, sample_prompts=["a red circle"],
-                              log_every=1000)
+                              mixed_precision=mixed_precision, compile=compile, sample_steps=1,
+                              sample_prompts=["a red circle"], log_every=1000)
                 trainer = Trainer(stage, progress=False)
                 for _ in range(steps):
                     trainer.step()

@@ -325,8 +325,8 @@ class Trainer:
 
     @property
     def raw_model(self) -> MicroDiT:
-        """The trained MicroDiT itself, under any DDP and ``torch.compile`` wrappers."""
-        return ckpt.unwrap_model(self.model)
+        """The trained MicroDiT itself, under any DDP / FSDP and ``torch.compile`` wrappers."""
+        return ckpt.unwrap_model(self.accelerator.unwrap_model(self.model))
 
     @property
     def _patch(self) -> int:
