@@ -116,6 +116,9 @@ def test_ranks_see_disjoint_samples_that_cover_the_epoch(dataset, world_size):
 
 
 def test_rank_and_world_size_default_from_the_environment(dataset, monkeypatch):
+    from accelerate.state import PartialState
+
+    monkeypatch.setattr(PartialState, "_shared_state", {})   # no accelerate state left by an earlier test
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert distributed_defaults() == (1, 2)
