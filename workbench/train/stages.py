@@ -53,7 +53,7 @@ class Stage:
     sigma_data: float = 0.9                    # EDM sigma_data
     mixed_precision: str = "no"                # no | bf16 | fp16 (fp16 is for GPUs only)
     compile: bool = False                      # torch.compile the model
-    fsdp: bool = False                         # shard with FSDP instead of DDP (multi-GPU)
+    fsdp: bool = False                         # shard with FSDP instead of DDP (multi-GPU launches only)
     seed: int = 0                              # data order and per-sample noise
     init_from: str | None = None               # a run stage folder or checkpoint to start from
     init_mode: str = "weights"                 # weights: model (+EMA) only; full: also the optimiser state

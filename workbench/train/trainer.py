@@ -116,6 +116,7 @@ def make_accelerator(stage: Stage):
     """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, is_initialized
+    from accelerate.utils import DistributedType
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1 and is_initialized() and AcceleratorState().mixed_precision != stage.mixed_precision:
@@ -130,6 +131,11 @@ def make_accelerator(stage: Stage):
         raise RuntimeError(f"the launcher started {world} processes (WORLD_SIZE) but accelerate joined "
                            f"{acc.num_processes}; on a CPU machine use `accelerate launch --multi_gpu "
                            f"--num_processes {world}` or torchrun")
+    if stage.fsdp and acc.distributed_type != DistributedType.FSDP:   # accelerate would silently use DDP / one device
+        raise ValueError(f"Stage.fsdp: FSDP shards the model across GPU processes, but this run is "
+                         f"{acc.distributed_type.value} with {acc.num_processes} process(es) on {acc.device}; set "
+                         f"fsdp: false, or launch on N GPUs: accelerate launch --use_fsdp --num_processes N "
+                         f"-m workbench train --config ...")
     return acc
 
 
