@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..devices import default_device
 from . import environment
 
 
@@ -76,7 +77,7 @@ def bench_data(n: int = 512, resolution: int = 32, batch_size: int = 32, prepare
     from ..data.prepare import prepare
     from ..data.text import open_text_encoder
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     report = {"benchmark": "data", "n": n, "resolution": resolution, "environment": environment()}
     t0 = time.perf_counter()
     codec = open_codec("pixel")

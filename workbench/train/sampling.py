@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
+from ..devices import default_device
 from ..model import MicroDiT
 from . import checkpoint as ckpt
 
@@ -49,7 +48,7 @@ def sample_checkpoint(spec: str | Path, prompts: list[str], out: str | Path = "s
     from .monitor import PromptGrid
 
     path = ckpt.resolve_checkpoint(spec)   # once: a stage folder's newest checkpoint is found by verifying them
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     model = load_checkpoint_model(path, use_ema).to(device)
     info = checkpoint_data_info(path)
     stage = ckpt.read_config(path)["stage"]

@@ -1,0 +1,14 @@
+"""The default device: the GPU when torch sees one, else the CPU.
+
+    from workbench.devices import default_device
+    model.to(default_device())          # "cuda" or "cpu"
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def default_device() -> str:
+    """``"cuda"`` when torch sees a CUDA GPU, else ``"cpu"``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
