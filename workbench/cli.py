@@ -45,12 +45,12 @@ def cmd_bench(args) -> int:
     if args.what == "model":
         from .bench.model import bench_model
 
-        report = bench_model(presets=args.presets or ("nano", "micro"), batch=args.batch, resolution=args.resolution,
+        report = bench_model(presets=args.presets, batch=args.batch, resolution=args.resolution,
                              repeats=args.repeats, bf16=args.bf16, compile=args.compile)
     elif args.what == "train":
         from .bench.train import bench_train
 
-        report = bench_train(presets=args.presets or ("nano", "micro"), batch=args.batch, resolution=args.resolution,
+        report = bench_train(presets=args.presets, batch=args.batch, resolution=args.resolution,
                              steps=args.steps, mixed_precision="bf16" if args.bf16 else "no", compile=args.compile,
                              data=args.data)
     else:
@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=5)
     bench.add_argument("--bf16", action="store_true", help="bf16 autocast (model, train)")
     bench.add_argument("--compile", action="store_true", help="torch.compile the model (model, train)")
-    bench.add_argument("--presets", type=lambda s: tuple(s.split(",")), default=None, metavar="A,B",
+    bench.add_argument("--presets", type=lambda s: tuple(s.split(",")), default=("nano", "micro"), metavar="A,B",
                        help="MicroDiT presets (model, train; default nano,micro), e.g. xl_2 on a GPU")
     bench.add_argument("--steps", type=int, default=6, help="timed steps per round (train)")
     bench.add_argument("--data", default=None, help="a prepared dataset to train on (train; default: a temporary "

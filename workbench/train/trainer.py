@@ -302,12 +302,11 @@ class Trainer:
         all_sigmas = acc.gather(torch.cat(sigmas))                                       # (global_batch,)
         loss = losses.float().mean().item()
         finite = math.isfinite(grad_norm) and math.isfinite(loss)
+        if finite or acc.scaler is not None:    # fp16: on a non-finite step the GradScaler skips the update
+            self.optimizer.step()               # itself and lowers its scale (without this it never drops)
         if finite:
-            self.optimizer.step()
             self.nonfinite_streak = 0
         else:
-            if acc.scaler is not None:      # fp16: the GradScaler skips this update itself and lowers its
-                self.optimizer.step()       # scale; without this call the scale never drops and every step overflows
             self.nonfinite_total += 1
             self.nonfinite_streak += 1
         self.optimizer.zero_grad(set_to_none=True)
