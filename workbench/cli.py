@@ -5,6 +5,11 @@
     workbench train --config configs/demo/stage1.yaml [--set k=v] [--resume auto]
     workbench pipeline --config configs/demo/pipeline.yaml [--set prepare.limit=500]   notebooks via papermill
     workbench sample --checkpoint runs/demo/stage4 --prompt "a red circle"
+    workbench eval compositional --checkpoint runs/demo/stage4 --json scores.json   GenEval-like score
+    workbench eval fid --checkpoint runs/demo/stage4 --samples 500 --json fid.json    FID-proxy (or Inception)
+    workbench eval detector --json detector.json  the detector's accuracy on ground truth, clean and degraded
+    workbench train-detector                      retrain the shipped detector / FID-proxy feature weights
+    workbench train-codec --out DIR               train a latent codec (AutoencoderKL) on the shapes data
     workbench bench model|data|train [--json PATH]     speed benchmarks (JSON)
     workbench kernel install                     the Jupyter kernel for this venv
     workbench demo                               a 1-minute model tour (make demo runs `workbench pipeline`)
@@ -90,6 +95,74 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def _write_json(report: dict, path: str | None) -> None:
+    if path:
+        from .io import atomic_write_json
+
+        atomic_write_json(path, report)
+        print(f"wrote {path}")
+
+
+def cmd_eval(args) -> int:
+    if args.what == "compositional":
+        from .eval.compositional import evaluate_checkpoint, scores_table
+
+        report = evaluate_checkpoint(args.checkpoint, samples_per_prompt=args.samples_per_prompt, steps=args.steps,
+                                     cfg_scale=args.cfg, seed=args.seed, sampler=args.sampler, batch=args.batch,
+                                     use_ema=not args.raw, device=args.device, progress=not args.no_progress)
+        for row in scores_table(report["scores"]):
+            print(f"{row['score']:<36}{row['value'] if row['value'] is not None else '-':>8}")
+        p = report["protocol"]
+        print(f"protocol: {p['samples_per_prompt']} samples/prompt, {p['steps']} {p['sampler']} steps, CFG "
+              f"{p['cfg_scale']}, seed {p['seed']}, {p['resolution']} px, weights {p['weights_sha256']} "
+              f"({'EMA' if p['ema'] else 'raw'}); {report['seconds']} s")
+    elif args.what == "fid":
+        from .eval.fid import evaluate_fid_checkpoint
+
+        report = evaluate_fid_checkpoint(args.checkpoint, samples=args.samples, steps=args.steps, cfg_scale=args.cfg,
+                                         seed=args.seed, sampler=args.sampler, batch=args.batch,
+                                         inception_weights=args.inception_weights, use_ema=not args.raw,
+                                         device=args.device, progress=not args.no_progress)
+        print(f"{report['metric']}: {report['value']} ({report['protocol']['samples']} samples; {report['seconds']} s)")
+    else:
+        from .eval.detector import Detector, degradation_curve, detector_accuracy
+
+        detector = Detector()
+        clean = {str(r): detector_accuracy(detector, args.n, r) for r in (32, 64)}
+        report = {"clean": clean, "degraded": degradation_curve(detector, args.n)}
+        for res, acc in clean.items():
+            print(f"{res} px clean: " + ", ".join(f"{k} {v:.4f}" for k, v in acc.items() if isinstance(v, float)))
+        for row in report["degraded"]:
+            print(f"{row['resolution']} px {row['degradation']:<6}{row['level']:>6}: shape {row['shape']:.3f} "
+                  f"colour {row['colour']:.3f} count {row['count']:.3f} relation {row['relation']:.3f}")
+    _write_json(report, args.json)
+    return 0
+
+
+def cmd_train_detector(args) -> int:
+    from .eval.detector import CLASSIFIER_WEIGHTS, train_classifier
+    from .eval.fid import FEATURE_WEIGHTS, train_feature_net
+
+    _, report = train_classifier(n_scenes=args.scenes, epochs=args.epochs, out=args.out or CLASSIFIER_WEIGHTS)
+    print(f"shape classifier: {report} -> {args.out or CLASSIFIER_WEIGHTS}")
+    if not args.classifier_only:
+        _, feat = train_feature_net(out=args.features_out or FEATURE_WEIGHTS)
+        print(f"scene features: {feat} -> {args.features_out or FEATURE_WEIGHTS}")
+    return 0
+
+
+def cmd_train_codec(args) -> int:
+    from .config import from_dict, parse_overrides
+    from .train.codec import CodecConfig, train_codec
+
+    report = train_codec(from_dict(CodecConfig, parse_overrides(args.set)), out=args.out)
+    print(f"codec: {report['seconds']} s, PSNR on val scenes {report['val_psnr']} dB, scaling_factor "
+          f"{report['scaling_factor']:.4f}, shift_factor {report['shift_factor']:.4f} -> {args.out}")
+    print(f"use it with: workbench prepare --codec vae:{args.out} ...")
+    _write_json(report, args.json)
+    return 0
+
+
 def cmd_kernel(args) -> int:
     from .kernel import install_kernel
 
@@ -164,6 +237,39 @@ def build_parser() -> argparse.ArgumentParser:
     samp.add_argument("--out", default="samples.png")
     samp.add_argument("--device", default=None, help="cuda, cpu, ... (default: the GPU when there is one)")
     samp.set_defaults(fn=cmd_sample)
+
+    ev = sub.add_parser("eval", help="score a checkpoint: compositional (GenEval-like), fid, or the detector itself")
+    ev.add_argument("what", choices=["compositional", "fid", "detector"])
+    ev.add_argument("--checkpoint", help="a checkpoint, or a stage folder (newest checkpoint)")
+    ev.add_argument("--samples-per-prompt", type=int, default=4, help="compositional: images per eval prompt")
+    ev.add_argument("--samples", type=int, default=500, help="fid: generated images")
+    ev.add_argument("--steps", type=int, default=30)
+    ev.add_argument("--cfg", type=float, default=None, help="CFG scale (default: the stage's sample_cfg)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--sampler", default="heun")
+    ev.add_argument("--batch", type=int, default=32, help="images per sampling batch")
+    ev.add_argument("--raw", action="store_true", help="use the raw weights even when an EMA exists")
+    ev.add_argument("--device", default=None, help="cuda, cpu, ... (default: the GPU when there is one)")
+    ev.add_argument("--inception-weights", default=None, help="fid: a local pt_inception-2015-12-05 weights file "
+                    "for real Inception FID (needs the fid extra); default: the FID-proxy")
+    ev.add_argument("--n", type=int, default=500, help="detector: ground-truth scenes per resolution and level")
+    ev.add_argument("--json", default=None, metavar="PATH", help="write the full report (protocol, scores) here")
+    ev.add_argument("--no-progress", action="store_true")
+    ev.set_defaults(fn=cmd_eval)
+
+    det = sub.add_parser("train-detector", help="retrain the shipped shape classifier and FID-proxy features")
+    det.add_argument("--scenes", type=int, default=24000)
+    det.add_argument("--epochs", type=int, default=6)
+    det.add_argument("--out", default=None, help="classifier weights (default: the shipped file)")
+    det.add_argument("--features-out", default=None, help="feature-net weights (default: the shipped file)")
+    det.add_argument("--classifier-only", action="store_true")
+    det.set_defaults(fn=cmd_train_detector)
+
+    codec = sub.add_parser("train-codec", help="train a latent codec (diffusers AutoencoderKL) on the shapes data")
+    codec.add_argument("--out", required=True, help="output folder (save_pretrained)")
+    codec.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a CodecConfig field")
+    codec.add_argument("--json", default=None, metavar="PATH", help="write the training report here")
+    codec.set_defaults(fn=cmd_train_codec)
 
     kernel = sub.add_parser("kernel", help="Jupyter kernel management")
     kernel.add_argument("action", choices=["install"])

@@ -279,18 +279,17 @@ class PreparedInfo:
 
 def open_prepared_codec(info: PreparedInfo, **kw):
     """The latent codec a prepared dataset was made with (to decode samples into images)."""
-    from .codecs import open_codec
+    from .codecs import codec_spec, open_codec
 
-    codec = info.codec
-    return open_codec("pixel" if codec["kind"] == "pixel" else f"vae:{codec['path']}", **kw)
+    return open_codec(codec_spec(info.codec), **kw)
 
 
 def open_prepared_text_encoder(info: PreparedInfo, **kw):
     """The text encoder a prepared dataset was made with, with the same max length and padding mode."""
-    from .text import open_text_encoder
+    from .text import open_text_encoder, text_spec
 
     text = info.text_encoder
-    return open_text_encoder(text["path"], max_length=text["max_length"],
+    return open_text_encoder(text_spec(text), max_length=text["max_length"],
                              trim_padding=text.get("trim_padding", False), **kw)
 
 

@@ -163,6 +163,7 @@ class TextEncoder:
             )
         self.model = model.to(self.device).eval().requires_grad_(False)  # eval: no dropout
         self.kind = self.model_type or "auto"
+        self.name: str | None = None             # "default" for the embedded MiniLM (open_text_encoder sets it)
 
         if self.tokenizer.pad_token is None:  # e.g. GPT-style tokenizers
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -220,7 +221,7 @@ class TextEncoder:
     def describe(self) -> dict:
         """JSON-able description, stored beside prepared caption embeddings."""
         return {
-            "kind": self.kind, "model_class": type(self.model).__name__, "path": str(self.path),
+            "kind": self.kind, "name": self.name, "model_class": type(self.model).__name__, "path": str(self.path),
             "max_length": self.max_length, "dim": self.dim, "trim_padding": self.trim_padding,
             "config_hash": self.config_hash(),
         }
@@ -243,5 +244,21 @@ def open_text_encoder(spec: str = "default", **kw) -> TextEncoder:
         enc = open_text_encoder("/models/clip-vit-h-text", max_length=77)
     """
     spec = str(spec).strip()
-    path = default_model_path() if spec == "default" else spec
-    return TextEncoder(path, **kw)
+    if spec == "default":
+        encoder = TextEncoder(default_model_path(), **kw)
+        encoder.name = "default"
+        return encoder
+    return TextEncoder(spec, **kw)
+
+
+def text_spec(description: dict) -> str:
+    """The string that reopens a text encoder from its ``describe()``: ``"default"`` or its folder."""
+    if description.get("name") == "default":
+        return "default"
+    path = Path(description["path"])
+    try:                                      # recorded before names were: the embedded model's folder
+        if path.resolve() == default_model_path().resolve() or path.parts[-2:] == default_model_path().parts[-2:]:
+            return "default"
+    except FileNotFoundError:
+        pass
+    return str(path)

@@ -131,7 +131,7 @@ def _model_device(model) -> torch.device:
 
 def sample(model, caption: torch.Tensor, caption_mask: torch.Tensor | None = None, *, steps: int = 30,
            cfg_scale: float = 5.0, seed: int = 0, sampler: str = "heun", resolution=None,
-           edm: EDMConfig | None = None, callback=None, device=None) -> torch.Tensor:
+           edm: EDMConfig | None = None, callback=None, device=None, noise: torch.Tensor | None = None) -> torch.Tensor:
     """Generate one sample per caption with EDM sampling and classifier-free guidance.
 
     Args:
@@ -141,6 +141,8 @@ def sample(model, caption: torch.Tensor, caption_mask: torch.Tensor | None = Non
         steps: number of σ levels (Heun makes 2·steps − 1 network calls).
         cfg_scale: guidance scale; 1 means no guidance.
         seed: seed of the initial noise, drawn on the CPU so a seed gives the same samples on every device.
+        noise: (B, C, H, W) unit-variance initial noise to use instead of drawing it from ``seed``
+            (e.g. one generator per sample, so a sample does not depend on its batch).
         sampler: one of ``SAMPLER_NAMES`` ("heun", "euler", "diffusers-euler", "diffusers-dpmpp").
         resolution: latent size, an int or (H, W); defaults to ``model.config.sample_size``.
         edm: EDM constants (σ_data and the σ schedule); defaults to ``EDMConfig()``.
@@ -162,8 +164,11 @@ def sample(model, caption: torch.Tensor, caption_mask: torch.Tensor | None = Non
     h, w = (resolution, resolution) if isinstance(resolution, int) else resolution
     caption = caption.to(device, _param_dtype(model) or torch.float32)               # (B, L, D)
     caption_mask = caption_mask.to(device) if caption_mask is not None else None       # (B, L)
-    generator = torch.Generator().manual_seed(seed)
-    noise = torch.randn(caption.shape[0], model.config.in_channels, h, w, generator=generator)  # (B, C, H, W)
+    shape = (caption.shape[0], model.config.in_channels, h, w)
+    if noise is None:
+        noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))     # (B, C, H, W)
+    elif tuple(noise.shape) != shape:
+        raise ValueError(f"noise must have shape {shape} (captions, channels, latent side), got {tuple(noise.shape)}")
     denoiser = cfg_denoiser(model, caption, caption_mask, cfg_scale, edm.sigma_data)
 
     was_training = model.training

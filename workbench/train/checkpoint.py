@@ -162,7 +162,7 @@ def _restore_cuda_rng(cuda_states: list | None) -> None:
 
 def save_checkpoint(root: str | Path, step: int, *, model: torch.nn.Module, optimizer=None, scheduler=None,
                     ema=None, state: TrainingState, stage_config: Mapping | None = None,
-                    final: bool = False) -> Path:
+                    sampling: Mapping | None = None, final: bool = False) -> Path:
     """Write ``root/step_{step:07d}/`` atomically and return its path.
 
     Args:
@@ -174,6 +174,8 @@ def save_checkpoint(root: str | Path, step: int, *, model: torch.nn.Module, opti
         ema: an ``nn.Module`` or a ``{name: tensor}`` state dict of EMA weights, when given.
         state: the :class:`TrainingState` (step, RNG, loader position, counters).
         stage_config: a JSON-able dict of the stage config (paths and dataclasses are converted).
+        sampling: what sampling needs (codec, text encoder, σ_data, resolution, prompts; see
+            ``train.sampling.sampling_record``), so the checkpoint samples without its training data.
         final: mark the stage's final checkpoint; retention never deletes it.
 
     Re-saving an existing step replaces that folder (old one renamed aside, new one renamed in,
@@ -183,7 +185,8 @@ def save_checkpoint(root: str | Path, step: int, *, model: torch.nn.Module, opti
     root, step = Path(root), int(step)
     model = unwrap_model(model)
     arch = model_config(model)
-    config_text = json.dumps({"model": arch, "stage": stage_config}, indent=2, default=_json_default)
+    config = {"model": arch, "stage": stage_config, **({"sampling": sampling} if sampling else {})}
+    config_text = json.dumps(config, indent=2, default=_json_default)
     parts = {STATE_FILE: state.to_dict()}
     if optimizer is not None:
         parts[OPTIMIZER_FILE] = optimizer.state_dict()

@@ -1,39 +1,197 @@
-"""Sampling from checkpoints: rebuild the model (EMA weights when present) and sample prompts.
+"""One way to load a trained model for sampling: ``load_for_sampling(path)``.
 
-    model = load_checkpoint_model("runs/demo/stage4")                 # newest checkpoint, EMA weights
+It returns the model (EMA weights when present), the latent codec, the text encoder, the EDM
+constants, the pixel resolution and the default prompts, and is what the CLI, the eval code, the
+report and the widgets use. A checkpoint records everything sampling needs in its ``config.json``
+(``"sampling"``: codec and text-encoder specs, σ_data, resolution, prompts, CFG scale), so it
+samples from any working directory without the training data. Older checkpoints without that
+record fall back to the prepared dataset they were trained on.
+
+    bundle = load_for_sampling("runs/demo/stage4")            # newest checkpoint, EMA weights
+    images = bundle.sample(["a red circle"], steps=30)         # (1, 64, 64, 3) uint8
     sample_checkpoint("runs/demo/stage4", ["a red circle"], out="grid.png")
 """
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
 
 from ..devices import default_device
+from ..diffusion import EDMConfig, sample
 from ..model import MicroDiT
 from . import checkpoint as ckpt
 
 
+def sampling_record(info, stage) -> dict:
+    """What a checkpoint of ``stage`` (trained on prepared data ``info``) needs for sampling anywhere."""
+    from ..data.codecs import codec_spec
+    from ..data.text import text_spec
+
+    text = info.text_encoder
+    return {"codec": codec_spec(info.codec), "codec_description": info.codec,
+            "text_encoder": {"spec": text_spec(text), "max_length": text["max_length"],
+                             "trim_padding": text.get("trim_padding", False), "dim": text.get("dim"),
+                             "config_hash": text.get("config_hash")},
+            "resolution": stage.resolution, "sigma_data": stage.sigma_data,
+            "prompts": list(stage.sample_prompts), "cfg_scale": stage.sample_cfg, "steps": stage.sample_steps}
+
+
+def _record_from_prepared(path: Path, stage: dict) -> dict:
+    """The sampling record of a checkpoint saved before checkpoints carried one: from its prepared data."""
+    from ..data.codecs import codec_spec
+    from ..data.prepare import PreparedInfo
+    from ..data.text import text_spec
+
+    if "data" not in stage:
+        raise ValueError(f"{path} records neither a sampling record nor its training data, so its text encoder "
+                         "and codec are unknown")
+    try:
+        info = PreparedInfo.read(stage["data"])
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{path} predates self-contained checkpoints and was trained on {stage['data']!r}, "
+                                f"which is needed for its text encoder and codec but is missing; run from the "
+                                f"folder the training ran in") from err
+    text = info.text_encoder
+    return {"codec": codec_spec(info.codec), "text_encoder": {"spec": text_spec(text), "max_length": text["max_length"],
+                                                              "trim_padding": text.get("trim_padding", False)},
+            "resolution": stage.get("resolution"), "sigma_data": stage.get("sigma_data", 0.9),
+            "prompts": list(stage.get("sample_prompts") or []), "cfg_scale": stage.get("sample_cfg", 5.0),
+            "steps": stage.get("sample_steps", 30)}
+
+
+def _resolve_relative(spec: str, base: Path) -> str:
+    """A ``vae:`` codec or text-encoder path relative to the checkpoint folder, made absolute when it exists there."""
+    prefix = "vae:" if spec.startswith("vae:") else ""
+    raw = spec[len(prefix):]
+    if raw and not Path(raw).is_absolute() and (base / raw).exists():
+        return prefix + str((base / raw).resolve())
+    return spec
+
+
+@dataclass
+class SamplingBundle:
+    """A model ready to sample, with what it needs: codec, text encoder, EDM constants, resolution.
+
+    ``sample(prompts, ...)`` returns uint8 images (N, H, W, 3). Built by ``load_for_sampling``.
+    """
+
+    model: MicroDiT
+    codec: Any
+    text_encoder: Any
+    edm: EDMConfig
+    resolution: int                     # pixels
+    checkpoint: Path | None
+    ema: bool
+    default_prompts: list[str] = field(default_factory=list)
+    default_cfg_scale: float = 5.0
+    default_steps: int = 30
+    weights_hash: str | None = None
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are."""
+        return next(self.model.parameters()).device
+
+    @property
+    def latent_size(self) -> int:
+        """The latent side that decodes to ``resolution`` pixels."""
+        return self.codec.latent_size(self.resolution)
+
+    def encode_prompts(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Caption token states (N, L, D) and mask (N, L), exactly as at prepare time."""
+        return self.text_encoder.encode(list(prompts))
+
+    def sample_latents(self, prompts: Sequence[str], steps: int | None = None, cfg_scale: float | None = None,
+                       seed: int = 0, sampler: str = "heun", seeds: Sequence[int] | None = None,
+                       callback=None) -> torch.Tensor:
+        """Latents (N, C, h, w) for ``prompts``; ``seeds`` gives each sample its own initial noise."""
+        caption, mask = self.encode_prompts(prompts)
+        side = self.latent_size
+        noise = None
+        if seeds is not None:
+            if len(seeds) != len(prompts):
+                raise ValueError(f"seeds: expected one per prompt ({len(prompts)}), got {len(seeds)}")
+            noise = torch.stack([torch.randn(self.model.arch.in_channels, side, side,
+                                             generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+        return sample(self.model, caption, mask, steps=steps or self.default_steps,
+                      cfg_scale=self.default_cfg_scale if cfg_scale is None else cfg_scale, seed=seed,
+                      sampler=sampler, resolution=side, edm=self.edm, callback=callback, noise=noise)
+
+    def sample(self, prompts: Sequence[str], steps: int | None = None, cfg_scale: float | None = None, seed: int = 0,
+               sampler: str = "heun", seeds: Sequence[int] | None = None, callback=None) -> np.ndarray:
+        """uint8 images (N, H, W, 3) for ``prompts`` (see ``sample_latents``)."""
+        return self.codec.decode(self.sample_latents(prompts, steps, cfg_scale, seed, sampler, seeds, callback))
+
+
+def weights_sha256(path: Path, ema: bool) -> str:
+    """Short sha256 of the weights file a bundle was loaded from (recorded in evaluation protocols)."""
+    h = hashlib.sha256()
+    with open(path / (ckpt.EMA_FILE if ema else ckpt.MODEL_FILE), "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def load_for_sampling(spec: str | Path, use_ema: bool = True, device: str | torch.device | None = None,
+                      vae: str | None = None, text_encoder: str | None = None) -> SamplingBundle:
+    """Load a checkpoint (or a stage folder's newest one) with its codec and text encoder, ready to sample.
+
+    Args:
+        spec: a ``step_NNNNNNN`` checkpoint folder or a stage folder.
+        use_ema: sample the EMA weights when the checkpoint has them.
+        device: where to sample (default: the GPU when torch sees one, else the CPU).
+        vae: a local AutoencoderKL folder, overriding the recorded codec (a checkpoint from another machine).
+        text_encoder: a local text-encoder folder (or ``"default"``), overriding the recorded one.
+
+    Example::
+
+        bundle = load_for_sampling("runs/demo/stage4")
+        bundle.sample(["a red circle", "two blue squares"], cfg_scale=3.0)   # (2, 64, 64, 3) uint8
+    """
+    from ..data.codecs import open_codec
+    from ..data.text import open_text_encoder
+
+    path = ckpt.resolve_checkpoint(spec)
+    config = ckpt.read_config(path)
+    stage = config.get("stage") or {}
+    record = config.get("sampling") or _record_from_prepared(path, stage)
+    codec_spec = f"vae:{vae}" if vae else _resolve_relative(record["codec"], path)
+    text = record["text_encoder"]
+    text_path = text_encoder or _resolve_relative(text["spec"], path)
+    try:
+        codec = open_codec(codec_spec)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{err}. This checkpoint's codec is missing here: pass its folder, e.g. "
+                                f"load_for_sampling(path, vae='/models/vae') or SamplerPanel(path, vae='...')") from err
+    try:
+        encoder = open_text_encoder(text_path, max_length=text["max_length"], trim_padding=text["trim_padding"])
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{err}. This checkpoint's text encoder is missing here: pass its folder with "
+                                f"text_encoder='/models/text-encoder'") from err
+    ema = use_ema and ckpt.has_ema(path)
+    model = MicroDiT(**config["model"])
+    ckpt.load_model_weights(path, model, ema=ema)
+    model = model.eval().to(device or default_device())
+    resolution = record.get("resolution") or model.arch.sample_size * codec.downsample
+    return SamplingBundle(model=model, codec=codec, text_encoder=encoder, edm=EDMConfig(sigma_data=record["sigma_data"]),
+                          resolution=int(resolution), checkpoint=path, ema=ema,
+                          default_prompts=list(record.get("prompts") or []),
+                          default_cfg_scale=float(record.get("cfg_scale", 5.0)),
+                          default_steps=int(record.get("steps", 30)), weights_hash=weights_sha256(path, ema))
+
+
 def load_checkpoint_model(spec: str | Path, use_ema: bool = True) -> MicroDiT:
-    """The model of a checkpoint (or of a stage folder's newest checkpoint), in eval mode."""
+    """Only the model of a checkpoint (or of a stage folder's newest checkpoint), in eval mode."""
     path = ckpt.resolve_checkpoint(spec)
     model = MicroDiT(**ckpt.read_config(path)["model"])
     ckpt.load_model_weights(path, model, ema=use_ema and ckpt.has_ema(path))
     return model.eval()
-
-
-def checkpoint_data_info(spec: str | Path):
-    """The ``PreparedInfo`` of the data a checkpoint was trained on (for its text encoder and codec)."""
-    from ..data.prepare import PreparedInfo
-
-    path = ckpt.resolve_checkpoint(spec)
-    stage = ckpt.read_config(path).get("stage") or {}
-    if "data" not in stage:
-        raise ValueError(f"{path} records no training data, so its text encoder and codec are unknown")
-    try:
-        return PreparedInfo.read(stage["data"])
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"{path} was trained on {stage['data']!r}, which is needed for its text encoder "
-                                f"and codec but is missing; run from the folder the training ran in") from err
 
 
 def sample_checkpoint(spec: str | Path, prompts: list[str], out: str | Path = "samples.png", steps: int = 30,
@@ -44,15 +202,9 @@ def sample_checkpoint(spec: str | Path, prompts: list[str], out: str | Path = "s
     ``device`` defaults to the GPU when torch sees one, else the CPU; a seed gives the same
     initial noise on every device (it is drawn on the CPU).
     """
-    from ..diffusion import EDMConfig
-    from .monitor import PromptGrid
+    from .monitor import image_grid, save_png
 
-    path = ckpt.resolve_checkpoint(spec)   # once: a stage folder's newest checkpoint is found by verifying them
-    device = device or default_device()
-    model = load_checkpoint_model(path, use_ema).to(device)
-    info = checkpoint_data_info(path)
-    stage = ckpt.read_config(path)["stage"]
-    grid = PromptGrid(info, [p for p in prompts for _ in range(per_prompt)], steps=steps, cfg_scale=cfg_scale,
-                      seed=seed, resolution=stage.get("resolution"), sampler=sampler, columns=per_prompt,
-                      edm=EDMConfig(sigma_data=stage.get("sigma_data", 0.9)))
-    return grid.save(model, out, device=device)
+    bundle = load_for_sampling(spec, use_ema=use_ema, device=device)
+    images = bundle.sample([p for p in prompts for _ in range(per_prompt)], steps=steps, cfg_scale=cfg_scale,
+                           seed=seed, sampler=sampler)
+    return save_png(image_grid(images, per_prompt), out, scale=max(1, 128 // images.shape[1]))

@@ -33,6 +33,7 @@ from ..model import MicroDiT, null_caption, preset_config
 from ..model.moe import ExpertChoiceMoE
 from . import checkpoint as ckpt
 from .monitor import MetricsLog, PromptGrid
+from .sampling import sampling_record
 from .stages import Stage
 
 # fields that may differ between a checkpoint and the model it initialises (resolution changes)
@@ -408,7 +409,8 @@ class Trainer:
             path = ckpt.save_checkpoint(self.stage.checkpoint_dir, self.step_count,
                                         model=self.raw_model, optimizer=self.optimizer,
                                         scheduler=self.scheduler, ema=self.ema, state=state,
-                                        stage_config=self.stage.to_dict(), final=self.done)
+                                        stage_config=self.stage.to_dict(),
+                                        sampling=sampling_record(self.info, self.stage), final=self.done)
             ckpt.apply_retention(self.stage.checkpoint_dir, keep_last=self.stage.keep_last)
             for fn in self.callbacks["on_checkpoint"]:
                 fn(self, path)

@@ -36,11 +36,12 @@ class SamplerPanel(DisplayMixin):
     """Interactive sampling from a MicroDiT or a checkpoint.
 
     Args:
-        model_or_checkpoint: a ``MicroDiT``, or a checkpoint / stage folder (``load_checkpoint_model``; its
-            text encoder and codec then default to the ones its training data was prepared with).
+        model_or_checkpoint: a ``MicroDiT``, or a checkpoint / stage folder (``train.sampling.load_for_sampling``;
+            its text encoder and codec then default to the ones it records).
         text_encoder: None (the default above, or the embedded MiniLM-L6 for a bare model), a
             ``TextEncoder`` or folder path, or False for all-zero captions.
-        codec: None (the checkpoint's codec, or the pixel codec for a bare model), "vae:PATH" or a codec.
+        codec: None (the checkpoint's codec, or the pixel codec for a bare model), "vae:PATH" or a codec
+            (``vae="..."`` for a checkpoint whose VAE lives elsewhere on this machine).
         use_ema: load the EMA weights of a checkpoint when it has them.
         resolution: image side in pixels (default: the checkpoint's training resolution, or
             ``model.config.sample_size`` x the codec's downsample).
@@ -62,19 +63,19 @@ class SamplerPanel(DisplayMixin):
                  out_dir: str | Path = ".", preview_every: int = 1):
         import ipywidgets as W
 
-        stage = {}
+        record = {}
         if isinstance(model_or_checkpoint, (str, Path)):
-            from ..data.prepare import open_prepared_codec, open_prepared_text_encoder
-            from ..train.checkpoint import read_config, resolve_checkpoint
-            from ..train.sampling import checkpoint_data_info, load_checkpoint_model
+            from ..train.sampling import load_for_sampling
 
-            self.checkpoint = resolve_checkpoint(model_or_checkpoint)
-            model = load_checkpoint_model(self.checkpoint, use_ema)
-            stage = read_config(self.checkpoint).get("stage") or {}
-            if text_encoder is None or codec is None:
-                info = checkpoint_data_info(self.checkpoint)
-                text_encoder = open_prepared_text_encoder(info) if text_encoder is None else text_encoder
-                codec = open_prepared_codec(info) if codec is None else codec
+            bundle = load_for_sampling(model_or_checkpoint, use_ema=use_ema, device="cpu",
+                                       vae=codec[4:] if isinstance(codec, str) and codec.startswith("vae:") else None,
+                                       text_encoder=text_encoder if isinstance(text_encoder, (str, Path)) else None)
+            self.checkpoint = bundle.checkpoint
+            model = bundle.model
+            record = {"sigma_data": bundle.edm.sigma_data, "resolution": bundle.resolution}
+            text_encoder = bundle.text_encoder if text_encoder is None or isinstance(text_encoder, (str, Path)) \
+                else text_encoder
+            codec = bundle.codec if codec is None or isinstance(codec, str) else codec
         else:
             self.checkpoint = None
             model = model_or_checkpoint
@@ -82,8 +83,8 @@ class SamplerPanel(DisplayMixin):
         self.codec = resolve_codec(codec)
         check_codec(model, self.codec)
         self.text_encoder = resolve_text_encoder(text_encoder, model)
-        self.edm = edm or EDMConfig(sigma_data=stage.get("sigma_data", 0.9))
-        resolution = resolution or stage.get("resolution")
+        self.edm = edm or EDMConfig(sigma_data=record.get("sigma_data", 0.9))
+        resolution = resolution or record.get("resolution")
         self.latent_side = (self.codec.latent_size(resolution) if resolution else model.config.sample_size)
         self.resolution = self.latent_side * getattr(self.codec, "downsample", 1)
         self.out_dir = Path(out_dir)

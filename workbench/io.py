@@ -1,0 +1,43 @@
+"""Leaf file helpers: atomic writes (a temp file in the same folder, fsync, rename).
+
+A reader never sees a half-written file: it sees the old content or the new, whole. Every
+module that writes a file someone else reads (JSON records, PNGs, reports, weights) goes through
+these::
+
+    from workbench.io import atomic_write_json
+    atomic_write_json("runs/demo/scores.json", {"overall": 0.41})
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (creating its folder); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically; returns the path."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
+    """Write ``obj`` as JSON (plus a newline) to ``path`` atomically; returns the path."""
+    return atomic_write_text(path, json.dumps(obj, indent=indent, default=str) + "\n")
