@@ -90,6 +90,13 @@ def stage_dirs(run_dir: str | os.PathLike, names: Iterable[str] | None = None) -
     return [found[n] for n in names]
 
 
+def read_stage_scores(stage_dir: str | os.PathLike) -> dict | None:
+    """The stage's saved evaluation (``eval.stage_eval``), or None."""
+    from .eval.stage_eval import read_stage_scores as read
+
+    return read(stage_dir)
+
+
 def stage_summary(stage_dir: str | os.PathLike, tail: float = 0.1) -> dict:
     """What one stage did: its settings, losses, speed, final checkpoint and latest samples.
 
@@ -120,6 +127,7 @@ def stage_summary(stage_dir: str | os.PathLike, tail: float = 0.1) -> dict:
         "checkpoint": str(checkpoint) if checkpoint else None,
         "samples": str(samples) if samples else None,
         "sample_prompts": list(stage.sample_prompts),
+        "scores": read_stage_scores(stage_dir),
     }
 
 
@@ -210,6 +218,44 @@ METRIC_COLUMNS = ["stage", "resolution", "mask_ratio", "step", "steps", "global_
 def metrics_html(summaries: list[dict]) -> str:
     """HTML table of the stage summaries' metrics."""
     return table_html(summaries, METRIC_COLUMNS)
+
+
+def scores_html(summaries: list[dict]) -> str:
+    """HTML: the compositional scores and FID-proxy of every evaluated stage (columns), with the protocol."""
+    from .eval.compositional import scores_table
+
+    done = [s for s in summaries if s.get("scores")]
+    if not done:
+        return "<p><i>no stage has been evaluated yet (workbench eval, or the pipeline's evaluate step)</i></p>"
+    tables = {s["stage"]: {r["score"]: r["value"] for r in scores_table(s["scores"]["compositional"])} for s in done}
+    names = list(next(iter(tables.values())))
+    rows = [{"score": n, **{stage: t.get(n) for stage, t in tables.items()}} for n in names]
+    rows.append({"score": "FID-proxy (lower is better)",
+                 **{s["stage"]: (s["scores"].get("fid_proxy") or {}).get("value") for s in done}})
+    p = done[-1]["scores"]["protocol"]
+    note = (f"Compositional score: {p['samples_per_prompt']} samples per prompt of the 55 fixed prompts, "
+            f"{p['steps']} {p['sampler']} steps, CFG {p['cfg_scale']}, seed {p['seed']}, EMA weights; the detector "
+            f"is {p['detector_sha256']}. Overall is the mean over the six categories (held-out pairs apart). "
+            f"FID-proxy: {p['fid_samples']} samples of val captions against {p['fid_reference']} real val scenes, "
+            f"on shapes features: not comparable with published FID.")
+    return table_html(rows, ["score", *tables]) + f"<p><small>{html.escape(note)}</small></p>"
+
+
+def failures_html(summary: dict, width: int = 128) -> str:
+    """HTML: a stage's worst failures (prompt, and what the detector saw)."""
+    scores = summary.get("scores") or {}
+    cells = []
+    for f in scores.get("failures", []):
+        image = Path(summary["stage_dir"]) / f["image"]
+        if not image.is_file():
+            continue
+        cells.append(f'<figure style="display:inline-block;margin:4px;width:{width}px;vertical-align:top">'
+                     f'<img src="{png_data_uri(image)}" style="width:{width}px;image-rendering:pixelated"/>'
+                     f'<figcaption><b>{html.escape(f["prompt"])}</b><br/>saw: {html.escape(f["saw"])}'
+                     f"</figcaption></figure>")
+    if not cells:
+        return "<p><i>no failures recorded</i></p>"
+    return f"<p>Worst failures of {html.escape(summary['stage'])}:</p><div>{''.join(cells)}</div>"
 
 
 def stage_html(stage) -> str:
@@ -342,6 +388,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     fig = loss_figure(summaries)
     sections.append(("Loss curves", fig.to_html(full_html=False, include_plotlyjs=False, div_id="loss-curves")))
     sections.append(("Samples per stage", samples_html(summaries)))
+    sections.append(("Scores", scores_html(summaries) + (failures_html(summaries[-1]) if summaries else "")))
     sections.append(("Metrics", metrics_html(summaries)))
     if summaries:
         sections.append(("Cost estimate", cost_html(run_cost(summaries, latent_downsample))))

@@ -130,6 +130,24 @@ def test_caption_padding_is_ignored_unless_compat(nano, caption_batch):
     assert not torch.allclose(compat(x, c, caption, mask).sample, compat(x, c, changed, mask).sample, atol=1e-4)
 
 
+def test_trimming_unused_caption_padding_changes_no_output(nano, caption_batch):
+    from workbench.model import null_caption, trim_caption_padding
+
+    caption, mask = caption_batch(batch=3, length=6)
+    mask[1, 6:] = 0
+    mask[1, 3:] = 0                                                  # rows of different lengths
+    x, c = torch.randn(3, 3, 32, 32), torch.rand(3)
+    short, short_mask = trim_caption_padding(caption, mask)
+    assert short.shape[1] == 6 and short_mask.shape == (3, 6)
+    assert torch.allclose(nano(x, c, caption, mask).sample, nano(x, c, short, short_mask).sample, atol=1e-5)
+    null, null_mask = null_caption(caption, mask)                   # the null caption at 77 and at 6 tokens
+    short_null, short_null_mask = null_caption(short, short_mask)
+    assert torch.allclose(nano(x, c, null, null_mask).sample, nano(x, c, short_null, short_null_mask).sample, atol=1e-5)
+    empty = mask.clone()
+    empty[2] = 0                                                     # a row with no real token: nothing trimmed
+    assert trim_caption_padding(caption, empty)[0].shape[1] == 77
+
+
 def test_an_all_padding_caption_is_finite(nano, caption_batch):
     caption, mask = caption_batch()
     mask[:] = 0

@@ -16,7 +16,7 @@ import torch
 
 from workbench.diffusion.edm import EDMConfig, _param_dtype, precondition
 from workbench.diffusion.schedulers import DIFFUSERS_SCHEDULERS, sample_with_diffusers
-from workbench.model import null_caption
+from workbench.model import null_caption, trim_caption_padding
 
 
 # -----------------------------------------------------------------------------
@@ -164,6 +164,8 @@ def sample(model, caption: torch.Tensor, caption_mask: torch.Tensor | None = Non
     h, w = (resolution, resolution) if isinstance(resolution, int) else resolution
     caption = caption.to(device, _param_dtype(model) or torch.float32)               # (B, L, D)
     caption_mask = caption_mask.to(device) if caption_mask is not None else None       # (B, L)
+    if not getattr(model.config, "caption_mask_compat", False):                        # same samples, less work
+        caption, caption_mask = trim_caption_padding(caption, caption_mask)            # (B, l, D), (B, l)
     shape = (caption.shape[0], model.config.in_channels, h, w)
     if noise is None:
         noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))     # (B, C, H, W)

@@ -29,7 +29,7 @@ from ..config import to_dict
 from ..data.loader import PreparedLoader
 from ..data.prepare import PreparedInfo
 from ..diffusion import EDMConfig, EDMLoss, loss_per_sigma_bin
-from ..model import MicroDiT, null_caption, preset_config
+from ..model import MicroDiT, null_caption, preset_config, trim_caption_padding
 from ..model.moe import ExpertChoiceMoE
 from . import checkpoint as ckpt
 from .monitor import MetricsLog, PromptGrid
@@ -284,6 +284,8 @@ class Trainer:
             tokens = (h // self._patch) * (w // self._patch)
             sigma, noise, mask_noise, drop = draw_sample_noise(batch.indices, self.step_count, stage, (c, h, w), tokens)
             caption, caption_mask = batch.caption_emb, batch.caption_mask
+            if not self.raw_model.arch.caption_mask_compat:     # same loss, less work: see trim_caption_padding
+                caption, caption_mask = trim_caption_padding(caption, caption_mask)
             if drop.any():
                 null, null_mask = null_caption(caption, caption_mask)
                 d = drop.to(caption.device)

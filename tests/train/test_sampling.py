@@ -1,0 +1,80 @@
+"""One loader for sampling: a checkpoint carries what sampling needs, from any folder, without its data."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from workbench.train import Trainer
+from workbench.train import checkpoint as ckpt
+from workbench.train.sampling import load_for_sampling, sample_checkpoint
+
+
+def test_a_checkpoint_samples_from_another_folder_with_its_training_data_deleted(make_stage, shapes_data, tmp_path,
+                                                                                 monkeypatch):
+    data = tmp_path / "own_data"
+    shutil.copytree(shapes_data, data)
+    stage = make_stage(data=str(data), steps=2, sample_cfg=2.5, sample_prompts=["a blue star"])
+    Trainer(stage, progress=False).run()
+    record = ckpt.read_config(ckpt.latest_valid_checkpoint(stage.checkpoint_dir))["sampling"]
+    assert record["codec"] == "pixel" and record["text_encoder"]["spec"] == "default"
+    assert record["resolution"] == 16 and record["sigma_data"] == 0.5 and record["prompts"] == ["a blue star"]
+
+    shutil.rmtree(data)
+    elsewhere = tmp_path / "somewhere" / "else"
+    elsewhere.mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)
+    bundle = load_for_sampling(stage.stage_dir)
+    assert bundle.resolution == 16 and bundle.default_cfg_scale == 2.5 and bundle.ema is False
+    images = bundle.sample(["a red circle", "a blue square"], steps=2)
+    assert images.shape == (2, 16, 16, 3) and images.dtype == np.uint8
+    assert sample_checkpoint(stage.stage_dir, ["a red circle"], out="grid.png", steps=2).is_file()
+
+
+def test_per_sample_seeds_make_a_sample_independent_of_its_batch(make_stage):
+    stage = make_stage(steps=2)
+    Trainer(stage, progress=False).run()
+    bundle = load_for_sampling(stage.stage_dir)
+    both = bundle.sample(["a red circle", "a blue square"], steps=3, seeds=[11, 12])
+    alone = bundle.sample(["a blue square"], steps=3, seeds=[12])
+    assert np.abs(both[1].astype(int) - alone[0]).max() <= 1
+    with pytest.raises(ValueError, match="one per prompt"):
+        bundle.sample(["a red circle"], seeds=[1, 2])
+
+
+def test_an_old_checkpoint_without_a_sampling_record_names_its_missing_data(make_stage, shapes_data, tmp_path):
+    data = tmp_path / "own_data"
+    shutil.copytree(shapes_data, data)
+    stage = make_stage(data=str(data), steps=1)
+    Trainer(stage, progress=False).run()
+    path = ckpt.latest_valid_checkpoint(stage.checkpoint_dir)
+    config = ckpt.read_config(path)
+    del config["sampling"]                       # as written before checkpoints carried the record
+    rewrite_config(path, config)
+    assert load_for_sampling(path).resolution == 16          # falls back to the prepared data
+    shutil.rmtree(data)
+    with pytest.raises(FileNotFoundError, match="predates self-contained checkpoints"):
+        load_for_sampling(path)
+
+
+def test_a_missing_vae_says_how_to_point_at_it(make_stage, tmp_path):
+    stage = make_stage(steps=1)
+    Trainer(stage, progress=False).run()
+    path = ckpt.latest_valid_checkpoint(stage.checkpoint_dir)
+    config = ckpt.read_config(path)
+    config["sampling"]["codec"] = f"vae:{tmp_path / 'gone-vae'}"
+    rewrite_config(path, config)
+    with pytest.raises(FileNotFoundError, match="vae="):
+        load_for_sampling(path)
+
+
+def rewrite_config(path, config):
+    """Replace a checkpoint's config.json and its checksum in the manifest (as another version would have written it)."""
+    import hashlib
+
+    data = json.dumps(config).encode()
+    (path / ckpt.CONFIG_FILE).write_bytes(data)
+    manifest = json.loads((path / ckpt.MANIFEST).read_text())
+    manifest["files"][ckpt.CONFIG_FILE] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (path / ckpt.MANIFEST).write_text(json.dumps(manifest))
