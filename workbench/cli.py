@@ -72,7 +72,9 @@ def cmd_train(args) -> int:
     from .train import Stage, Trainer
 
     stage = Stage.from_yaml(args.config, **parse_overrides(args.set))
-    trainer = Trainer(stage, resume=args.resume)
+    from .eval.compositional import evaluator_for
+
+    trainer = Trainer(stage, resume=args.resume, evaluator=evaluator_for(stage))
     main = trainer.accelerator.is_main_process     # under `accelerate launch`, one report, not one per rank
     if trainer.resumed_from and main:
         print(f"resuming {stage.run}/{stage.name} from {trainer.resumed_from} (step {trainer.step_count})")

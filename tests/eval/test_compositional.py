@@ -106,3 +106,15 @@ def test_a_square_drawn_for_a_circle_prompt_is_caught(detector):
     img = render_scene(Scene((ShapeObject("square", colour, "large", 0.5, 0.5),), "x", "single"), 64)
     (result,) = score_images([img], [eval_prompts().index(p)], None, None, detector)
     assert not result.correct and result.attributes["colour"] == 1.0 and result.attributes["shape"] == 0.0
+
+
+def test_trainer_evaluator_scores_the_training_model(make_stage):
+    from workbench.eval.compositional import trainer_evaluator
+    from workbench.train import Trainer
+
+    stage = make_stage(steps=2, eval_every=2)
+    trainer = Trainer(stage, progress=False, evaluator=trainer_evaluator(steps=2, categories=("single_object",)))
+    trainer.run()
+    scores = trainer.history[-1]["eval"]
+    assert set(scores) == {"overall", "single_object_shape", "single_object_colour", "shape", "colour"}
+    assert all(0.0 <= v <= 1.0 for v in scores.values())

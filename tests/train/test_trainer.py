@@ -287,3 +287,24 @@ def test_stages_with_different_mixed_precision_run_in_one_process(make_stage):
     fp32 = Trainer(make_stage(name="fp32", steps=1), progress=False)
     assert fp32.accelerator.mixed_precision == "no"
     assert math.isfinite(fp32.run()[-1]["loss"])
+
+
+def test_eval_every_puts_the_evaluator_scores_into_that_steps_metrics(make_stage):
+    calls = []
+
+    def evaluator(trainer):
+        calls.append(trainer.step_count)
+        return {"overall": 0.1 * trainer.step_count, "skipped": None}
+
+    stage = make_stage(steps=4, eval_every=2, log_every=3)
+    trainer = Trainer(stage, progress=False, evaluator=evaluator)
+    trainer.run()
+    assert calls == [2, 4]
+    assert [r.get("eval") for r in trainer.history] == [None, {"overall": 0.2}, None, {"overall": 0.4}]
+    logged = [json.loads(line) for line in (stage.stage_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if "eval" in r] == [2, 4]
+
+
+def test_eval_every_without_an_evaluator_warns(make_stage):
+    with pytest.warns(UserWarning, match="no evaluator"):
+        Trainer(make_stage(eval_every=2), progress=False)

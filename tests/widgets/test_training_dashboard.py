@@ -139,3 +139,19 @@ def test_sigma_bins_and_thinning():
     thinned = thin(records, 100)
     assert len(thinned) <= 101 and thinned[0]["step"] == 1 and thinned[-1]["step"] == 10_000
     assert thin(records[:5], 100) == records[:5]
+
+
+def test_scores_curve_shows_the_evaluators_numbers_when_eval_every_is_set(data, tmp_path):
+    stage = make_trainer(data, tmp_path / "runs").stage.replace(eval_every=2, name="scored")
+    trainer = Trainer(stage, progress=False, evaluator=lambda t: {"overall": t.step_count / 10,
+                                                                 "single_object_shape": 0.5})
+    dashboard = TrainingDashboard(trainer)
+    assert dashboard.scores_fig in dashboard.widget.children
+    trainer.run()
+    dashboard.refresh()
+    traces = {t.name: (list(t.x), list(t.y)) for t in dashboard.scores_fig.data}
+    assert traces["overall"] == ([2, 4], [0.2, 0.4])
+    assert traces["single_object_shape"] == ([2, 4], [0.5, 0.5])
+    assert traces["single_object_colour"] == ([], [])
+    plain = TrainingDashboard(make_trainer(data, tmp_path / "plain"))
+    assert plain.scores_fig not in plain.widget.children

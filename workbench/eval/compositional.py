@@ -280,6 +280,44 @@ def evaluate_checkpoint(spec: str | Path, samples_per_prompt: int = 4, steps: in
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
+def trainer_evaluator(samples_per_prompt: int | None = None, steps: int = 20, seed: int = 0,
+                      categories: Sequence[str] | None = None):
+    """An ``evaluator`` for ``Trainer``: scores the sampling model (EMA when kept) on the eval prompts.
+
+    Returns ``f(trainer) -> {"overall", "single_object_shape", "single_object_colour", "shape", "colour"}``
+    with ``samples_per_prompt`` (default: the stage's ``eval_samples_per_prompt``) images per prompt.
+
+    Example::
+
+        stage = Stage.from_yaml("configs/demo/stage1.yaml", eval_every=100)
+        trainer = Trainer(stage, evaluator=trainer_evaluator())
+    """
+    detector = Detector()
+    cache = {}
+
+    def evaluate(trainer) -> dict:
+        from ..train.sampling import bundle_for_trainer
+
+        if "bundle" not in cache:
+            cache["bundle"] = bundle_for_trainer(trainer)
+        bundle = cache["bundle"]
+        bundle.model = trainer.sampling_model()
+        spp = samples_per_prompt or trainer.stage.eval_samples_per_prompt
+        results, _ = evaluate_sampler(bundle, spp, steps, trainer.stage.sample_cfg, seed, detector=detector,
+                                      progress=False, categories=categories)
+        scores = summarise(results)
+        return {"overall": scores["overall"], "single_object_shape": scores["single_object_shape"],
+                "single_object_colour": scores["single_object_colour"], "shape": scores["attributes"]["shape"],
+                "colour": scores["attributes"]["colour"]}
+
+    return evaluate
+
+
+def evaluator_for(stage):
+    """``trainer_evaluator()`` when the stage sets ``eval_every``, else None (what notebooks and the CLI pass)."""
+    return trainer_evaluator() if stage.eval_every else None
+
+
 def detector_hash() -> str:
     """Short sha256 of the shipped shape-classifier weights (recorded in every score's protocol)."""
     from .detector import CLASSIFIER_WEIGHTS

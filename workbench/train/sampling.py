@@ -186,6 +186,18 @@ def load_for_sampling(spec: str | Path, use_ema: bool = True, device: str | torc
                           default_steps=int(record.get("steps", 30)), weights_hash=weights_sha256(path, ema))
 
 
+def bundle_for_trainer(trainer) -> SamplingBundle:
+    """A ``SamplingBundle`` around a running trainer's sampling model (EMA when kept), for scores during training."""
+    from ..data.prepare import open_prepared_codec, open_prepared_text_encoder
+
+    stage = trainer.stage
+    return SamplingBundle(model=trainer.sampling_model(), codec=open_prepared_codec(trainer.info),
+                          text_encoder=open_prepared_text_encoder(trainer.info), edm=trainer.edm,
+                          resolution=stage.resolution, checkpoint=None, ema=trainer.ema is not None,
+                          default_prompts=list(stage.sample_prompts), default_cfg_scale=stage.sample_cfg,
+                          default_steps=stage.sample_steps)
+
+
 def load_checkpoint_model(spec: str | Path, use_ema: bool = True) -> MicroDiT:
     """Only the model of a checkpoint (or of a stage folder's newest checkpoint), in eval mode."""
     path = ckpt.resolve_checkpoint(spec)

@@ -61,6 +61,8 @@ class Stage:
     sample_every: int = 0                      # sample grid every N steps (0: only at the end)
     sample_steps: int = 30                     # Heun steps for sample grids
     sample_cfg: float = 5.0                    # classifier-free guidance for sample grids
+    eval_every: int = 0                        # compositional score every N steps (0: never; needs an evaluator)
+    eval_samples_per_prompt: int = 1           # images per eval prompt for those scores
     checkpoint_every: int = 0                  # checkpoint every N steps (0: only at the end or on stop)
     keep_last: int = 2                         # checkpoints kept besides each stage's final one
     log_every: int = 10                        # metrics.jsonl line every N steps
@@ -74,7 +76,10 @@ class Stage:
         for name in ("steps", "global_batch", "micro_batch", "resolution", "sample_steps"):
             value = getattr(self, name)
             require(isinstance(value, int) and value > 0, own, name, "a positive integer", value)
-        for name in ("warmup_steps", "ema_start", "sample_every", "checkpoint_every", "log_every", "seed"):
+        require(isinstance(self.eval_samples_per_prompt, int) and self.eval_samples_per_prompt > 0, own,
+                "eval_samples_per_prompt", "a positive integer", self.eval_samples_per_prompt)
+        for name in ("warmup_steps", "ema_start", "sample_every", "eval_every", "checkpoint_every", "log_every",
+                     "seed"):
             value = getattr(self, name)
             require(isinstance(value, int) and value >= 0, own, name, "an integer >= 0", value)
         require(self.keep_last >= 1, own, "keep_last", "at least 1", self.keep_last)

@@ -151,6 +151,9 @@ class Trainer:
         progress: show a tqdm bar (loss and img/s).
         on_step / on_checkpoint / on_samples: callbacks ``f(trainer, metrics)``, ``f(trainer, path)``,
             ``f(trainer, path)``.
+        evaluator: ``f(trainer) -> {name: number}``, run every ``stage.eval_every`` steps on the sampling
+            model; its numbers go into that step's metrics under ``"eval"`` (the dashboard plots them).
+            ``workbench.eval.compositional.trainer_evaluator()`` scores the shapes prompts.
 
     Example::
 
@@ -161,7 +164,7 @@ class Trainer:
 
     def __init__(self, stage: Stage, *, resume: str | Path | None = "auto", accelerator=None, progress: bool = True,
                  on_step: Callable | None = None, on_checkpoint: Callable | None = None,
-                 on_samples: Callable | None = None):
+                 on_samples: Callable | None = None, evaluator: Callable | None = None):
         from accelerate.utils import set_seed
 
         self.stage = stage
@@ -171,6 +174,10 @@ class Trainer:
         self.callbacks = {"on_step": [f for f in [on_step] if f], "on_checkpoint": [f for f in [on_checkpoint] if f],
                           "on_samples": [f for f in [on_samples] if f]}
         self.progress = progress
+        self.evaluator = evaluator
+        if stage.eval_every and evaluator is None:
+            warnings.warn(f"Stage.eval_every={stage.eval_every} but no evaluator was given, so nothing is scored "
+                          f"during training; pass evaluator=workbench.eval.compositional.trainer_evaluator()")
         self.history: list[dict] = []
         self.step_count = 0
         self.nonfinite_total = 0
@@ -387,7 +394,10 @@ class Trainer:
     def _after_step(self, metrics: dict) -> None:
         stage, acc = self.stage, self.accelerator
         s = self.step_count
-        if acc.is_main_process and (s % stage.log_every == 0 or s == stage.steps or s == 1):
+        scored = bool(stage.eval_every and self.evaluator is not None and s % stage.eval_every == 0)
+        if scored and acc.is_main_process:
+            metrics["eval"] = {k: float(v) for k, v in self.evaluator(self).items() if v is not None}
+        if acc.is_main_process and (s % stage.log_every == 0 or s == stage.steps or s == 1 or scored):
             self.metrics.write(metrics)
             if stage.tensorboard:
                 acc.log({k: v for k, v in metrics.items() if isinstance(v, float)}, step=s)

@@ -27,6 +27,8 @@ from .common import DisplayMixin
 
 # (history key, subplot title) of the three curves, left to right
 CURVES = (("loss", "loss"), ("lr", "learning rate"), ("img_per_s", "img/s"))
+# the compositional scores plotted when the stage sets eval_every (keys of a step's "eval" metrics)
+SCORES = ("overall", "single_object_shape", "single_object_colour")
 
 
 def sigma_bin_names(edges=DEFAULT_SIGMA_BIN_EDGES) -> list[str]:
@@ -61,6 +63,8 @@ class TrainingDashboard(DisplayMixin):
     Attributes:
         curves: ``plotly`` ``FigureWidget`` with the traces "loss", "learning rate", "img/s" (one subplot each).
         sigma_fig: ``FigureWidget`` with one "loss vs step" trace per σ bin (trace name = the bin, e.g. "0.1-0.5").
+        scores_fig: ``FigureWidget`` with the compositional scores over steps (``SCORES``), shown when the
+            stage sets ``eval_every`` and the trainer has an evaluator.
         sample_image: ``ipywidgets.Image`` of the latest sample grid (``sample_path`` is its file).
         progress: ``ipywidgets.IntProgress`` (value = the trainer's step, max = the stage's steps).
         stop_button, resume_button, status: the controls and a one-line state.
@@ -98,6 +102,12 @@ class TrainingDashboard(DisplayMixin):
             legend=dict(title=dict(text="σ bin"))))
         for name in sigma_bin_names():
             self.sigma_fig.add_scatter(x=[], y=[], mode="lines+markers", name=name)
+        self.scores_fig = go.FigureWidget(layout=dict(
+            title=dict(text="compositional scores (eval_every)"), height=300, width=560, template="plotly_white",
+            margin=dict(l=50, r=20, t=40, b=30), xaxis=dict(title=dict(text="step")),
+            yaxis=dict(title=dict(text="accuracy"), range=[0, 1.02])))
+        for name in SCORES:
+            self.scores_fig.add_scatter(x=[], y=[], mode="lines+markers", name=name)
 
         # ------------------------------------------------------------ controls
         stage = trainer.stage
@@ -113,7 +123,7 @@ class TrainingDashboard(DisplayMixin):
             W.HBox([self.progress, self.stop_button, self.resume_button, self.status]),
             self.curves,
             W.HBox([self.sigma_fig, W.VBox([W.HTML("<b>latest samples</b>"), self.sample_image])]),
-        ])
+        ] + ([self.scores_fig] if stage.eval_every else []))
 
         trainer.callbacks["on_step"].append(self._on_step)
         trainer.callbacks["on_samples"].append(self._on_samples)
@@ -150,6 +160,7 @@ class TrainingDashboard(DisplayMixin):
                     points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
                     trace.x, trace.y = [p[0] for p in points], [p[1] for p in points]
             self._draw_sigma_bins(records)
+            self._draw_scores(list(self.trainer.history))
             latest = self._latest_sample()
             if latest is not None and latest != self.sample_path:
                 self._show_sample(latest)
@@ -169,6 +180,13 @@ class TrainingDashboard(DisplayMixin):
         with self.sigma_fig.batch_update():
             for name, trace in traces.items():
                 trace.x, trace.y = series.get(name, ([], []))
+
+    def _draw_scores(self, records: list[dict]) -> None:
+        scored = [r for r in records if r.get("eval")]
+        with self.scores_fig.batch_update():
+            for trace in self.scores_fig.data:
+                points = [(r["step"], r["eval"][trace.name]) for r in scored if trace.name in r["eval"]]
+                trace.x, trace.y = [p[0] for p in points], [p[1] for p in points]
 
     def _sync_controls(self) -> None:
         trainer, stage = self.trainer, self.trainer.stage
