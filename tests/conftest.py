@@ -37,3 +37,17 @@ def caption_batch():
         mask[:, :length] = 1
         return caption, mask
     return make
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_workbench_cache(tmp_path_factory):
+    """Keep the tests' cached FID reference statistics out of the user's ~/.cache/workbench."""
+    import os
+
+    before = os.environ.get("WORKBENCH_CACHE")
+    os.environ["WORKBENCH_CACHE"] = str(tmp_path_factory.mktemp("workbench-cache"))
+    yield
+    if before is None:
+        os.environ.pop("WORKBENCH_CACHE", None)
+    else:
+        os.environ["WORKBENCH_CACHE"] = before

@@ -102,3 +102,27 @@ def test_prepare_train_resume_and_sample_from_the_command_line(tmp_path, capsys)
     assert str(out) in capsys.readouterr().out
     image = np.asarray(Image.open(out))
     assert image.ndim == 3 and image.shape[2] == 3 and image.shape[0] > 16 and image.std() > 0
+
+    # the compositional score and the FID-proxy of the same stage, with their protocol
+    scores = tmp_path / "scores.json"
+    assert main(["eval", "compositional", "--checkpoint", str(stage_dir), "--samples-per-prompt", "1", "--steps", "2",
+                 "--cfg", "2", "--seed", "3", "--json", str(scores), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "overall (mean of categories)" in printed and "single-object shape accuracy" in printed
+    report = json.loads(scores.read_text())
+    protocol = report["protocol"]
+    assert protocol["samples_per_prompt"] == 1 and protocol["steps"] == 2 and protocol["cfg_scale"] == 2.0
+    assert protocol["seed"] == 3 and protocol["sampler"] == "heun" and len(protocol["weights_sha256"]) == 16
+    assert report["scores"]["samples"] == 55 and len(report["results"]) == 55
+    assert 0.0 <= report["scores"]["overall"] <= 1.0
+
+    fid = tmp_path / "fid.json"
+    assert main(["eval", "fid", "--checkpoint", str(stage_dir), "--samples", "8", "--steps", "2", "--json", str(fid),
+                 "--no-progress"]) == 0
+    fid_report = json.loads(fid.read_text())
+    assert "not comparable with published FID" in fid_report["metric"] and fid_report["value"] > 0
+
+
+def test_eval_without_a_checkpoint_says_which_flag_is_missing(capsys):
+    assert main(["eval", "compositional"]) == 2
+    assert "--checkpoint" in capsys.readouterr().err

@@ -106,6 +106,8 @@ def _write_json(report: dict, path: str | None) -> None:
 
 
 def cmd_eval(args) -> int:
+    if args.what in ("compositional", "fid") and not args.checkpoint:
+        raise ValueError(f"workbench eval {args.what} needs --checkpoint: a checkpoint, or a stage folder")
     if args.what == "compositional":
         from .eval.compositional import evaluate_checkpoint, scores_table
 
