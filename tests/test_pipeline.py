@@ -157,7 +157,8 @@ def tiny_pipeline(root: Path) -> Path:
     config.write_text(yaml.safe_dump({
         "run": "tiny", "runs_dir": str(root / "runs"), "stages": stages, "threads": 1, "print_every": 1,
         "prepare": {"source": "shapes", "resolutions": "16,32", "output": str(root / "prepared"), "limit": 32,
-                    "source_options": "{n: 32}", "preview": 4}}))
+                    "source_options": "{n: 32}", "preview": 4},
+        "evaluate": {"samples_per_prompt": 1, "earlier_samples_per_prompt": 0, "eval_steps": 2, "fid_samples": 8}}))
     return config
 
 
@@ -209,14 +210,16 @@ def test_a_failing_stage_stops_the_pipeline_and_a_rerun_resumes_without_redoing_
     stage2 = read_results(notebooks / "02_stage2.ipynb")[-1]
     assert stage2["step"] == 3 and stage2["init_from"] == str(run / "stage1") and stage2["final_loss"] < 1e3
     assert read_results(notebooks / "02_stage3.ipynb")[-1]["init_from"] == str(run / "stage2")
-    summaries = read_results(notebooks / "03_evaluate.ipynb")[-1]["summaries"]
-    assert [s["stage"] for s in summaries] == ["stage1", "stage2", "stage3"]
+    evaluated = read_results(notebooks / "03_evaluate.ipynb")[-1]
+    assert [s["stage"] for s in evaluated["summaries"]] == ["stage1", "stage2", "stage3"]
+    assert evaluated["scores"]["stage1"] == {} and evaluated["scores"]["stage3"]["samples"] == 55
 
     # 3. the report: self-contained loss curves, a sample grid per stage, metrics, cost, notebook links
     report = (run / "report.html").read_text()
     assert "<script src=" not in report and "Plotly.newPlot" in report          # plotly.js inline, no CDN
     assert report.count('alt="samples of stage') == 3
     assert "final_loss" in report and "gpu_hours" in report and "$1,890" in report
+    assert "single-object shape accuracy" in report and "not comparable with published FID" in report
     for name in ("01_prepare", "02_stage1", "02_stage2", "02_stage3", "03_evaluate"):
         assert f'href="notebooks/{name}.ipynb"' in report
 

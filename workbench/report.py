@@ -15,7 +15,6 @@ A stage folder is what ``workbench.train.Trainer`` writes: ``stage.yaml``, ``met
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
 import html
 import json
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+
+from .images import image_grid, png_data_uri
 
 STATE_FILE = "pipeline_state.json"     # written by workbench.pipeline; gives the stage order of a run
 REPORT_FILE = "report.html"
@@ -164,19 +165,6 @@ def loss_figure(summaries: list[dict], height: int = 360):
     return fig
 
 
-def png_data_uri(image) -> str:
-    """``data:image/png;base64,...`` of a PNG file path, PNG bytes, or a uint8 (H, W, 3) array."""
-    if isinstance(image, np.ndarray):
-        from .widgets.common import png_bytes
-
-        data = png_bytes(image)
-    elif isinstance(image, (bytes, bytearray)):
-        data = bytes(image)
-    else:
-        data = Path(image).read_bytes()
-    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-
-
 def samples_html(summaries: list[dict], width: int = 320) -> str:
     """HTML: the latest sample grid of each stage side by side (images embedded, base64 PNG)."""
     cells = []
@@ -280,7 +268,6 @@ def prepared_preview(path: str | os.PathLike, n: int = 16, resolution: int | Non
     import torch
 
     from .data.prepare import PreparedInfo, load_prepared, open_prepared_codec
-    from .train.monitor import image_grid
 
     info = PreparedInfo.read(path)
     resolution = int(resolution or info.resolutions[-1])

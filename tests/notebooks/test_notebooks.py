@@ -8,6 +8,7 @@ steps of a 2-block, 64-wide nano at 16 px on 32 shapes scenes); the values it re
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 
 import nbformat
@@ -187,12 +188,20 @@ def test_02_train_stage_applies_parameters_trains_and_samples(trained):
 @pytest.mark.slow
 def test_03_sample_and_evaluate_compares_the_stages_of_a_run(workspace, trained):
     _, _, run_dir = trained
-    nb, result = execute("03_sample_and_evaluate.ipynb", workspace / "out03", run_dir=str(run_dir))
+    nb, result = execute("03_sample_and_evaluate.ipynb", workspace / "out03", run_dir=str(run_dir),
+                         samples_per_prompt=1, eval_steps=2, fid_samples=8)
     [summary] = result["summaries"]
     assert summary["stage"] == "stage1" and summary["step"] == 3 and summary["final_loss"] > 0
+    scores = result["scores"]["stage1"]
+    assert scores["samples"] == 55 and 0.0 <= scores["overall"] <= 1.0 and scores["fid_proxy"] > 0
+    saved = json.loads((run_dir / "stage1" / "eval" / "scores.json").read_text())
+    assert saved["protocol"]["samples_per_prompt"] == 1 and saved["protocol"]["steps"] == 2
+    assert saved["compositional"]["overall"] == scores["overall"]
     assert "application/vnd.plotly.v1+json" in mimetypes(nb)                  # loss curves
     page = html_outputs(nb)
     assert "data:image/png;base64," in page and "final_loss" in page and "gpu_hours" in page
+    assert "single-object shape accuracy" in page and "FID-proxy" in page      # the score table
+    assert "saw:" in page                                                      # the worst failures
 
 
 @pytest.mark.slow

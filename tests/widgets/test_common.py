@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from workbench.data.codecs import PixelCodec
-from workbench.train.monitor import image_grid
-from workbench.widgets.common import (DisplayMixin, check_codec, display_scale, embed_captions, grid_png, load_image,
-                                      png_bytes, png_size, resolve_codec, resolve_text_encoder)
+from workbench.images import display_scale, grid_png, image_grid, png_bytes, png_size
+from workbench.widgets.common import (DisplayMixin, check_codec, embed_captions, load_image, resolve_codec,
+                                      resolve_text_encoder)
 
 from . import tiny_model
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from workbench.diffusion import SAMPLER_NAMES, EDMConfig, sample
-from workbench.train.monitor import image_grid
+from workbench.images import display_scale, image_grid, png_size
 from workbench.widgets import SamplerPanel
-from workbench.widgets.common import default_text_encoder, display_scale, png_size
+from workbench.widgets.common import default_text_encoder
 
 from . import Broken, Gated, one_torch_thread, tiny_model  # noqa: F401
 

@@ -19,6 +19,7 @@ import json
 import time
 from pathlib import Path
 
+from ..images import display_scale, save_png
 from ..io import atomic_write_json
 from .compositional import describe_detections, evaluate_sampler, summarise, worst_failures
 from .detector import Detector
@@ -51,7 +52,6 @@ def evaluate_stage(stage_dir: str | Path, samples_per_prompt: int = 4, steps: in
     sampled again when the saved file has the same protocol and weights, unless ``force``.
     """
     from ..data.shapes import make_scenes
-    from ..train.monitor import save_png
     from ..train.sampling import load_for_sampling
     from .compositional import detector_hash
     from .fid import PROXY_LABEL, fid_proxy_metric
@@ -76,7 +76,7 @@ def evaluate_stage(stage_dir: str | Path, samples_per_prompt: int = 4, steps: in
     out["failures"] = []
     for i, r in enumerate(worst_failures(results, failures)):
         path = save_png(images[index[(r.prompt_index, r.sample_index)]], folder / f"failure_{i}.png",
-                        scale=max(1, 128 // images.shape[1]))
+                        scale=display_scale(images.shape[1]))
         out["failures"].append({"image": str(path.relative_to(stage_dir)), "prompt": r.prompt,
                                 "category": r.category, "saw": describe_detections(r.detections),
                                 "attributes": r.attributes})

@@ -1,4 +1,4 @@
-"""Monitoring: metrics.jsonl, sample grids of fixed prompts, image-grid helpers.
+"""Monitoring: metrics.jsonl and sample grids of fixed prompts.
 
     log = MetricsLog("runs/demo/stage1/metrics.jsonl"); log.write({"step": 10, "loss": 0.4})
     grid = PromptGrid(info, ["a red circle"], steps=30, cfg_scale=5.0)
@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 
 from ..diffusion import EDMConfig, sample
+from ..images import display_scale, image_grid, save_png
 
 
 class MetricsLog:
@@ -51,32 +51,6 @@ class MetricsLog:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
         os.replace(tmp, self.path)
-
-
-def image_grid(images: np.ndarray, columns: int | None = None, pad: int = 2) -> np.ndarray:
-    """Tile uint8 images (N, H, W, 3) into one (rows*(H+pad)+pad, cols*(W+pad)+pad, 3) image."""
-    n, h, w, c = images.shape
-    cols = columns or math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 255, dtype=np.uint8)
-    for i, image in enumerate(images):
-        r, q = divmod(i, cols)
-        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = image
-    return grid
-
-
-def save_png(image: np.ndarray, path: str | Path, scale: int = 1) -> Path:
-    """Write a uint8 (H, W, 3) image as PNG atomically, optionally upscaled (nearest) by ``scale``."""
-    from PIL import Image
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if scale > 1:
-        image = image.repeat(scale, axis=0).repeat(scale, axis=1)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(image).save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
 
 
 class PromptGrid:
@@ -123,5 +97,4 @@ class PromptGrid:
     def save(self, model, path: str | Path, device=None) -> Path:
         """Sample the prompts and write them as one PNG grid (upscaled for small images)."""
         images = self.images(model, device)
-        scale = max(1, 128 // images.shape[1])
-        return save_png(image_grid(images, self.columns), path, scale=scale)
+        return save_png(image_grid(images, self.columns), path, scale=display_scale(images.shape[1]))

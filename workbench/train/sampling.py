@@ -214,9 +214,9 @@ def sample_checkpoint(spec: str | Path, prompts: list[str], out: str | Path = "s
     ``device`` defaults to the GPU when torch sees one, else the CPU; a seed gives the same
     initial noise on every device (it is drawn on the CPU).
     """
-    from .monitor import image_grid, save_png
+    from ..images import display_scale, image_grid, save_png
 
     bundle = load_for_sampling(spec, use_ema=use_ema, device=device)
     images = bundle.sample([p for p in prompts for _ in range(per_prompt)], steps=steps, cfg_scale=cfg_scale,
                            seed=seed, sampler=sampler)
-    return save_png(image_grid(images, per_prompt), out, scale=max(1, 128 // images.shape[1]))
+    return save_png(image_grid(images, per_prompt), out, scale=display_scale(images.shape[1]))

@@ -1,7 +1,7 @@
 """Helpers shared by the widgets: PNG bytes for ``ipywidgets.Image``, image inputs, captions, display.
 
 Nothing here is widget logic of its own: images go through the package's codecs and
-``data.images.preprocess``, grids through ``train.monitor.image_grid``::
+``data.images.preprocess``, PNGs and grids through the leaf ``workbench.images``::
 
     png = png_bytes(images[0], scale=4)          # uint8 (H, W, 3) -> PNG bytes, nearest upscale
     png = grid_png(images)                        # uint8 (N, H, W, 3) -> one PNG grid
@@ -11,65 +11,12 @@ Nothing here is widget logic of its own: images go through the package's codecs 
 
 from __future__ import annotations
 
-import io
 import os
 import threading
 from pathlib import Path
 
 import numpy as np
 import torch
-
-# side (pixels) that small images are upscaled to, at least, so 16-32 px samples stay visible
-DISPLAY_SIDE = 128
-
-
-# ---------------------------------------------------------------------------------------------
-#  Images -> PNG bytes
-# ---------------------------------------------------------------------------------------------
-
-def display_scale(side: int, target: int = DISPLAY_SIDE) -> int:
-    """Integer nearest-neighbour upscale factor that brings an image of ``side`` pixels to about ``target``."""
-    return max(1, int(target) // max(1, int(side)))
-
-
-def upscale(image: np.ndarray, scale: int) -> np.ndarray:
-    """Nearest-neighbour upscale of an (H, W, C) array by an integer factor."""
-    if scale <= 1:
-        return image
-    return image.repeat(scale, axis=0).repeat(scale, axis=1)
-
-
-def png_bytes(image: np.ndarray, scale: int = 1) -> bytes:
-    """uint8 (H, W, 3) or (H, W) -> PNG bytes (for ``ipywidgets.Image(format="png")``), upscaled by ``scale``."""
-    from PIL import Image
-
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        raise ValueError(f"png_bytes expects a uint8 image, got dtype {image.dtype}")
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(upscale(image, scale))).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def grid_png(images: np.ndarray, columns: int | None = None, scale: int | None = None) -> bytes:
-    """uint8 (N, H, W, 3) -> one PNG grid (``train.monitor.image_grid``), upscaled for small images."""
-    from ..train.monitor import image_grid
-
-    images = np.asarray(images)
-    scale = display_scale(images.shape[1]) if scale is None else scale
-    return png_bytes(image_grid(images, columns), scale)
-
-
-def png_size(data: bytes) -> tuple[int, int]:
-    """(width, height) of PNG bytes; raises ``ValueError`` for anything that is not a PNG."""
-    from PIL import Image
-
-    if not data or data[:8] != b"\x89PNG\r\n\x1a\n":
-        raise ValueError("not PNG bytes")
-    with Image.open(io.BytesIO(data)) as image:
-        image.load()
-        return image.size
-
 
 # ---------------------------------------------------------------------------------------------
 #  Inputs: images, codecs, captions

@@ -23,8 +23,9 @@ import torch
 
 from ..diffusion.edm import precondition
 from ..model.masking import num_kept
-from .common import (DisplayMixin, check_codec, display_scale, embed_captions, load_image, model_device, png_bytes,
-                     resolve_codec, resolve_text_encoder, upscale)
+from ..images import display_scale, png_bytes, upscale
+from .common import (DisplayMixin, check_codec, embed_captions, load_image, model_device, resolve_codec,
+                     resolve_text_encoder)
 
 SIGMA_RANGE = (0.002, 80.0)      # the log slider's σ range (EDM's σ_min .. σ_max)
 DROPPED_GREY = 150.0             # grey level dropped patches are blended towards

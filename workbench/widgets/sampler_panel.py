@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from ..diffusion import EDMConfig, SAMPLER_NAMES, sample
-from .common import (DisplayMixin, check_codec, display_scale, embed_captions, grid_png, resolve_codec,
-                     resolve_text_encoder)
+from ..images import display_scale, grid_png, image_grid, save_png
+from .common import DisplayMixin, check_codec, embed_captions, resolve_codec, resolve_text_encoder
 
 
 def _slug(text: str, limit: int = 40) -> str:
@@ -204,7 +204,6 @@ class SamplerPanel(DisplayMixin):
     # ---------------------------------------------------------------- saving
     def save(self, path: str | Path | None = None) -> Path:
         """Write the last grid as a PNG (to ``path``, else the path box); returns the path (the Save button)."""
-        from ..train.monitor import image_grid, save_png
 
         if self.images is None:
             raise ValueError("nothing to save yet: press Generate (or call generate(wait=True)) first")
