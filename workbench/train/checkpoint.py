@@ -509,12 +509,35 @@ def load_optimizer_state(path: str | Path, optimizer: torch.optim.Optimizer, *,
                          map_location: str | torch.device = "cpu", verify: bool = True) -> None:
     """Load only the optimizer state of a checkpoint (``init_from`` with ``full`` carry-over).
 
-    The parameter groups must match the saved ones in number and size (``ValueError`` from
-    ``Optimizer.load_state_dict`` otherwise); ``CheckpointError`` when none was saved.
+    Groups are matched by their ``name`` when the two optimizers name different groups (a stage
+    that adds or drops the REPA projector's group): shared groups carry their state, the others
+    start fresh. Otherwise the groups must match in number and size (``ValueError`` from
+    ``Optimizer.load_state_dict``); ``CheckpointError`` when none was saved.
     """
     path = resolve_checkpoint(path)
     _check_files(path, [OPTIMIZER_FILE], verify)
-    optimizer.load_state_dict(torch.load(path / OPTIMIZER_FILE, map_location=map_location, weights_only=True))
+    saved = torch.load(path / OPTIMIZER_FILE, map_location=map_location, weights_only=True)
+    ours = optimizer.state_dict()
+    names = lambda sd: [g.get("name") for g in sd["param_groups"]]  # noqa: E731
+    if names(saved) != names(ours):
+        saved = _match_groups_by_name(saved, ours)
+    optimizer.load_state_dict(saved)
+
+
+def _match_groups_by_name(saved: dict, ours: dict) -> dict:
+    """``saved`` optimizer state re-indexed onto ``ours``' groups by name (same-sized groups only)."""
+    by_name = {g.get("name"): g for g in saved["param_groups"]}
+    groups, state = [], {}
+    for group in ours["param_groups"]:
+        old = by_name.get(group.get("name"))
+        if old is None or len(old["params"]) != len(group["params"]):
+            groups.append(group)
+            continue
+        groups.append({**old, "params": group["params"]})
+        for i, j in zip(old["params"], group["params"]):
+            if i in saved["state"]:
+                state[j] = saved["state"][i]
+    return {"state": state, "param_groups": groups}
 
 
 def has_ema(path: str | Path) -> bool:

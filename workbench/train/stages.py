@@ -61,6 +61,9 @@ class Stage:
     sample_every: int = 0                      # sample grid every N steps (0: only at the end)
     sample_steps: int = 30                     # Heun steps for sample grids
     sample_cfg: float = 5.0                    # classifier-free guidance for sample grids
+    repa_weight: float = 0.0                   # REPA alignment loss weight (0: off, the paper's recipe)
+    repa_depth: int = 2                        # align the tokens after this backbone block (1-based)
+    repa_encoder: str = "codec"                # frozen features: "codec" (the data's VAE) or "vae:PATH"
     eval_every: int = 0                        # compositional score every N steps (0: never; needs an evaluator)
     eval_samples_per_prompt: int = 1           # images per eval prompt for those scores
     checkpoint_every: int = 0                  # checkpoint every N steps (0: only at the end or on stop)
@@ -76,6 +79,12 @@ class Stage:
         for name in ("steps", "global_batch", "micro_batch", "resolution", "sample_steps"):
             value = getattr(self, name)
             require(isinstance(value, int) and value > 0, own, name, "a positive integer", value)
+        require(isinstance(self.repa_weight, (int, float)) and self.repa_weight >= 0, own, "repa_weight",
+                "a number >= 0", self.repa_weight)
+        require(isinstance(self.repa_depth, int) and self.repa_depth >= 1, own, "repa_depth", "a block number >= 1",
+                self.repa_depth)
+        require(self.repa_encoder == "codec" or str(self.repa_encoder).startswith("vae:"), own, "repa_encoder",
+                "'codec' or 'vae:PATH'", self.repa_encoder)
         require(isinstance(self.eval_samples_per_prompt, int) and self.eval_samples_per_prompt > 0, own,
                 "eval_samples_per_prompt", "a positive integer", self.eval_samples_per_prompt)
         for name in ("warmup_steps", "ema_start", "sample_every", "eval_every", "checkpoint_every", "log_every",

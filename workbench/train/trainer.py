@@ -194,12 +194,20 @@ class Trainer:
         self.ema = None
         if stage.ema_decay > 0:
             self.ema = copy.deepcopy(model).requires_grad_(False).eval()
+        self.repa = None
+        if stage.repa_weight > 0:
+            from .repa import build_repa
+
+            self.repa = build_repa(stage.repa_encoder, self.info, model, stage.repa_depth)
+            self.repa.attach(model)
         optimizer = torch.optim.AdamW(self.param_groups(model), lr=stage.lr, betas=stage.betas,
                                       weight_decay=stage.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, stage))
         self.loader = PreparedLoader(stage.data, stage.resolution, stage.micro_batch, seed=stage.seed,
                                      device=acc.device, rank=acc.process_index, world_size=acc.num_processes)
         self.init_info = self._init_from(model, optimizer) if stage.init_from else None
+        if self.repa is not None:
+            self.repa.to(acc.device)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         if self.ema is not None:
             self.ema.to(acc.device)
@@ -217,7 +225,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def param_groups(self, model: MicroDiT) -> list[dict]:
-        """AdamW groups: MoE parameters get ``lr * moe_lr_scale`` (the paper's intended half LR)."""
+        """AdamW groups: MoE parameters get ``lr * moe_lr_scale`` (the paper's intended half LR); REPA's projector."""
         moe = {id(p) for m in model.modules() if isinstance(m, ExpertChoiceMoE) for p in m.parameters()}
         scale = model.arch.moe_lr_scale
         dense = [p for p in model.parameters() if id(p) not in moe]
@@ -225,6 +233,8 @@ class Trainer:
         groups = [{"params": dense, "name": "dense"}]
         if experts:
             groups.append({"params": experts, "name": "moe", "lr": self.stage.lr * scale})
+        if self.repa is not None:
+            groups.append({"params": list(self.repa.projector.parameters()), "name": "repa"})
         return groups
 
     def _init_from(self, model: MicroDiT, optimizer) -> dict:
@@ -266,6 +276,8 @@ class Trainer:
         self.step_count = self._checkpointed_step = state.step
         self.loader.load_state_dict(state.loader)
         self.nonfinite_total = state.extra.get("nonfinite_total", 0)
+        if self.repa is not None and state.extra.get("repa"):
+            self.repa.projector.load_state_dict(state.extra["repa"])
         if self.accelerator.scaler is not None and state.extra.get("grad_scaler"):
             self.accelerator.scaler.load_state_dict(state.extra["grad_scaler"])   # fp16: the loss scale
         self.history = [r for r in self.metrics.read() if r.get("step", 0) <= state.step]
@@ -284,7 +296,7 @@ class Trainer:
         acc, stage, model = self.accelerator, self.stage, self.model
         start = time.perf_counter()
         batches = self._batches()
-        per_sample, sigmas = [], []
+        per_sample, sigmas, repa_losses = [], [], []
         model.train()
         for i, batch in enumerate(batches):
             c, h, w = batch.latents.shape[1:]
@@ -303,10 +315,16 @@ class Trainer:
                 out = self.loss_fn(model, batch.latents, caption, caption_mask, stage.mask_ratio,
                                    sigma=sigma.to(acc.device), noise=noise.to(acc.device),
                                    mask_noise=mask_noise.to(acc.device))
-                acc.backward(out.loss / len(batches))
+                total = out.loss
+                if self.repa is not None:
+                    repa = self.repa.per_sample_loss(batch.latents, stage.mask_ratio, mask_noise.to(acc.device))
+                    repa_losses.append(repa.detach())
+                    total = total + stage.repa_weight * repa.mean()
+                acc.backward(total / len(batches))
             per_sample.append(out.per_sample.detach())
             sigmas.append(out.sigma.detach())
-        grad_norm = acc.clip_grad_norm_(model.parameters(), stage.grad_clip if stage.grad_clip > 0 else float("inf"))
+        grad_norm = acc.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
+                                        stage.grad_clip if stage.grad_clip > 0 else float("inf"))
         grad_norm = float(grad_norm)
         losses = acc.gather(torch.cat(per_sample))                                       # (global_batch,)
         all_sigmas = acc.gather(torch.cat(sigmas))                                       # (global_batch,)
@@ -335,6 +353,8 @@ class Trainer:
                    "grad_norm": grad_norm, "img_per_s": stage.global_batch / elapsed, "mask_ratio": stage.mask_ratio,
                    "nonfinite_steps": self.nonfinite_total,
                    "loss_per_sigma": loss_per_sigma_bin(losses, all_sigmas)}
+        if repa_losses:
+            metrics["repa_loss"] = acc.gather(torch.cat(repa_losses)).float().mean().item()
         self.history.append(metrics)
         return metrics
 
@@ -417,7 +437,10 @@ class Trainer:
         if acc.is_main_process:
             state = ckpt.TrainingState(step=self.step_count, rng=ckpt.capture_rng(), loader=self.loader.state_dict(),
                                        extra={"stage": self.stage.name, "nonfinite_total": self.nonfinite_total,
-                                              "init_from": self.init_info, "grad_scaler": self._scaler_state()})
+                                              "init_from": self.init_info, "grad_scaler": self._scaler_state(),
+                                              "repa": (None if self.repa is None else
+                                                       {k: v.detach().cpu() for k, v in
+                                                        self.repa.projector.state_dict().items()})})
             path = ckpt.save_checkpoint(self.stage.checkpoint_dir, self.step_count,
                                         model=self.raw_model, optimizer=self.optimizer,
                                         scheduler=self.scheduler, ema=self.ema, state=state,
