@@ -1,4 +1,4 @@
-"""Leaf file helpers: atomic writes (a temp file in the same folder, fsync, rename).
+"""Leaf file helpers: atomic writes (a temp file in the same folder, fsync, rename) and content hashes.
 
 A reader never sees a half-written file: it sees the old content or the new, whole. Every
 module that writes a file someone else reads (JSON records, PNGs, reports, weights) goes through
@@ -10,6 +10,7 @@ these::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -41,3 +42,20 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
     """Write ``obj`` as JSON (plus a newline) to ``path`` atomically; returns the path."""
     return atomic_write_text(path, json.dumps(obj, indent=indent, default=str) + "\n")
+
+
+def digest(*chunks: bytes) -> str:
+    """Short, stable sha256 hex digest (16 characters) of some bytes: the project's one content hash."""
+    h = hashlib.sha256()
+    for chunk in chunks:
+        h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def fingerprint(obj: Any) -> str:
+    """``digest`` of a JSON-able value in canonical form (sorted keys; other objects as ``str``).
+
+    Settings, parameters and file listings are fingerprinted with it, so "made with the same
+    settings?" is one comparison everywhere (prepare, sources, the pipeline, codecs).
+    """
+    return digest(json.dumps(obj, sort_keys=True, default=str).encode("utf-8", "surrogateescape"))

@@ -43,7 +43,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
-import hashlib
 import json
 import os
 import sys
@@ -55,6 +54,7 @@ from typing import Any, Callable
 import yaml
 
 from .config import parse_yaml
+from .io import fingerprint
 
 KERNEL_NAME = "workbench"
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"   # the repo's notebook templates
@@ -303,10 +303,6 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _fingerprint(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 # ---------------------------------------------------------------------------------------------
 #  Steps and their validation
 # ---------------------------------------------------------------------------------------------
@@ -326,7 +322,7 @@ class Step:
 
     @property
     def fingerprint(self) -> str:
-        return _fingerprint({k: v for k, v in self.parameters.items() if k not in UNFINGERPRINTED})
+        return fingerprint({k: v for k, v in self.parameters.items() if k not in UNFINGERPRINTED})
 
 
 def declared_parameters(notebook: Path) -> dict[str, Any]:

@@ -17,7 +17,6 @@ ships with the package. ``codec_spec(codec.describe())`` gives back the string t
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from ..devices import default_device
+from ..io import digest
 
 VAE_WEIGHT_FILES = (
     "diffusion_pytorch_model.safetensors",
@@ -42,14 +42,6 @@ VAE_EXPECTED = (
 # ---------------------------------------------------------------------------------------------
 #  Helpers
 # ---------------------------------------------------------------------------------------------
-
-def _hash_bytes(*chunks: bytes) -> str:
-    """Short, stable sha256 hex digest (16 characters) of some bytes."""
-    h = hashlib.sha256()
-    for chunk in chunks:
-        h.update(chunk)
-    return h.hexdigest()[:16]
-
 
 def _check_images(images: np.ndarray, downsample: int) -> np.ndarray:
     """Validate a (B, H, W, 3) uint8 batch; return it as a C-contiguous array."""
@@ -133,7 +125,7 @@ class PixelCodec(_Codec):
 
     def config_hash(self) -> str:
         """Stable hash of this codec's definition (it has no weights)."""
-        return _hash_bytes(b"pixel:[-1,1]:v1")
+        return digest(b"pixel:[-1,1]:v1")
 
     def describe(self) -> dict:
         """JSON-able description, stored beside prepared latents."""
@@ -267,7 +259,7 @@ class VAECodec(_Codec):
 
     def config_hash(self) -> str:
         """Short sha256 of the VAE's config.json bytes (weights are not hashed)."""
-        return _hash_bytes((self.path / "config.json").read_bytes())
+        return digest((self.path / "config.json").read_bytes())
 
     def describe(self) -> dict:
         """JSON-able description, stored beside prepared latents."""

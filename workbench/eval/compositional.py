@@ -44,6 +44,7 @@ from typing import Sequence
 import numpy as np
 
 from ..data.shapes import EVAL_CATEGORIES, EvalPrompt, Scene, eval_prompts
+from ..io import digest
 from .detector import Detection, Detector, relation_holds
 
 ATTRIBUTES = ("colour", "shape", "count", "position")
@@ -322,7 +323,7 @@ def detector_hash() -> str:
     """Short sha256 of the shipped shape-classifier weights (recorded in every score's protocol)."""
     from .detector import CLASSIFIER_WEIGHTS
 
-    return hashlib.sha256(CLASSIFIER_WEIGHTS.read_bytes()).hexdigest()[:16]
+    return digest(CLASSIFIER_WEIGHTS.read_bytes())
 
 
 def scores_table(scores: dict) -> list[dict]:

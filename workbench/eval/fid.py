@@ -21,7 +21,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data.shapes import COLOURS, SHAPES, Scene, make_scenes, render_scene
+from ..io import digest
 from .detector import ASSETS, degrade
 
 FEATURE_WEIGHTS = ASSETS / "scene_features.safetensors"
@@ -110,7 +110,7 @@ class ShapesFeatures(nn.Module):
         self.net = SceneFeatureNet()
         self.net.load_state_dict(load_file(str(path)))
         self.net.eval().requires_grad_(False)
-        self.weights_hash = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        self.weights_hash = digest(path.read_bytes())
 
     def train(self, mode: bool = True) -> "ShapesFeatures":
         """Always in eval mode (a frozen feature extractor)."""

@@ -14,7 +14,6 @@ record fall back to the prepared dataset they were trained on.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,6 +23,7 @@ import torch
 
 from ..devices import default_device
 from ..diffusion import EDMConfig, sample
+from ..io import digest
 from ..model import MicroDiT
 from . import checkpoint as ckpt
 
@@ -131,11 +131,7 @@ class SamplingBundle:
 
 def weights_sha256(path: Path, ema: bool) -> str:
     """Short sha256 of the weights file a bundle was loaded from (recorded in evaluation protocols)."""
-    h = hashlib.sha256()
-    with open(path / (ckpt.EMA_FILE if ema else ckpt.MODEL_FILE), "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+    return digest((path / (ckpt.EMA_FILE if ema else ckpt.MODEL_FILE)).read_bytes())
 
 
 def load_for_sampling(spec: str | Path, use_ema: bool = True, device: str | torch.device | None = None,
