@@ -475,12 +475,6 @@ class Trainer:
             fn(self, path)
         return path
 
-    def dashboard(self, **kwargs):
-        """A live :class:`workbench.widgets.TrainingDashboard` for this trainer (curves, samples, Stop/Resume)."""
-        from ..widgets import TrainingDashboard
-
-        return TrainingDashboard(self, **kwargs)
-
     # ------------------------------------------------------------------ background
     def run_in_background(self, steps: int | None = None) -> threading.Thread:
         """Run ``run()`` on a daemon thread (the notebook stays responsive); ``stop()`` ends it."""

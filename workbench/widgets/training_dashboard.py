@@ -4,7 +4,7 @@ a progress bar, and Stop / Resume buttons for a :class:`workbench.train.Trainer`
     from workbench import Stage, Trainer
     from workbench.widgets import TrainingDashboard
     trainer = Trainer(Stage.from_yaml("configs/demo/stage1.yaml"))
-    dashboard = TrainingDashboard(trainer)      # or trainer.dashboard()
+    dashboard = TrainingDashboard(trainer)
     dashboard                                   # shows the widget in a notebook
     dashboard.resume()                          # the Resume button: trainer.run_in_background()
     dashboard.stop()                            # the Stop button: ends at the next step, with a checkpoint
