@@ -22,6 +22,58 @@ import json
 import sys
 
 
+def _add_prepare_arguments(parser) -> None:
+    """The ``workbench prepare`` options."""
+    parser.add_argument("--source", default="shapes",
+                        help="shapes | shapes:val | image folder | tar shard(s) | save_to_disk folder (default shapes)")
+    parser.add_argument("--out", required=True, help="output folder, e.g. data/prepared/NAME")
+    parser.add_argument("--codec", default="pixel", help="pixel | vae:PATH (a local AutoencoderKL folder)")
+    parser.add_argument("--text-encoder", default="default",
+                        help="default (embedded MiniLM-L6) | PATH (a local transformers folder)")
+    parser.add_argument("--resolutions", default="32", help="comma-separated square sizes, e.g. 32,64")
+    parser.add_argument("--limit", type=int, default=None, help="at most N source records")
+    parser.add_argument("--min-side", type=int, default=0, help="skip images whose short side is smaller")
+    parser.add_argument("--batch-size", type=int, default=64, help="rows per encode batch")
+    parser.add_argument("--shard-size", type=int, default=512, help="source records per resumable shard")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the VAE posterior noise")
+    parser.add_argument("--image-column", default="image", help="image column of a saved dataset")
+    parser.add_argument("--caption-column", default=None, help="caption column / metadata field")
+    parser.add_argument("--max-length", type=int, default=None, help="caption tokens (text encoder default 77)")
+    parser.add_argument("--trim-padding", action="store_true",
+                        help="encode only real caption tokens (zeros at padding; faster for short captions)")
+    parser.add_argument("--vae-mean", action="store_true", help="store the VAE posterior mean, not a sample")
+    parser.add_argument("--device", default=None,
+                        help="device of the codec and text encoder (default cuda if available)")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="source option, e.g. n=5000 or split=val for shapes (repeatable)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--json", action="store_true", help="print report.json at the end")
+
+
+def cmd_prepare(args) -> int:
+    """Run ``prepare`` from parsed ``add_prepare_arguments`` options; returns the exit status."""
+    from .config import parse_overrides
+    from .data.prepare import prepare
+
+    options = parse_overrides(args.option, flag="--option")
+    text_options = {}
+    if args.max_length is not None:
+        text_options["max_length"] = args.max_length
+    if args.trim_padding:
+        text_options["trim_padding"] = True
+    codec_options = {"sample_posterior": False} if args.vae_mean else {}
+    if args.device:
+        text_options["device"] = codec_options["device"] = args.device
+    report = prepare(
+        args.source, args.out, codec=args.codec, text_encoder=args.text_encoder, resolutions=args.resolutions,
+        limit=args.limit, batch_size=args.batch_size, shard_size=args.shard_size, min_side=args.min_side,
+        seed=args.seed, image_column=args.image_column, caption_column=args.caption_column,
+        codec_options=codec_options, text_encoder_options=text_options, progress=not args.no_progress, **options)
+    if args.json:
+        print(json.dumps(report.data, indent=2))
+    return 0
+
+
 def cmd_info(args) -> int:
     import torch
 
@@ -186,11 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workbench", description="MicroDiT Workbench: micro-budget diffusion training")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    from .data.prepare import add_prepare_arguments, run_prepare_cli
-
     prep = sub.add_parser("prepare", help="precompute latents and caption embeddings (resumable)")
-    add_prepare_arguments(prep)
-    prep.set_defaults(fn=run_prepare_cli)
+    _add_prepare_arguments(prep)
+    prep.set_defaults(fn=cmd_prepare)
 
     info = sub.add_parser("info", help="parameters by part and FLOPs of a preset")
     info.add_argument("--preset", default="nano")

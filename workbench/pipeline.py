@@ -365,7 +365,7 @@ def check_parameters(section: str, values: dict, declared: dict, notebook: Path)
 
 def _check_prepare_values(p: dict) -> None:
     """Ranges and paths of the prepare parameters (notebook 01), before any kernel starts."""
-    from .data.prepare import parse_resolutions
+    from .data.prepared import parse_resolutions
     from .data.sources import parse_source_spec
 
     try:
@@ -401,7 +401,7 @@ def plan_steps(config: PipelineConfig, workdir: str | os.PathLike | None = None)
     Nothing is started or written.
     """
     from .config import config_diff, to_dict
-    from .data.prepare import parse_resolutions
+    from .data.prepared import parse_resolutions
     from .model import preset_config
     from .train import Stage
     from .train.trainer import RESOLUTION_FIELDS

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -20,8 +19,10 @@ from tests.data.prepare_worker import KWARGS as WORKER_KWARGS
 from tests.data.prepare_worker import run as worker_run
 from tests.data.tiny_models import tiny_clip_dir, tiny_vae_dir  # noqa: F401  (fixtures)
 from workbench.data.codecs import PixelCodec, open_codec
-from workbench.data.prepare import (INFO_FILE, REPORT_FILE, SHARDS_DIR, PreparedInfo, _Preparer,
-                                    add_prepare_arguments, from_arrow, load_prepared, prepare, run_prepare_cli)
+from workbench.cli import build_parser
+from workbench.cli import main as cli_main
+from workbench.data.prepare import _Preparer, prepare
+from workbench.data.prepared import INFO_FILE, REPORT_FILE, SHARDS_DIR, PreparedInfo, from_arrow, load_prepared
 from workbench.data.sources import SKIP_REASONS, Source, SourceRecord, open_source, preprocess
 from workbench.data.text import open_text_encoder
 
@@ -364,12 +365,9 @@ def test_load_prepared_refuses_folders_that_are_not_complete(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 def test_cli_arguments_run_prepare(tmp_path, tiny_clip_dir, capsys):  # noqa: F811
-    parser = argparse.ArgumentParser()
-    add_prepare_arguments(parser)
-    args = parser.parse_args(["--source", "shapes:val", "--text-encoder", str(tiny_clip_dir), "--resolutions",
-                              "8,16", "--out", str(tmp_path / "cli"), "--limit", "5", "--option", "n=5",
-                              "--trim-padding", "--max-length", "16", "--no-progress", "--json"])
-    assert run_prepare_cli(args) == 0
+    assert cli_main(["prepare", "--source", "shapes:val", "--text-encoder", str(tiny_clip_dir), "--resolutions",
+                     "8,16", "--out", str(tmp_path / "cli"), "--limit", "5", "--option", "n=5",
+                     "--trim-padding", "--max-length", "16", "--no-progress", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["counts"]["written"] == 5 and printed["source"]["split"] == "val"
     info = PreparedInfo.read(tmp_path / "cli")
@@ -377,10 +375,8 @@ def test_cli_arguments_run_prepare(tmp_path, tiny_clip_dir, capsys):  # noqa: F8
 
 
 def test_cli_unknown_source_option_is_a_clear_error(tmp_path, tiny_clip_dir):  # noqa: F811
-    parser = argparse.ArgumentParser()
-    add_prepare_arguments(parser)
-    args = parser.parse_args(["--text-encoder", str(tiny_clip_dir), "--out", str(tmp_path / "cli"),
-                              "--option", "colour=red", "--no-progress"])
+    args = build_parser().parse_args(["prepare", "--text-encoder", str(tiny_clip_dir), "--out", str(tmp_path / "cli"),
+                                      "--option", "colour=red", "--no-progress"])
     with pytest.raises(ValueError, match=r"unknown options \['colour'\]"):
-        run_prepare_cli(args)
+        args.fn(args)
     assert not (tmp_path / "cli").exists()

@@ -138,6 +138,6 @@ def bench_data(n: int = 512, resolution: int = 32, batch_size: int = 32, prepare
 
 
 def _captions(path) -> list[str]:
-    from ..data.prepare import load_prepared
+    from ..data.prepared import load_prepared
 
     return load_prepared(path, format=None)["caption"]

@@ -1,17 +1,11 @@
-"""Precompute latents and caption embeddings into an on-disk Arrow dataset, resumably.
+"""The writer of prepared data: precompute latents and caption embeddings into an Arrow dataset, resumably.
 
 ``prepare`` reads a source (``workbench.data.sources``), preprocesses every good image at each
 requested resolution, encodes it with a latent codec and its caption with a text encoder, and
-writes a ``datasets`` folder (``save_to_disk``) that ``PreparedLoader`` streams during training::
+writes the format of ``workbench.data.prepared`` that ``PreparedLoader`` streams during training::
 
     report = prepare("shapes", "data/prepared/shapes32", resolutions=(32,), limit=2000)
     print(report)                                  # seen 2000, written 2000, skipped 0 ...
-    ds = load_prepared("data/prepared/shapes32")   # datasets.Dataset, torch format
-    info = PreparedInfo.read("data/prepared/shapes32")
-    info.latent_shapes[32], info.caption_dim        # (3, 32, 32), 384
-
-Columns (one row per good sample): ``latents_<res>`` fp16 (C, h, w) for each resolution,
-``caption_emb`` fp16 (L, D), ``caption_mask`` bool (L,), ``caption`` str, ``source_key`` str.
 
 Output folder ``OUT``::
 
@@ -46,20 +40,16 @@ import os
 import re
 import shutil
 import time
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from ..io import fingerprint
+from ..io import atomic_write_json, fingerprint
+from .prepared import (FORMAT_VERSION, INFO_FILE, REPORT_FILE, SETTINGS_FILE, SHARDS_DIR, PreparedInfo, _quiet_datasets,
+                       _read_json, from_arrow, parse_resolutions, to_arrow)
 
-FORMAT_VERSION = 1                      # bump when the layout or column meaning changes
-SETTINGS_FILE = "prepare_settings.json"
-REPORT_FILE = "report.json"
-INFO_FILE = "prepared.json"             # completion marker, written last
-SHARDS_DIR = ".shards"
 SHARD_META = "shard.json"
 FINAL_TMP = ".final.tmp"
 PREPARE_SKIP_REASONS = {                # reasons added by prepare on top of sources.SKIP_REASONS
@@ -71,55 +61,8 @@ _SHARD_NAME = re.compile(r"^shard_(\d{10})$")
 
 
 # ---------------------------------------------------------------------------------------------
-#  Arrow helpers: numpy (N, *shape) <-> nested fixed-size lists, without Python loops
-# ---------------------------------------------------------------------------------------------
-
-def to_arrow(array: np.ndarray):
-    """numpy ``(N, *shape)`` -> a pyarrow array of nested fixed-size lists (one row per item)."""
-    import pyarrow as pa
-
-    array = np.ascontiguousarray(array)
-    out = pa.array(array.reshape(-1))
-    for size in reversed(array.shape[1:]):
-        out = pa.FixedSizeListArray.from_arrays(out, size)
-    return out
-
-
-def from_arrow(column, shape: tuple[int, ...]) -> np.ndarray:
-    """A nested fixed-size-list column (Array or ChunkedArray) -> numpy ``(N, *shape)``.
-
-    Zero-copy for a single chunk of a numeric type; bools (bit-packed in Arrow) are copied.
-    """
-    import pyarrow as pa
-
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    values = column.storage if isinstance(column.type, pa.ExtensionType) else column   # datasets ArrayND
-    while pa.types.is_fixed_size_list(values.type) or pa.types.is_list(values.type):
-        values = values.flatten()                # honours slice offsets
-    flat = values.to_numpy(zero_copy_only=not pa.types.is_boolean(values.type))
-    return flat.reshape(len(column), *shape)
-
-
-# ---------------------------------------------------------------------------------------------
 #  Small file helpers
 # ---------------------------------------------------------------------------------------------
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to ``path`` via a temp file in the same folder, fsync and rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _read_json(path: Path) -> Any:
-    with open(path) as f:
-        return json.load(f)
-
 
 def _diff(old: Any, new: Any, where: str = "") -> list[str]:
     """Human-readable differences between two JSON values: ``['codec.path: 'a' -> 'b'', ...]``."""
@@ -135,36 +78,6 @@ def _diff(old: Any, new: Any, where: str = "") -> list[str]:
                 out += _diff(old[key], new[key], sub)
         return out
     return [] if old == new else [f"{where or 'settings'}: {old!r} -> {new!r}"]
-
-
-@contextmanager
-def _quiet_datasets():
-    """Silence ``datasets``' own progress bars (map, save) while we show ours."""
-    from datasets.utils import logging as ds_logging
-
-    enabled = ds_logging.is_progress_bar_enabled()
-    ds_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            ds_logging.enable_progress_bar()
-
-
-def parse_resolutions(resolutions: int | str | Iterable[int]) -> tuple[int, ...]:
-    """``32`` / ``"32,64"`` / ``(64, 32)`` -> ``(32, 64)``: sorted, unique, positive ints."""
-    if isinstance(resolutions, str):
-        parts = [p.strip() for p in resolutions.split(",") if p.strip()]
-        try:
-            resolutions = [int(p) for p in parts]
-        except ValueError:
-            raise ValueError(f"resolutions {resolutions!r} must be comma-separated integers, e.g. 32,64") from None
-    elif isinstance(resolutions, (int, np.integer)):
-        resolutions = [int(resolutions)]
-    out = sorted({int(r) for r in resolutions})
-    if not out or out[0] <= 0 or any(int(r) != r for r in resolutions):
-        raise ValueError(f"resolutions must be one or more positive integers (pixels), got {resolutions!r}")
-    return tuple(out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,114 +118,6 @@ class PrepareReport:
         resumed = f", resumed after record {self.resumed_from}" if self.resumed_from else ""
         return (f"{head}{self.out}: seen {self.seen}, written {self.written}, skipped "
                 f"{sum(self.skipped.values())} ({skipped}) in {self.elapsed_s:.1f}s{resumed}")
-
-
-@dataclass(frozen=True)
-class PreparedInfo:
-    """Metadata of a complete prepared dataset, read from ``OUT/prepared.json``.
-
-    Example::
-
-        info = PreparedInfo.read("data/prepared/shapes32")
-        info.resolutions, info.channels, info.caption_length, info.caption_dim   # (32,), 3, 77, 384
-        info.latent_shapes[32]                                                   # (3, 32, 32)
-    """
-
-    path: str
-    num_rows: int
-    resolutions: tuple[int, ...]
-    latent_shapes: dict[int, tuple[int, int, int]]
-    channels: int
-    caption_length: int
-    caption_dim: int
-    codec: dict
-    text_encoder: dict
-    source: dict
-    fingerprint: str
-    format_version: int = FORMAT_VERSION
-
-    @classmethod
-    def read(cls, path: str | os.PathLike) -> "PreparedInfo":
-        """Read and check ``path/prepared.json``; raise ``FileNotFoundError`` / ``ValueError`` clearly."""
-        p = Path(path).expanduser()
-        if not p.is_dir():
-            raise FileNotFoundError(f"prepared dataset folder {str(p)!r} does not exist; "
-                                    "make one with `workbench prepare --out PATH` or workbench.data.prepare.prepare()")
-        marker = p / INFO_FILE
-        if not marker.is_file():
-            partial = (p / SHARDS_DIR).is_dir() or (p / SETTINGS_FILE).is_file()
-            why = ("a prepare run there has not finished: rerun the same prepare command to resume it"
-                   if partial else "it was not written by workbench prepare")
-            raise ValueError(f"{str(p)!r} is not a complete prepared dataset (no {INFO_FILE}): {why}")
-        try:
-            d = _read_json(marker)
-            version = int(d["format_version"])
-            if version != FORMAT_VERSION:
-                raise ValueError(f"format version {version}, this workbench reads {FORMAT_VERSION}; re-run prepare")
-            return cls(
-                path=str(p), num_rows=int(d["num_rows"]), resolutions=tuple(int(r) for r in d["resolutions"]),
-                latent_shapes={int(k): tuple(v) for k, v in d["latent_shapes"].items()},
-                channels=int(d["channels"]), caption_length=int(d["caption_length"]),
-                caption_dim=int(d["caption_dim"]), codec=d["codec"], text_encoder=d["text_encoder"],
-                source=d["source"], fingerprint=d["fingerprint"], format_version=version)
-        except (KeyError, TypeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{marker} is damaged ({type(e).__name__}: {e}); delete {str(p)!r} and "
-                             "prepare again") from e
-
-    def to_json(self) -> dict:
-        """JSON-able dict (the content of ``prepared.json``)."""
-        d = asdict(self)
-        d["latent_shapes"] = {str(k): list(v) for k, v in self.latent_shapes.items()}
-        d["resolutions"] = list(self.resolutions)
-        d.pop("path")
-        return d
-
-    def column(self, resolution: int) -> str:
-        """Name of the latents column for ``resolution``; a clear error when it was not prepared."""
-        if int(resolution) not in self.resolutions:
-            raise ValueError(f"resolution {resolution} was not prepared in {self.path!r}: it has "
-                             f"{', '.join(map(str, self.resolutions))}; prepare it with --resolutions")
-        return f"latents_{int(resolution)}"
-
-
-def open_prepared_codec(info: PreparedInfo, **kw):
-    """The latent codec a prepared dataset was made with (to decode samples into images)."""
-    from .codecs import codec_spec, open_codec
-
-    return open_codec(codec_spec(info.codec), **kw)
-
-
-def open_prepared_text_encoder(info: PreparedInfo, **kw):
-    """The text encoder a prepared dataset was made with, with the same max length and padding mode."""
-    from .text import open_text_encoder, text_spec
-
-    text = info.text_encoder
-    return open_text_encoder(text_spec(text), max_length=text["max_length"],
-                             trim_padding=text.get("trim_padding", False), **kw)
-
-
-def load_prepared(path: str | os.PathLike, format: str | None = "torch"):
-    """Open a complete prepared dataset as a memory-mapped ``datasets.Dataset``.
-
-    ``format`` is passed to ``Dataset.with_format`` (``"torch"``, ``"numpy"`` or None for Python
-    objects); ``datasets`` returns fp16 columns as float32 in the torch / numpy formats. Raises a
-    clear error when ``path`` is missing, unfinished or not a prepared dataset.
-
-    Example::
-
-        ds = load_prepared("data/prepared/shapes32")
-        row = ds[0]
-        row["latents_32"].shape, row["caption_emb"].shape, row["caption"]   # (3, 32, 32), (77, 384), 'a red circle'
-    """
-    import datasets
-
-    info = PreparedInfo.read(path)
-    with _quiet_datasets():
-        ds = datasets.load_from_disk(info.path)
-    if len(ds) != info.num_rows:
-        raise ValueError(f"{info.path!r} holds {len(ds)} rows but {INFO_FILE} says {info.num_rows}: the folder "
-                         "was modified; delete it and prepare again")
-    return ds.with_format(format) if format else ds
 
 
 # ---------------------------------------------------------------------------------------------
@@ -474,7 +279,7 @@ class _Preparer:
                     encoded.with_format(None).save_to_disk(str(tmp))
         meta = {"fingerprint": self.settings["fingerprint"], "start": start, "end": end, "seen": end - start,
                 "written": written, "skipped": skips.items, "elapsed_s": round(time.perf_counter() - t0, 4)}
-        _write_json_atomic(tmp / SHARD_META, meta)
+        atomic_write_json(tmp / SHARD_META, meta)
         os.replace(tmp, final)                                       # the shard is complete now
         return meta
 
@@ -563,13 +368,13 @@ class _Preparer:
             "images_per_s": round((seen - resumed_from) / elapsed, 2) if elapsed > 0 else None,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        _write_json_atomic(self.out / REPORT_FILE, report)
+        atomic_write_json(self.out / REPORT_FILE, report)
         info = PreparedInfo(
             path=str(self.out), num_rows=written, resolutions=self.resolutions, latent_shapes=self.latent_shapes,
             channels=self.codec.channels, caption_length=self.L, caption_dim=self.D, codec=self.settings["codec"],
             text_encoder=self.settings["text_encoder"], source=self.settings["source"],
             fingerprint=self.settings["fingerprint"])
-        _write_json_atomic(self.out / INFO_FILE, info.to_json())      # the folder is complete from here
+        atomic_write_json(self.out / INFO_FILE, info.to_json())      # the folder is complete from here
         shutil.rmtree(self.shards, ignore_errors=True)
         result = PrepareReport.from_json(report)
         if self.progress:
@@ -713,62 +518,7 @@ def prepare(
                   f"({report.written} rows)")
         return report
     out.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(out / SETTINGS_FILE, settings)
+    atomic_write_json(out / SETTINGS_FILE, settings)
     preparer = _Preparer(src, codec, text_encoder, resolutions, out, settings, seed=int(seed),
                          batch_size=int(batch_size), shard_size=int(shard_size), progress=progress)
     return preparer.run()
-
-
-# ---------------------------------------------------------------------------------------------
-#  CLI: `workbench prepare ...`
-# ---------------------------------------------------------------------------------------------
-
-def add_prepare_arguments(parser) -> None:
-    """Add the ``workbench prepare`` options to an ``argparse`` (sub)parser."""
-    parser.add_argument("--source", default="shapes",
-                        help="shapes | shapes:val | image folder | tar shard(s) | save_to_disk folder (default shapes)")
-    parser.add_argument("--out", required=True, help="output folder, e.g. data/prepared/NAME")
-    parser.add_argument("--codec", default="pixel", help="pixel | vae:PATH (a local AutoencoderKL folder)")
-    parser.add_argument("--text-encoder", default="default",
-                        help="default (embedded MiniLM-L6) | PATH (a local transformers folder)")
-    parser.add_argument("--resolutions", default="32", help="comma-separated square sizes, e.g. 32,64")
-    parser.add_argument("--limit", type=int, default=None, help="at most N source records")
-    parser.add_argument("--min-side", type=int, default=0, help="skip images whose short side is smaller")
-    parser.add_argument("--batch-size", type=int, default=64, help="rows per encode batch")
-    parser.add_argument("--shard-size", type=int, default=512, help="source records per resumable shard")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the VAE posterior noise")
-    parser.add_argument("--image-column", default="image", help="image column of a saved dataset")
-    parser.add_argument("--caption-column", default=None, help="caption column / metadata field")
-    parser.add_argument("--max-length", type=int, default=None, help="caption tokens (text encoder default 77)")
-    parser.add_argument("--trim-padding", action="store_true",
-                        help="encode only real caption tokens (zeros at padding; faster for short captions)")
-    parser.add_argument("--vae-mean", action="store_true", help="store the VAE posterior mean, not a sample")
-    parser.add_argument("--device", default=None,
-                        help="device of the codec and text encoder (default cuda if available)")
-    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                        help="source option, e.g. n=5000 or split=val for shapes (repeatable)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--json", action="store_true", help="print report.json at the end")
-
-
-def run_prepare_cli(args) -> int:
-    """Run ``prepare`` from parsed ``add_prepare_arguments`` options; returns the exit status."""
-    from ..config import parse_overrides
-
-    options = parse_overrides(args.option, flag="--option")
-    text_options = {}
-    if args.max_length is not None:
-        text_options["max_length"] = args.max_length
-    if args.trim_padding:
-        text_options["trim_padding"] = True
-    codec_options = {"sample_posterior": False} if args.vae_mean else {}
-    if args.device:
-        text_options["device"] = codec_options["device"] = args.device
-    report = prepare(
-        args.source, args.out, codec=args.codec, text_encoder=args.text_encoder, resolutions=args.resolutions,
-        limit=args.limit, batch_size=args.batch_size, shard_size=args.shard_size, min_side=args.min_side,
-        seed=args.seed, image_column=args.image_column, caption_column=args.caption_column,
-        codec_options=codec_options, text_encoder_options=text_options, progress=not args.no_progress, **options)
-    if args.json:
-        print(json.dumps(report.data, indent=2))
-    return 0

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ..config import to_dict
 from ..data.loader import PreparedLoader
-from ..data.prepare import PreparedInfo
+from ..data.prepared import PreparedInfo
 from ..diffusion import EDMConfig, EDMLoss, loss_per_sigma_bin
 from ..model import MicroDiT, null_caption, preset_config, trim_caption_padding
 from ..model.moe import ExpertChoiceMoE
