@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 
 from workbench.data import shapes as S
+from workbench.bench.data import bench_shapes
+from workbench.data.shapes.geometry import RING_MID
+from workbench.data.shapes.vocabulary import GAP
 from workbench.data.shapes import (
-    COLOURS, EVAL_CATEGORIES, HELDOUT_COMBOS, RING_MID, SIZES, TEMPLATES, benchmark_shapes, eval_prompts,
+    COLOURS, EVAL_CATEGORIES, HELDOUT_COMBOS, SIZES, TEMPLATES, eval_prompts,
     make_scenes, parse_caption, render_scene, shapes_arrays, shapes_dataset,
 )
 
@@ -70,8 +73,8 @@ def test_objects_never_overlap_and_stay_inside_the_image():
             assert 0 < x0 < x1 < 1 and 0 < y0 < y1 < 1
         for i, a in enumerate(boxes):
             for b in boxes[i + 1:]:
-                assert a[2] + S.GAP <= b[0] + 1e-9 or b[2] + S.GAP <= a[0] + 1e-9 or \
-                       a[3] + S.GAP <= b[1] + 1e-9 or b[3] + S.GAP <= a[1] + 1e-9, scene
+                assert a[2] + GAP <= b[0] + 1e-9 or b[2] + GAP <= a[0] + 1e-9 or \
+                       a[3] + GAP <= b[1] + 1e-9 or b[3] + GAP <= a[1] + 1e-9, scene
 
 
 def test_object_sizes_are_recognisable_at_32px():
@@ -176,5 +179,5 @@ def test_shapes_dataset_is_a_datasets_dataset():
 
 
 def test_benchmark_reports_a_rate():
-    result = benchmark_shapes(n=50, resolution=32)
+    result = bench_shapes(n=50, resolution=32)
     assert result["images_per_s"] > 0 and result["n"] == 50

@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..devices import default_device
@@ -141,3 +142,23 @@ def _captions(path) -> list[str]:
     from ..data.prepared import load_prepared
 
     return load_prepared(path, format=None)["caption"]
+
+
+def bench_shapes(n: int = 2000, resolution: int = 32, seed: int = 0) -> dict:
+    """Time sampling + rendering ``n`` train scenes to numpy on this process (one core).
+
+    Returns ``{"images_per_s", "seconds", "n", "resolution", "mean_objects"}``.
+    """
+    from ..data.shapes import shapes_arrays
+
+    shapes_arrays(min(n, 50), resolution, seed=seed + 1)            # warm-up
+    t0 = time.perf_counter()
+    _, scenes = shapes_arrays(n, resolution, seed=seed)
+    seconds = time.perf_counter() - t0
+    return {
+        "images_per_s": n / seconds,
+        "seconds": seconds,
+        "n": n,
+        "resolution": resolution,
+        "mean_objects": float(np.mean([len(s.objects) for s in scenes])),
+    }

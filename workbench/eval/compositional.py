@@ -191,22 +191,22 @@ def ground_truth_scene(prompt: EvalPrompt, seed: int = 0) -> Scene:
     """
     import random
 
-    from ..data.shapes import ShapeObject, _place_grid, _place_pair, _place_single
+    from ..data.shapes import ShapeObject, place_grid, place_pair, place_single
 
     rng = random.Random(f"ground-truth/{seed}/{prompt.prompt}")
     named = _named_objects(prompt)
     sizes = ["small" if len(named) > 2 else rng.choice(["small", "large"]) for _ in named]
     items = [(n["shape"], z) for n, z in zip(named, sizes)]
     if len(named) == 1:
-        centres = [_place_single(rng, *items[0])]
+        centres = [place_single(rng, *items[0])]
     elif len(named) == 2:
         rel = prompt.relation[1] if prompt.relation else None
         axis = (0 if rel in ("left_of", "right_of") else 1) if rel else rng.randrange(2)
-        centres = _place_pair(rng, items, axis, dominant=rel is not None)
-        if rel in ("right_of", "below"):          # _place_pair puts the first item first along the axis
+        centres = place_pair(rng, items, axis, dominant=rel is not None)
+        if rel in ("right_of", "below"):          # place_pair puts the first item first along the axis
             centres.reverse()
     else:
-        centres = _place_grid(rng, items)
+        centres = place_grid(rng, items)
     objects = tuple(ShapeObject(n["shape"], n["colour"], z, *xy) for n, z, xy in zip(named, sizes, centres))
     return Scene(objects, prompt.prompt, "eval", prompt.relation)
 
