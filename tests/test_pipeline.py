@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from workbench.cli import main
-from workbench.pipeline import (KERNEL_NAME, PipelineConfig, PipelineConfigError, apply_set, parse_mapping,
-                                plan_steps, read_results, run_pipeline)
+from workbench.notebook import parse_mapping, read_results
+from workbench.pipeline import KERNEL_NAME, PipelineConfig, PipelineConfigError, apply_set, plan_steps, run_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo" / "pipeline.yaml"

@@ -45,14 +45,19 @@ def require(ok: bool, owner: str, name: str, expected: str, got: Any) -> None:
         raise ValueError(f"{owner}.{name}: expected {expected}, got {got!r}")
 
 
+def did_you_mean(key: str, known) -> str:
+    """`` (did you mean 'steps'?)`` for the closest known name, else `` (known: a, b, ...)``: the one hint text."""
+    known = list(known)
+    close = difflib.get_close_matches(key, known, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(known)})"
+
+
 def check_known_keys(cls: type, keys, what: str | None = None) -> None:
     """Raise ``ValueError`` for keys that are not fields of dataclass ``cls``, suggesting the closest."""
     known = [f.name for f in dataclasses.fields(cls)]
     for key in keys:
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else f" (known fields: {', '.join(known)})"
-            raise ValueError(f"{what or cls.__name__} has no field '{key}'{hint}")
+            raise ValueError(f"{what or cls.__name__} has no field '{key}'{did_you_mean(key, known)}")
 
 
 def from_dict(cls: type[T], values: dict[str, Any]) -> T:
@@ -114,6 +119,22 @@ def config_diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, An
     return {n: (a.get(n), b.get(n)) for n in names if norm(a.get(n)) != norm(b.get(n))}
 
 
+# MicroDiTConfig fields that may change between stages: the latent grid grows (positions interpolated)
+RESOLUTION_FIELDS = ("pos_interp_scale", "sample_size")
+# fields older checkpoints saved in the model config that are not architecture (moe_lr_scale is a Stage field now)
+RETIRED_MODEL_FIELDS = ("moe_lr_scale",)
+
+
+def architecture_diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``config_diff`` of two ``MicroDiTConfig`` dicts without ``RESOLUTION_FIELDS``: what makes weights incompatible."""
+    return {k: v for k, v in config_diff(a, b).items() if k not in RESOLUTION_FIELDS}
+
+
+def format_diff(diff: dict[str, tuple[Any, Any]], a: str = "saved", b: str = "this model") -> str:
+    """``"width: saved 128 vs this model 256, depth: ..."``: the one way a config difference is worded."""
+    return ", ".join(f"{k}: {a} {x!r} vs {b} {y!r}" for k, (x, y) in diff.items())
+
+
 @dataclass
 class MicroDiTConfig:
     """Architecture of a MicroDiT (defaults: the paper's MicroDiT_XL_2 on 4-channel SDXL latents).
@@ -142,7 +163,6 @@ class MicroDiTConfig:
     pos_interp_scale: float = 1.0              # position interpolation: 2.0 when a 256 px model moves to 512 px
     norm_eps: float = 1e-6                     # LayerNorm epsilon
     caption_mask_compat: bool = False          # True: ignore the caption mask, like the official code
-    moe_lr_scale: float = 1.0                  # LR multiplier for MoE parameters (read by the trainer)
 
     def __post_init__(self) -> None:
         own = type(self).__name__
@@ -167,7 +187,7 @@ class MicroDiTConfig:
             require(len(value) == 2 and all(r > 0 for r in value), own, name, "two positive numbers (first, last)", value)
         require(max(self.qkv_ratio) <= 1.0, own, "qkv_ratio", "ratios <= 1.0", self.qkv_ratio)
         for name in ("mixer_mlp_ratio", "caption_mlp_ratio", "expert_capacity", "pos_interp_scale",
-                     "norm_eps", "moe_lr_scale"):
+                     "norm_eps"):
             value = getattr(self, name)
             require(value > 0, own, name, "a positive number", value)
         require(self.timestep_freqs % 2 == 0, own, "timestep_freqs", "an even number", self.timestep_freqs)

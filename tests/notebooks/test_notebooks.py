@@ -15,7 +15,8 @@ import nbformat
 import pytest
 import yaml
 
-from workbench.pipeline import KERNEL_LOG_LEVEL, KERNEL_NAME, notebook_errors, read_results
+from workbench.notebook import read_results
+from workbench.pipeline import KERNEL_LOG_LEVEL, KERNEL_NAME, notebook_errors
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"

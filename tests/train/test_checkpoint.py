@@ -161,9 +161,9 @@ def test_restore_rng_names_a_missing_generator():
 def test_loading_into_another_config_names_each_differing_field(tmp_path):
     path = save_checkpoint(tmp_path, 1, model=nano(0), state=TrainingState(step=1))
     other = nano(0, depth=3, mixer_depth=0)
-    with pytest.raises(ValueError, match=r"depth: checkpoint 2, model 3.*mixer_depth: checkpoint 1, model 0"):
+    with pytest.raises(ValueError, match=r"depth: checkpoint 2 vs model 3.*mixer_depth: checkpoint 1 vs model 0"):
         load_checkpoint(path, model=other)
-    with pytest.raises(ValueError, match=r"depth: checkpoint 2, model 3.*load_model"):
+    with pytest.raises(ValueError, match=r"depth: checkpoint 2 vs model 3.*load_model"):
         load_model_weights(path, other)
 
 
@@ -171,7 +171,7 @@ def test_fields_that_keep_weight_shapes_can_be_ignored(tmp_path):
     model = nano(0)
     path = save_checkpoint(tmp_path, 1, model=model, state=TrainingState(step=1))
     bigger = nano(1, sample_size=64, pos_interp_scale=2.0)
-    with pytest.raises(ValueError, match="sample_size: checkpoint 32, model 64"):
+    with pytest.raises(ValueError, match="sample_size: checkpoint 32 vs model 64"):
         load_model_weights(path, bigger)
     load_model_weights(path, bigger, ignore_fields=("sample_size", "pos_interp_scale"))
     assert all(torch.equal(a, b) for a, b in zip(bigger.parameters(), model.parameters()))
@@ -378,3 +378,24 @@ def test_resolve_checkpoint_on_a_stage_dir_returns_the_newest_valid(tmp_path):
     flip_byte(good / "state.pt")
     with pytest.warns(UserWarning), pytest.raises(FileNotFoundError, match="all 2 are partial or corrupt"):
         resolve_checkpoint(stage)
+
+
+def test_an_older_checkpoint_with_moe_lr_scale_in_its_model_config_still_loads(tmp_path):
+    """moe_lr_scale moved from the architecture config to Stage; configs saved before that still read."""
+    import json
+
+    from workbench.model import MicroDiT
+
+    model = MicroDiT.from_preset("nano", depth=2, width=64, mixer_width=64)
+    path = ckpt.save_checkpoint(tmp_path, 1, model=model, state=ckpt.TrainingState(step=1))
+    config = json.loads((path / ckpt.CONFIG_FILE).read_text())
+    config["model"]["moe_lr_scale"] = 0.5
+    data = json.dumps(config).encode()
+    (path / ckpt.CONFIG_FILE).write_bytes(data)
+    manifest = json.loads((path / ckpt.MANIFEST).read_text())
+    import hashlib
+
+    manifest["files"][ckpt.CONFIG_FILE] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (path / ckpt.MANIFEST).write_text(json.dumps(manifest))
+    assert "moe_lr_scale" not in ckpt.read_config(path)["model"]
+    assert isinstance(ckpt.load_model(path), MicroDiT)

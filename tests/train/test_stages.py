@@ -133,7 +133,7 @@ def test_init_from_another_architecture_names_the_field(make_stage):
     first = make_stage(name="stage1", steps=1, model_overrides={**TINY_MODEL, "depth": 2})
     Trainer(first, progress=False).run()
     second = make_stage(name="stage2", init_from=str(first.stage_dir))
-    with pytest.raises(ValueError, match=r"another architecture \(depth: checkpoint 2, stage 3\)"):
+    with pytest.raises(ValueError, match=r"another architecture \(depth: checkpoint 2 vs stage 3\)"):
         Trainer(second, progress=False)
     assert not second.stage_dir.exists()
 

@@ -96,8 +96,7 @@ def test_metrics_jsonl_records_each_step(make_stage):
 
 
 def test_moe_parameters_get_the_scaled_learning_rate(make_stage):
-    stage = make_stage(steps=2, warmup_steps=2, model_overrides={**TINY_MODEL,
-                                                                   "moe_lr_scale": 0.5})
+    stage = make_stage(steps=2, warmup_steps=2, moe_lr_scale=0.5)
     trainer = Trainer(stage, progress=False)
     groups = {g["name"]: g for g in trainer.optimizer.param_groups}
     assert set(groups) == {"dense", "moe"} and groups["moe"]["params"]

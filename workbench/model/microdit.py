@@ -31,7 +31,7 @@ import torch.nn as nn
 from diffusers.configuration_utils import ConfigMixin
 from diffusers.models.modeling_utils import ModelMixin
 
-from ..config import MicroDiTConfig, check_known_keys, config_diff, from_dict, to_dict
+from ..config import MicroDiTConfig, check_known_keys, config_diff, format_diff, from_dict, to_dict
 from .blocks import DiTBlock, FinalLayer, SwiGLU, attention_inner_dim, expert_hidden, layer_norm, swiglu_hidden
 from .embeddings import CaptionEmbed, PatchEmbed, TimestepEmbed, sincos_2d_positions
 from .masking import gather_tokens, random_keep, restore_tokens
@@ -289,8 +289,7 @@ class MicroDiT(ModelMixin, ConfigMixin):
         saved = {k: v for k, v in json.loads(config_file.read_text()).items() if not k.startswith("_")}
         diff = config_diff(saved, to_dict(self.arch))
         if diff:
-            lines = ", ".join(f"{k}: saved {a!r} vs this model {b!r}" for k, (a, b) in diff.items())
-            raise ValueError(f"cannot load {path} into this MicroDiT, the configs differ: {lines}. "
+            raise ValueError(f"cannot load {path} into this MicroDiT, the configs differ: {format_diff(diff)}. "
                              f"Build the model with MicroDiT.from_pretrained({str(path)!r}) instead.")
         loaded = type(self).from_pretrained(path)
         self.load_state_dict(loaded.state_dict())

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from workbench.config import config_diff, to_dict
+from workbench.config import RETIRED_MODEL_FIELDS, config_diff, format_diff, to_dict
 
 FORMAT = 1                                       # manifest format version
 MANIFEST = "manifest.json"
@@ -432,8 +432,15 @@ def read_manifest(path: str | Path) -> dict:
 
 
 def read_config(path: str | Path) -> dict:
-    """The ``config.json`` of a checkpoint: ``{"model": {...}, "stage": {...} or None}``."""
-    return json.loads((Path(path) / CONFIG_FILE).read_text())
+    """The ``config.json`` of a checkpoint: ``{"model": {...}, "stage": {...} or None, "sampling": {...}}``.
+
+    Fields older versions kept in the model config that are not architecture (``RETIRED_MODEL_FIELDS``)
+    are left out of ``"model"``.
+    """
+    config = json.loads((Path(path) / CONFIG_FILE).read_text())
+    if isinstance(config.get("model"), dict):
+        config["model"] = {k: v for k, v in config["model"].items() if k not in RETIRED_MODEL_FIELDS}
+    return config
 
 
 def is_final(path: str | Path) -> bool:
@@ -576,8 +583,8 @@ def check_model_config(path: str | Path, model: torch.nn.Module, *, strict: bool
     diff = {k: v for k, v in config_diff(saved, current).items() if k not in ignored}
     if not diff:
         return
-    fields = "; ".join(f"{k}: checkpoint {a!r}, model {b!r}" for k, (a, b) in diff.items())
-    message = (f"checkpoint {path} was saved from a model with another config ({fields}). Build the model "
+    message = (f"checkpoint {path} was saved from a model with another config "
+               f"({format_diff(diff, 'checkpoint', 'model')}). Build the model "
                f"from the checkpoint's config (workbench.train.checkpoint.load_model({str(path)!r}), or "
                f"MicroDiT(**read_config(path)['model'])), or pass ignore_fields=[...] for fields that do not "
                f"change the weights (e.g. sample_size, pos_interp_scale)")

@@ -61,6 +61,7 @@ class Stage:
     sample_every: int = 0                      # sample grid every N steps (0: only at the end)
     sample_steps: int = 30                     # Heun steps for sample grids
     sample_cfg: float = 5.0                    # classifier-free guidance for sample grids
+    moe_lr_scale: float = 1.0                  # LR multiplier of the MoE parameters (the paper intends 0.5)
     repa_weight: float = 0.0                   # REPA alignment loss weight (0: off, the paper's recipe)
     repa_depth: int = 2                        # align the tokens after this backbone block (1-based)
     repa_encoder: str = "codec"                # frozen features: "codec" (the data's VAE) or "vae:PATH"
@@ -79,6 +80,8 @@ class Stage:
         for name in ("steps", "global_batch", "micro_batch", "resolution", "sample_steps"):
             value = getattr(self, name)
             require(isinstance(value, int) and value > 0, own, name, "a positive integer", value)
+        require(isinstance(self.moe_lr_scale, (int, float)) and self.moe_lr_scale > 0, own, "moe_lr_scale",
+                "a positive number", self.moe_lr_scale)
         require(isinstance(self.repa_weight, (int, float)) and self.repa_weight >= 0, own, "repa_weight",
                 "a number >= 0", self.repa_weight)
         require(isinstance(self.repa_depth, int) and self.repa_depth >= 1, own, "repa_depth", "a block number >= 1",
@@ -121,6 +124,12 @@ class Stage:
         from ..model import preset_config
 
         preset_config(self.model, **self.model_overrides)  # unknown preset or bad override fails here
+
+    def architecture(self) -> dict:
+        """The ``MicroDiTConfig`` (as a dict) this stage trains: its preset with ``model_overrides``."""
+        from ..model import preset_config
+
+        return to_dict(preset_config(self.model, **self.model_overrides))
 
     # ------------------------------------------------------------------ paths
     @property

@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from ..config import to_dict
+from ..config import RESOLUTION_FIELDS, architecture_diff, format_diff, to_dict
 from ..data.loader import PreparedLoader
 from ..data.prepared import PreparedInfo
 from ..diffusion import EDMConfig, EDMLoss, loss_per_sigma_bin
@@ -36,8 +36,6 @@ from .monitor import MetricsLog, PromptGrid
 from .sampling import sampling_record
 from .stages import Stage
 
-# fields that may differ between a checkpoint and the model it initialises (resolution changes)
-RESOLUTION_FIELDS = ("pos_interp_scale", "sample_size", "moe_lr_scale")
 
 
 class TrainingDiverged(RuntimeError):
@@ -227,7 +225,7 @@ class Trainer:
     def param_groups(self, model: MicroDiT) -> list[dict]:
         """AdamW groups: MoE parameters get ``lr * moe_lr_scale`` (the paper's intended half LR); REPA's projector."""
         moe = {id(p) for m in model.modules() if isinstance(m, ExpertChoiceMoE) for p in m.parameters()}
-        scale = model.arch.moe_lr_scale
+        scale = self.stage.moe_lr_scale
         dense = [p for p in model.parameters() if id(p) not in moe]
         experts = [p for p in model.parameters() if id(p) in moe]
         groups = [{"params": dense, "name": "dense"}]
@@ -241,18 +239,17 @@ class Trainer:
         """Start from another stage's checkpoint: weights (+EMA), and the optimiser state in ``full`` mode."""
         path = ckpt.resolve_checkpoint(self.stage.init_from)
         saved = ckpt.read_config(path)["model"]
-        diff = {k: v for k, v in ckpt.config_diff(saved, to_dict(model.arch)).items() if k not in RESOLUTION_FIELDS}
+        diff = architecture_diff(saved, to_dict(model.arch))
         if diff:
-            fields = ", ".join(f"{k}: checkpoint {a!r}, stage {b!r}" for k, (a, b) in diff.items())
-            raise ValueError(f"init_from {path} has another architecture ({fields}); use the same model preset and "
-                             f"overrides as the stage it comes from")
+            raise ValueError(f"init_from {path} has another architecture ({format_diff(diff, 'checkpoint', 'stage')}); "
+                             f"use the same model preset and overrides as the stage it comes from")
         ckpt.load_model_weights(path, model, ignore_fields=RESOLUTION_FIELDS)
         if self.ema is not None:
             ckpt.load_model_weights(path, self.ema, ema=ckpt.has_ema(path), ignore_fields=RESOLUTION_FIELDS)
         if self.stage.init_mode == "full":
             ckpt.load_optimizer_state(path, optimizer)      # moments and step counts; it also restores the
             for group in optimizer.param_groups:            # old stage's settings: use this stage's instead
-                base = self.stage.lr * (model.arch.moe_lr_scale if group.get("name") == "moe" else 1.0)
+                base = self.stage.lr * (self.stage.moe_lr_scale if group.get("name") == "moe" else 1.0)
                 group.update(initial_lr=base, lr=base * lr_factor(0, self.stage), betas=self.stage.betas,
                              weight_decay=self.stage.weight_decay)
         return {"path": str(path), "mode": self.stage.init_mode}

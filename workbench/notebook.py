@@ -1,0 +1,110 @@
+"""The helpers notebooks import: set-up, parameter parsing, log lines, and the record the pipeline reads back.
+
+Notebooks call these and add no logic of their own::
+
+    from workbench.notebook import notebook_setup, record
+    notebook_setup(workdir, threads)          # enter the project folder, set torch threads
+    record(step=100, final_loss=0.08)         # one JSON line that ``read_results`` (the pipeline, tests) reads
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from .config import parse_yaml
+
+RESULT_PREFIX = "workbench-result: "           # record() prints one JSON line after it
+
+
+_START_DIR: Path | None = None
+
+
+def notebook_setup(workdir: str | os.PathLike = "..", threads: int = 0) -> Path:
+    """Enter the project folder and set torch's thread count; returns the folder.
+
+    A relative ``workdir`` is taken from the folder the kernel started in (a notebook in
+    ``notebooks/`` uses ``".."``), so running the cell twice is harmless. ``threads > 0`` calls
+    ``torch.set_num_threads`` (on a busy 2-core machine 1 thread can be much faster than 2).
+    """
+    global _START_DIR
+    if _START_DIR is None:
+        _START_DIR = Path.cwd()
+    target = (_START_DIR / Path(workdir).expanduser()).resolve()
+    if not target.is_dir():
+        raise FileNotFoundError(f"workdir {str(target)!r} does not exist")
+    os.chdir(target)
+    if threads and int(threads) > 0:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    return target
+
+
+def parse_mapping(value: str | dict | None, name: str = "overrides") -> dict:
+    """A mapping parameter: a dict, or a YAML / JSON mapping string (``"{lr: 3e-4, steps: 10}"``); None -> {}."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, dict):
+        return dict(value)
+    if not isinstance(value, str):
+        raise ValueError(f"{name}: expected a mapping or a YAML mapping string, got {value!r}")
+    try:
+        parsed = parse_yaml(value)        # JSON is YAML too; 1e-3 and 1e+30 read as floats
+    except yaml.YAMLError as err:
+        raise ValueError(f"{name}: not a YAML mapping ({err}); write it like \"{{lr: 3.0e-4, steps: 10}}\"") from None
+    if parsed is None:
+        return {}
+    if not isinstance(parsed, dict):
+        raise ValueError(f"{name}: expected a mapping like \"{{lr: 3.0e-4}}\", got {value!r}")
+    return parsed
+
+
+def stage_overrides(overrides: str | dict | None = None, **fields: Any) -> dict:
+    """The ``Stage.from_yaml`` overrides of notebook 02: ``fields`` that are not None, plus the ``overrides`` mapping.
+
+    A field given both ways is an error (it would be ambiguous which one wins).
+    """
+    extra = parse_mapping(overrides)
+    given = {k: v for k, v in fields.items() if v is not None}
+    both = sorted(set(given) & set(extra))
+    if both:
+        raise ValueError(f"overrides: {', '.join(both)} also given as a parameter; give each field once")
+    return {**given, **extra}
+
+
+def log_lines(every: int = 50, printer: Callable[[str], Any] | None = None) -> Callable:
+    """A Trainer ``on_step`` callback printing one plain log line every ``every`` steps (and the first and last)."""
+    every = max(1, int(every))
+    out = printer or (lambda line: print(line, flush=True))
+
+    def on_step(trainer, metrics: dict) -> None:
+        step, total = metrics["step"], trainer.stage.steps
+        if step == 1 or step % every == 0 or step == total:
+            out(f"{trainer.stage.run}/{trainer.stage.name} step {step}/{total}  loss {metrics['loss']:.4f}  "
+                f"lr {metrics['lr']:.2e}  {metrics['img_per_s']:.1f} img/s")
+    return on_step
+
+
+def record(**values: Any) -> None:
+    """Print ``values`` as one JSON line that ``read_results`` (tests, the pipeline) reads back from the notebook."""
+    print(RESULT_PREFIX + json.dumps(values, default=str), flush=True)
+
+
+def read_results(notebook: str | os.PathLike) -> list[dict]:
+    """Every ``record(...)`` of an executed notebook, in order."""
+    import nbformat
+
+    nb = nbformat.read(str(notebook), as_version=4)
+    found = []
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream" and output.get("name") == "stdout":
+                for line in output.get("text", "").splitlines():
+                    if line.startswith(RESULT_PREFIX):
+                        found.append(json.loads(line[len(RESULT_PREFIX):]))
+    return found
