@@ -256,7 +256,7 @@ def test_a_save_that_dies_before_the_manifest_leaves_no_checkpoint(tmp_path, mon
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt("killed")
-    monkeypatch.setattr(ckpt, "_write_manifest", crash)
+    monkeypatch.setattr(ckpt.save, "_write_manifest", crash)
     with pytest.raises(KeyboardInterrupt):
         save_tiny(tmp_path, 2)
     with pytest.raises(KeyboardInterrupt):
@@ -287,7 +287,7 @@ def test_a_failed_replace_puts_the_previous_copy_back(tmp_path, monkeypatch):
         if len(calls) == 2:                                    # old copy moved aside, new one not yet in
             raise OSError("disk full")
         real_rename(src, dst)
-    monkeypatch.setattr(ckpt.os, "rename", rename)
+    monkeypatch.setattr(ckpt.save.os, "rename", rename)
     with pytest.raises(OSError, match="disk full"):
         save_tiny(tmp_path, 5, model=tiny(1))
     monkeypatch.undo()

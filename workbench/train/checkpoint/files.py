@@ -1,0 +1,276 @@
+"""Checkpoint folders on disk: names, the checksum manifest, verifying, finding the newest valid one, retention,
+and the registry of temp folders being written (so retention never deletes one in flight)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from workbench.config import RETIRED_MODEL_FIELDS
+
+FORMAT = 1                                       # manifest format version
+MANIFEST = "manifest.json"
+MODEL_FILE, EMA_FILE = "model.safetensors", "ema.safetensors"
+OPTIMIZER_FILE, SCHEDULER_FILE = "optimizer.pt", "scheduler.pt"
+STATE_FILE, CONFIG_FILE = "state.pt", "config.json"
+REQUIRED_FILES = (MODEL_FILE, STATE_FILE, CONFIG_FILE)
+
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+_TEMP_DIR = re.compile(r"^\.tmp-(?:old-|del-)?step_\d+-(\d+)-[0-9a-f]+$")
+_IN_FLIGHT: set[str] = set()                     # names of the temp dirs this process is writing now
+_IN_FLIGHT_LOCK = threading.Lock()
+
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is partial, corrupt, or lacks a part the caller asked to load."""
+
+
+def verify_checkpoint(path: str | Path, *, checksums: bool = True, files: Iterable[str] | None = None) -> list[str]:
+    """Problems with the checkpoint at ``path``; ``[]`` when it is complete and intact.
+
+    Checks the manifest (present, readable JSON, known format, matching step), that every
+    required file is listed, and the size and sha256 of each listed file (or only ``files``).
+    ``checksums=False`` skips the hashing (a quick structural check).
+    """
+    path = Path(path)
+    manifest, problems = _read_manifest_checked(path)
+    if manifest is None:
+        return problems
+    listed = manifest["files"]
+    problems += [f"{name}: required but not in {MANIFEST}" for name in REQUIRED_FILES if name not in listed]
+    wanted = listed if files is None else [name for name in files if name in listed]
+    for name in wanted:
+        problems += _file_problems(path / name, listed[name], checksums)
+    if CONFIG_FILE in wanted and not problems:
+        try:
+            json.loads((path / CONFIG_FILE).read_text())
+        except (OSError, ValueError) as err:
+            problems.append(f"{CONFIG_FILE}: unreadable JSON ({err})")
+    return problems
+
+
+def _read_manifest_checked(path: Path) -> tuple[dict | None, list[str]]:
+    """The parsed manifest and ``[]``, or ``None`` and the problems that prevent reading it."""
+    if not path.is_dir():
+        return None, [f"{path} is not a directory"]
+    if not (path / MANIFEST).is_file():
+        return None, [f"missing {MANIFEST} (incomplete checkpoint: the save was interrupted or files were removed)"]
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError) as err:
+        return None, [f"{MANIFEST}: unreadable JSON ({err})"]
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        return None, [f"{MANIFEST}: has no 'files' mapping"]
+    if manifest.get("format") != FORMAT:
+        return None, [f"{MANIFEST}: unknown format {manifest.get('format')!r} (this version reads {FORMAT})"]
+    match = _STEP_DIR.match(path.name)
+    if match and int(match.group(1)) != manifest.get("step"):
+        return None, [f"{MANIFEST}: step {manifest.get('step')!r} does not match the folder name {path.name}"]
+    return manifest, []
+
+
+def _file_problems(file: Path, expected: Mapping, checksums: bool) -> list[str]:
+    """Size and checksum problems of one listed file."""
+    if not file.is_file():
+        return [f"{file.name}: missing"]
+    size = file.stat().st_size
+    if size != expected.get("bytes"):
+        return [f"{file.name}: size {size} bytes, manifest says {expected.get('bytes')}"]
+    if checksums and _sha256(file) != expected.get("sha256"):
+        return [f"{file.name}: sha256 checksum mismatch (file is corrupt)"]
+    return []
+
+
+def _sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def list_checkpoints(root: str | Path) -> list[Path]:
+    """The ``step_*`` folders under ``root``, oldest step first (``.tmp-*`` folders are ignored)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_valid_checkpoint(root: str | Path, log: Callable[[str], Any] = warnings.warn) -> Path | None:
+    """The newest checkpoint under ``root`` that verifies, or ``None``.
+
+    Each newer partial or corrupt checkpoint is skipped and reported through ``log`` with its
+    path and problems.
+    """
+    for path in reversed(list_checkpoints(root)):
+        problems = verify_checkpoint(path)
+        if not problems:
+            return path
+        log(f"skipping invalid checkpoint {path}: {'; '.join(problems)}")
+    return None
+
+
+def resolve_checkpoint(spec: str | Path) -> Path:
+    """A checkpoint folder from ``spec``: the folder itself, or the newest valid one under a stage folder.
+
+    Accepts ``.../step_NNNNNNN`` (returned as is; loading verifies it), a checkpoints root
+    (``runs/x/stage1/checkpoints``) or a stage folder (``runs/x/stage1``). Raises
+    ``FileNotFoundError`` saying what was looked for.
+    """
+    path = Path(spec)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}: the path does not exist")
+    if _STEP_DIR.match(path.name) or (path / MANIFEST).is_file():
+        return path
+    for root in (path / "checkpoints", path):
+        candidates = list_checkpoints(root)
+        if candidates:
+            found = latest_valid_checkpoint(root)
+            if found is None:
+                raise FileNotFoundError(f"no valid checkpoint under {root}: all {len(candidates)} are partial "
+                                        "or corrupt (see the warnings)")
+            return found
+    stages = sorted(p.name for p in path.iterdir() if (p / "checkpoints").is_dir()) if path.is_dir() else []
+    if stages:
+        raise FileNotFoundError(f"{path} is a run with stages {', '.join(stages)}: name one, "
+                                f"e.g. {path / stages[-1]}")
+    raise FileNotFoundError(f"no checkpoints under {path}: expected a step_NNNNNNN folder, a checkpoints folder "
+                            "holding them, or a stage folder with a checkpoints/ subfolder")
+
+
+def read_manifest(path: str | Path) -> dict:
+    """The parsed ``manifest.json`` of a checkpoint (``CheckpointError`` when it cannot be read)."""
+    manifest, problems = _read_manifest_checked(Path(path))
+    if manifest is None:
+        raise CheckpointError(f"checkpoint {path}: {'; '.join(problems)}")
+    return manifest
+
+
+def read_config(path: str | Path) -> dict:
+    """The ``config.json`` of a checkpoint: ``{"model": {...}, "stage": {...} or None, "sampling": {...}}``.
+
+    Fields older versions kept in the model config that are not architecture (``RETIRED_MODEL_FIELDS``)
+    are left out of ``"model"``.
+    """
+    config = json.loads((Path(path) / CONFIG_FILE).read_text())
+    if isinstance(config.get("model"), dict):
+        config["model"] = {k: v for k, v in config["model"].items() if k not in RETIRED_MODEL_FIELDS}
+    return config
+
+
+def is_final(path: str | Path) -> bool:
+    """Whether the checkpoint's manifest marks it as a stage's final checkpoint."""
+    try:
+        return bool(read_manifest(path).get("final"))
+    except CheckpointError:
+        return False
+
+
+def apply_retention(root: str | Path, keep_last: int | None, log: Callable[[str], Any] = warnings.warn) -> list[Path]:
+    """Delete all but the newest ``keep_last`` complete checkpoints, keeping every final one.
+
+    Also removes leftover ``.tmp-*`` folders of dead processes (and of this process, except the
+    ones it is writing right now), and ``step_*`` folders that are incomplete (no manifest);
+    those are reported through ``log``. ``keep_last=None`` keeps every checkpoint. Each folder is
+    renamed aside before it is deleted, so an interrupted deletion never leaves a half-deleted
+    ``step_*``. Returns the deleted paths (as they were named).
+    """
+    if keep_last is not None and (not isinstance(keep_last, int) or keep_last < 1):
+        raise ValueError(f"keep_last: expected an integer >= 1 or None (keep all), got {keep_last!r}")
+    root = Path(root)
+    deleted = _remove_stale_temps(root)
+    if keep_last is None:
+        return deleted
+    checkpoints = list_checkpoints(root)
+    complete = [p for p in checkpoints if not verify_checkpoint(p, checksums=False)]
+    keep = set(complete[-keep_last:]) | {p for p in complete if is_final(p)}
+    for path in checkpoints:
+        if path not in keep:
+            if path not in complete:
+                log(f"removing incomplete checkpoint {path}: {'; '.join(verify_checkpoint(path, checksums=False))}")
+            _remove_dir(path)
+            deleted.append(path)
+    return deleted
+
+
+def _remove_stale_temps(root: Path) -> list[Path]:
+    """Remove ``.tmp-*`` folders whose writer is gone (dead pid, or this pid but not in flight)."""
+    if not root.is_dir():
+        return []
+    removed = []
+    for path in sorted(root.iterdir()):
+        match = _TEMP_DIR.match(path.name)
+        if not match or not path.is_dir():
+            continue
+        pid = int(match.group(1))
+        with _IN_FLIGHT_LOCK:
+            busy = path.name in _IN_FLIGHT
+        if busy or (pid != os.getpid() and _pid_alive(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _remove_dir(path: Path) -> None:
+    """Rename ``path`` to a hidden temp name, then delete it."""
+    aside = path.parent / f".tmp-del-{path.name}-{os.getpid()}-{secrets.token_hex(4)}"
+    os.rename(path, aside)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def _in_flight(path: Path):
+    """Register a temp folder as being written by this process, so retention leaves it alone."""
+    with _IN_FLIGHT_LOCK:
+        _IN_FLIGHT.add(path.name)
+    try:
+        yield
+    finally:
+        with _IN_FLIGHT_LOCK:
+            _IN_FLIGHT.discard(path.name)
+
+
+def _fsync_dir(path: Path) -> None:
+    """fsync a directory so renames and new entries in it are durable (no-op where unsupported)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: Path, write: Callable) -> None:
+    """Create ``path``, let ``write(f)`` fill it, then flush and fsync it."""
+    with open(path, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
