@@ -106,7 +106,7 @@ def test_prepare_train_resume_and_sample_from_the_command_line(tmp_path, capsys)
     # the compositional score and the FID-proxy of the same stage, with their protocol
     scores = tmp_path / "scores.json"
     assert main(["eval", "compositional", "--checkpoint", str(stage_dir), "--samples-per-prompt", "1", "--steps", "2",
-                 "--cfg", "2", "--seed", "3", "--json", str(scores), "--no-progress"]) == 0
+                 "--cfg-scale", "2", "--seed", "3", "--json", str(scores), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "overall (mean of categories)" in printed and "single-object shape accuracy" in printed
     report = json.loads(scores.read_text())

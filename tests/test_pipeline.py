@@ -148,7 +148,7 @@ def tiny_pipeline(root: Path) -> Path:
         stage = {"name": f"stage{i}", "run": "ignored", "data": "ignored", "resolution": res, "model": "nano",
                  "model_overrides": {**TINY_MODEL, "sample_size": 16}, "mask_ratio": mask, "steps": 3,
                  "global_batch": 8, "micro_batch": 8, "lr": 1.0e-3, "sigma_data": 0.5, "ema_decay": 0.9,
-                 "sample_steps": 2, "sample_cfg": 2.0, "sample_prompts": ["a red circle", "a blue square"],
+                 "sample_steps": 2, "sample_cfg_scale": 2.0, "sample_prompts": ["a red circle", "a blue square"],
                  "log_every": 1, **extra}
         path = root / f"stage{i}.yaml"
         path.write_text(yaml.safe_dump(stage))

@@ -12,7 +12,7 @@
     workbench train-codec --out DIR               train a latent codec (AutoencoderKL) on the shapes data
     workbench bench model|data|train [--json PATH]     speed benchmarks (JSON)
     workbench kernel install                     the Jupyter kernel for this venv
-    workbench demo                               a 1-minute model tour (make demo runs `workbench pipeline`)
+    workbench tour                               a 1-minute model tour (make demo runs `workbench pipeline`)
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def cmd_info(args) -> int:
     with torch.device("meta"):  # no memory for the weights: xl_2 is summarised instantly
         model = MicroDiT.from_preset(args.preset, **parse_overrides(args.set))
     summary = model.summary()
-    side = args.resolution or model.arch.sample_size
+    side = args.latent_size or model.arch.sample_size
     flops = {f"forward_gflops_mask_{r}": round(model.flops(side, r) / 1e9, 3) for r in (0.0, 0.75)}
     print(f"MicroDiT preset {args.preset!r}: latent {side}x{side}x{model.arch.in_channels}, "
           f"captions {model.arch.caption_dim}-d")
@@ -91,7 +91,7 @@ def cmd_info(args) -> int:
     for key, value in flops.items():
         print(f"{key:<28}{value:>12}")
     if args.json:
-        print(json.dumps({"preset": args.preset, **summary.as_dict(), "resolution": side, **flops,
+        print(json.dumps({"preset": args.preset, **summary.as_dict(), "latent_size": side, **flops,
                           "config": summary.config}))
     return 0
 
@@ -102,7 +102,7 @@ def cmd_bench(args) -> int:
     if args.what == "model":
         from .bench.model import bench_model
 
-        report = bench_model(presets=args.presets, batch=args.batch, resolution=args.resolution,
+        report = bench_model(presets=args.presets, batch=args.batch, latent_size=args.latent_size,
                              repeats=args.repeats, bf16=args.bf16, compile=args.compile)
     elif args.what == "train":
         from .bench.train import bench_train
@@ -142,7 +142,7 @@ def cmd_train(args) -> int:
 def cmd_sample(args) -> int:
     from .train.sampling import sample_checkpoint
 
-    path = sample_checkpoint(args.checkpoint, args.prompt, out=args.out, steps=args.steps, cfg_scale=args.cfg,
+    path = sample_checkpoint(args.checkpoint, args.prompt, out=args.out, steps=args.steps, cfg_scale=args.cfg_scale,
                              seed=args.seed, per_prompt=args.n, use_ema=not args.raw, sampler=args.sampler,
                              device=args.device)
     print(f"wrote {path}")
@@ -164,7 +164,7 @@ def cmd_eval(args) -> int:
         from .eval.compositional import evaluate_checkpoint, scores_table
 
         report = evaluate_checkpoint(args.checkpoint, samples_per_prompt=args.samples_per_prompt, steps=args.steps,
-                                     cfg_scale=args.cfg, seed=args.seed, sampler=args.sampler, batch=args.batch,
+                                     cfg_scale=args.cfg_scale, seed=args.seed, sampler=args.sampler, batch=args.batch,
                                      use_ema=not args.raw, device=args.device, progress=not args.no_progress)
         for row in scores_table(report["scores"]):
             print(f"{row['score']:<36}{row['value'] if row['value'] is not None else '-':>8}")
@@ -175,7 +175,7 @@ def cmd_eval(args) -> int:
     elif args.what == "fid":
         from .eval.fid import evaluate_fid_checkpoint
 
-        report = evaluate_fid_checkpoint(args.checkpoint, samples=args.samples, steps=args.steps, cfg_scale=args.cfg,
+        report = evaluate_fid_checkpoint(args.checkpoint, samples=args.samples, steps=args.steps, cfg_scale=args.cfg_scale,
                                          seed=args.seed, sampler=args.sampler, batch=args.batch,
                                          inception_weights=args.inception_weights, use_ema=not args.raw,
                                          device=args.device, progress=not args.no_progress)
@@ -226,7 +226,7 @@ def cmd_kernel(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
+def cmd_tour(args) -> int:
     from .tour import run_tour
 
     run_tour(steps=args.steps)
@@ -245,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="parameters by part and FLOPs of a preset")
     info.add_argument("--preset", default="nano")
     info.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a MicroDiTConfig field")
-    info.add_argument("--resolution", type=int, default=None, help="latent side for the FLOP count")
+    info.add_argument("--latent-size", type=int, default=None, help="latent side for the FLOP count")
     info.add_argument("--json", action="store_true", help="end with one JSON line")
     info.set_defaults(fn=cmd_info)
 
@@ -253,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("what", choices=["model", "data", "train"])
     bench.add_argument("--json", metavar="PATH", default=None, help="also write the report here")
     bench.add_argument("--batch", type=int, default=16)
-    bench.add_argument("--resolution", type=int, default=32)
+    bench.add_argument("--resolution", type=int, default=32, help="image side in pixels (data, train)")
+    bench.add_argument("--latent-size", type=int, default=32, help="the model input's side (model)")
     bench.add_argument("--repeats", type=int, default=5)
     bench.add_argument("--bf16", action="store_true", help="bf16 autocast (model, train)")
     bench.add_argument("--compile", action="store_true", help="torch.compile the model (model, train)")
@@ -282,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     samp = sub.add_parser("sample", help="sample prompts from a checkpoint into a PNG grid")
     samp.add_argument("--checkpoint", required=True, help="a checkpoint folder, or a stage folder (newest checkpoint)")
     samp.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
-    samp.add_argument("--cfg", type=float, default=5.0)
+    samp.add_argument("--cfg-scale", type=float, default=5.0, help="classifier-free guidance scale")
     samp.add_argument("--steps", type=int, default=30)
     samp.add_argument("--seed", type=int, default=0)
     samp.add_argument("--n", type=int, default=4, help="images per prompt")
@@ -298,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--samples-per-prompt", type=int, default=4, help="compositional: images per eval prompt")
     ev.add_argument("--samples", type=int, default=500, help="fid: generated images")
     ev.add_argument("--steps", type=int, default=30)
-    ev.add_argument("--cfg", type=float, default=None, help="CFG scale (default: the stage's sample_cfg)")
+    ev.add_argument("--cfg-scale", type=float, default=None, help="CFG scale (default: the stage's sample_cfg_scale)")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--sampler", default="heun")
     ev.add_argument("--batch", type=int, default=32, help="images per sampling batch")
@@ -329,9 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     kernel.add_argument("action", choices=["install"])
     kernel.set_defaults(fn=cmd_kernel)
 
-    demo = sub.add_parser("demo", help="a 1-minute model tour: summary, FLOPs, overfit one batch, sample (make demo runs the pipeline)")
-    demo.add_argument("--steps", type=int, default=200)
-    demo.set_defaults(fn=cmd_demo)
+    tour = sub.add_parser("tour", help="a 1-minute model tour: summary, FLOPs, overfit one batch, sample "
+                                       "(make demo runs the pipeline)")
+    tour.add_argument("--steps", type=int, default=200)
+    tour.set_defaults(fn=cmd_tour)
     return parser
 
 

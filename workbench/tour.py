@@ -1,6 +1,6 @@
 """The model tour: build a preset, show its parts and FLOPs, train it briefly, sample from it.
 
-This is what ``workbench demo`` runs until the multi-stage pipeline exists. It overfits one
+This is what ``workbench tour`` runs (``make demo`` runs the multi-stage pipeline). It overfits one
 fixed random batch (latents, caption states, and the same noise levels, noise and patch masks at
 every step), so the falling loss shows the model, the EDM loss and the optimiser working
 together in seconds on a CPU::

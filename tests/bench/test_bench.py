@@ -13,7 +13,7 @@ from workbench.cli import main
 
 
 def test_bench_model_reports_each_mask_ratio_and_the_masking_speedup(one_thread):  # noqa: F811
-    report = bench_model(presets=("nano",), batch=2, resolution=16, repeats=1, progress=lambda _: None)
+    report = bench_model(presets=("nano",), batch=2, latent_size=16, repeats=1, progress=lambda _: None)
     rows = report["results"]
     assert [(r["preset"], r["mask_ratio"]) for r in rows] == [("nano", 0.0), ("nano", 0.75)]
     assert all(r["ms_per_step"] > 0 and r["img_per_s"] > 0 and r["train_gflop_per_step"] > 0 for r in rows)
@@ -34,7 +34,7 @@ def test_bench_train_on_a_given_prepared_dataset(shapes_data, one_thread):  # no
 
 def test_bench_cli_presets_and_json(tmp_path, capsys, one_thread):  # noqa: F811
     out = tmp_path / "model.json"
-    assert main(["bench", "model", "--presets", "nano", "--batch", "2", "--resolution", "16", "--repeats", "1",
+    assert main(["bench", "model", "--presets", "nano", "--batch", "2", "--latent-size", "16", "--repeats", "1",
                  "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert {r["preset"] for r in report["results"]} == {"nano"} and report["batch"] == 2

@@ -197,7 +197,7 @@ def test_same_seed_gives_identical_samples_and_another_seed_does_not():
 
 def test_sample_with_cfg_scale_one_equals_sampling_the_conditional_model():
     model, caption = CaptionNet(), captions()
-    guided = sample(model, caption, steps=3, cfg_scale=1.0, seed=0, resolution=(4, 6))
+    guided = sample(model, caption, steps=3, cfg_scale=1.0, seed=0, latent_size=(4, 6))
     noise = torch.randn(2, 2, 4, 6, generator=torch.Generator().manual_seed(0))
     sigmas = karras_sigmas(3)
     conditional = sample_heun(lambda x, s: precondition(model, x, s, caption)[0], noise.double() * 80, sigmas)
@@ -206,7 +206,7 @@ def test_sample_with_cfg_scale_one_equals_sampling_the_conditional_model():
 
 @pytest.mark.parametrize("sampler", SAMPLER_NAMES)
 def test_every_sampler_name_produces_finite_samples(sampler):
-    out = sample(CaptionNet(), captions(), steps=4, sampler=sampler, resolution=4)
+    out = sample(CaptionNet(), captions(), steps=4, sampler=sampler, latent_size=4)
     assert out.shape == (2, 2, 4, 4) and torch.isfinite(out).all()
 
 
@@ -255,20 +255,20 @@ def nano_caption(model, batch=2, length=5):
 
 def test_microdit_cfg_scale_one_equals_the_conditional_sample(nano_model):
     caption, mask = nano_caption(nano_model)
-    guided = sample(nano_model, caption, mask, steps=2, cfg_scale=1.0, seed=0, resolution=8)
+    guided = sample(nano_model, caption, mask, steps=2, cfg_scale=1.0, seed=0, latent_size=8)
     noise = torch.randn(2, nano_model.config.in_channels, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         conditional = sample_heun(lambda x, s: precondition(nano_model, x, s, caption, mask)[0],
                                   noise.double() * 80, karras_sigmas(2))
     torch.testing.assert_close(guided, conditional.float())
-    guided_5 = sample(nano_model, caption, mask, steps=2, cfg_scale=5.0, seed=0, resolution=8)
+    guided_5 = sample(nano_model, caption, mask, steps=2, cfg_scale=5.0, seed=0, latent_size=8)
     assert not torch.allclose(guided, guided_5)  # the caption matters, so guidance changes the sample
 
 
 def test_microdit_same_seed_gives_identical_samples(nano_model):
     caption, mask = nano_caption(nano_model)
-    a = sample(nano_model, caption, mask, steps=2, seed=3, resolution=8)
-    b = sample(nano_model, caption, mask, steps=2, seed=3, resolution=8)
+    a = sample(nano_model, caption, mask, steps=2, seed=3, latent_size=8)
+    b = sample(nano_model, caption, mask, steps=2, seed=3, latent_size=8)
     assert a.shape == (2, nano_model.config.in_channels, 8, 8)
     assert torch.equal(a, b)
 

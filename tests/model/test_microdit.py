@@ -107,7 +107,7 @@ def test_analytic_flops_match_the_flop_counter(name, mask_ratio, caption_batch):
     caption, mask = caption_batch(batch=2)
     with torch.no_grad():
         measured = measure_flops(lambda: model(torch.randn(2, 3, 32, 32), torch.zeros(2), caption, mask, mask_ratio))
-    analytic = model.flops(resolution=32, mask_ratio=mask_ratio, batch=2)
+    analytic = model.flops(latent_size=32, mask_ratio=mask_ratio, batch=2)
     assert analytic == pytest.approx(measured, rel=0.02)
 
 

@@ -140,7 +140,7 @@ def trained(workspace, prepared):
     config.write_text(yaml.safe_dump({
         "name": "stage1", "run": "yaml_run", "data": "data/none", "resolution": 16, "model": "nano",
         "model_overrides": TINY_MODEL, "mask_ratio": 0.5, "steps": 50, "global_batch": 8, "micro_batch": 8,
-        "lr": 1.0e-3, "sigma_data": 0.5, "ema_decay": 0.9, "sample_steps": 2, "sample_cfg": 2.0,
+        "lr": 1.0e-3, "sigma_data": 0.5, "ema_decay": 0.9, "sample_steps": 2, "sample_cfg_scale": 2.0,
         "sample_prompts": ["a red circle", "a blue square"], "log_every": 1}))
     nb, result = execute("02_train_stage.ipynb", workspace / "out02", config=str(config), run="nb",
                          runs_dir=str(workspace / "runs"), data=str(prepared[2]), steps=3, lr=2e-3,

@@ -24,7 +24,7 @@ TINY_MODEL = {"depth": 3, "width": 64, "mixer_width": 64}
 BASE = dict(name="s1", run="t", resolution=16, model="nano", model_overrides=TINY_MODEL, mask_ratio=0.5,
             steps=4, global_batch=8, micro_batch=8, lr=1e-3, schedule="constant", warmup_steps=0, weight_decay=0.0,
             grad_clip=1.0, sigma_data=0.5, sample_prompts=["a red circle", "a blue square"], sample_steps=2,
-            sample_cfg=2.0, log_every=1, checkpoint_every=0, seed=0)
+            sample_cfg_scale=2.0, log_every=1, checkpoint_every=0, seed=0)
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ def test_a_checkpoint_samples_from_another_folder_with_its_training_data_deleted
                                                                                  monkeypatch):
     data = tmp_path / "own_data"
     shutil.copytree(shapes_data, data)
-    stage = make_stage(data=str(data), steps=2, sample_cfg=2.5, sample_prompts=["a blue star"])
+    stage = make_stage(data=str(data), steps=2, sample_cfg_scale=2.5, sample_prompts=["a blue star"])
     Trainer(stage, progress=False).run()
     record = ckpt.read_config(ckpt.latest_valid_checkpoint(stage.checkpoint_dir))["sampling"]
     assert record["codec"] == "pixel" and record["text_encoder"]["spec"] == "default"

@@ -43,7 +43,7 @@ def test_output_is_the_package_sample_of_the_controls(panel, model):
     panel.seed.value, panel.sampler.value, panel.cfg_scale.value = 5, "euler", 3.0
     panel.generate(wait=True)
     caption = torch.zeros(3, 77, 384)
-    expected = sample(model, caption, None, steps=3, cfg_scale=3.0, seed=5, sampler="euler", resolution=16,
+    expected = sample(model, caption, None, steps=3, cfg_scale=3.0, seed=5, sampler="euler", latent_size=16,
                       edm=EDMConfig())
     torch.testing.assert_close(panel.latents, expected)
 

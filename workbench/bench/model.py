@@ -13,19 +13,19 @@ from ..model import MicroDiT
 from . import environment, interleaved_timings
 
 
-def bench_model(presets=("nano", "micro"), batch: int = 16, resolution: int = 32, caption_len: int = 77,
+def bench_model(presets=("nano", "micro"), batch: int = 16, latent_size: int = 32, caption_len: int = 77,
                 mask_ratios=(0.0, 0.75), repeats: int = 5, bf16: bool = False, compile: bool = False,
                 progress=print) -> dict:
     """Time one training forward+backward per preset and mask ratio; returns a JSON-able report.
 
-    ``resolution`` is the side of the model's input (latents for 4-channel presets such as xl_2:
+    ``latent_size`` is the side of the model's input (latents for 4-channel presets such as xl_2:
     32 is the paper's 256 px stage). On a GPU, ``bf16=True, compile=True`` is the paper's setting.
 
     Example::
 
-        bench_model(presets=("xl_2",), batch=64, resolution=32, bf16=True)   # on a GPU
+        bench_model(presets=("xl_2",), batch=64, latent_size=32, bf16=True)   # on a GPU
     """
-    report = {"benchmark": "model", "batch": batch, "resolution": resolution, "caption_len": caption_len,
+    report = {"benchmark": "model", "batch": batch, "latent_size": latent_size, "caption_len": caption_len,
               "autocast_bf16": bf16, "compile": compile, "environment": environment(), "results": []}
     device = default_device()
     for name in presets:
@@ -33,7 +33,7 @@ def bench_model(presets=("nano", "micro"), batch: int = 16, resolution: int = 32
         model = MicroDiT.from_preset(name).to(device).train()
         c = model.arch
         forward = torch.compile(model) if compile else model
-        x = torch.randn(batch, c.in_channels, resolution, resolution, device=device)
+        x = torch.randn(batch, c.in_channels, latent_size, latent_size, device=device)
         caption = torch.randn(batch, caption_len, c.caption_dim, device=device)
         mask = torch.ones(batch, caption_len, dtype=torch.long, device=device)
         c_noise = torch.randn(batch, device=device)
@@ -55,18 +55,18 @@ def bench_model(presets=("nano", "micro"), batch: int = 16, resolution: int = 32
             row = {"preset": name, "params": sum(p.numel() for p in model.parameters()), "mask_ratio": ratio,
                    "ms_per_step": round(seconds[str(ratio)] * 1000, 2),
                    "img_per_s": round(batch / seconds[str(ratio)], 1),
-                   "train_gflop_per_step": round(3 * model.flops(resolution, ratio, batch, caption_len) / 1e9, 3)}
+                   "train_gflop_per_step": round(3 * model.flops(latent_size, ratio, batch, caption_len) / 1e9, 3)}
             row["achieved_gflop_per_s"] = round(row["train_gflop_per_step"] / seconds[str(ratio)], 1)
             if peak_gib is not None:
                 row["peak_gpu_memory_gib"] = peak_gib       # the largest over this preset's mask ratios
             if ratio != mask_ratios[0]:
                 realised = seconds[base] / seconds[str(ratio)]
-                theoretical = model.flops(resolution, mask_ratios[0], batch, caption_len) / model.flops(
-                    resolution, ratio, batch, caption_len)
+                theoretical = model.flops(latent_size, mask_ratios[0], batch, caption_len) / model.flops(
+                    latent_size, ratio, batch, caption_len)
                 row.update(realised_speedup=round(realised, 3), theoretical_speedup=round(theoretical, 3),
                            realised_over_theoretical=round(realised / theoretical, 3))
             report["results"].append(row)
-            progress(f"{name:>6}  batch {batch}  {resolution}x{resolution}  mask {ratio:.2f}: "
+            progress(f"{name:>6}  batch {batch}  {latent_size}x{latent_size}  mask {ratio:.2f}: "
                      f"{row['ms_per_step']:8.1f} ms/step  {row['img_per_s']:7.1f} img/s"
                      + (f"  speed-up {row['realised_speedup']:.2f}x of {row['theoretical_speedup']:.2f}x theoretical"
                         if "realised_speedup" in row else ""))

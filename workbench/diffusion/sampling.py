@@ -130,7 +130,7 @@ def _model_device(model) -> torch.device:
 
 
 def sample(model, caption: torch.Tensor, caption_mask: torch.Tensor | None = None, *, steps: int = 30,
-           cfg_scale: float = 5.0, seed: int = 0, sampler: str = "heun", resolution=None,
+           cfg_scale: float = 5.0, seed: int = 0, sampler: str = "heun", latent_size=None,
            edm: EDMConfig | None = None, callback=None, device=None, noise: torch.Tensor | None = None) -> torch.Tensor:
     """Generate one sample per caption with EDM sampling and classifier-free guidance.
 
@@ -144,7 +144,7 @@ def sample(model, caption: torch.Tensor, caption_mask: torch.Tensor | None = Non
         noise: (B, C, H, W) unit-variance initial noise to use instead of drawing it from ``seed``
             (e.g. one generator per sample, so a sample does not depend on its batch).
         sampler: one of ``SAMPLER_NAMES`` ("heun", "euler", "diffusers-euler", "diffusers-dpmpp").
-        resolution: latent size, an int or (H, W); defaults to ``model.config.sample_size``.
+        latent_size: the latent side, an int or (H, W); defaults to ``model.config.sample_size``.
         edm: EDM constants (σ_data and the σ schedule); defaults to ``EDMConfig()``.
         callback: ``callback(step, sigma, x, denoised)`` after each step.
         device: where to sample; defaults to the model's device.
@@ -160,8 +160,8 @@ def sample(model, caption: torch.Tensor, caption_mask: torch.Tensor | None = Non
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {list(SAMPLER_NAMES)}")
     edm = edm or EDMConfig()
     device = torch.device(device) if device is not None else _model_device(model)
-    resolution = resolution if resolution is not None else model.config.sample_size
-    h, w = (resolution, resolution) if isinstance(resolution, int) else resolution
+    latent_size = latent_size if latent_size is not None else model.config.sample_size
+    h, w = (latent_size, latent_size) if isinstance(latent_size, int) else latent_size
     caption = caption.to(device, _param_dtype(model) or torch.float32)               # (B, L, D)
     caption_mask = caption_mask.to(device) if caption_mask is not None else None       # (B, L)
     if not getattr(model.config, "caption_mask_compat", False):                        # same samples, less work

@@ -262,7 +262,7 @@ def evaluate_checkpoint(spec: str | Path, samples_per_prompt: int = 4, steps: in
 
     Returns ``{"protocol", "scores", "results", "seconds"}``; ``protocol`` records everything that
     makes the score reproducible (samples, steps, CFG, seed, sampler, EMA, the checkpoint and its
-    weights' hash, the detector's hash). ``cfg_scale`` defaults to the stage's ``sample_cfg``.
+    weights' hash, the detector's hash). ``cfg_scale`` defaults to the stage's ``sample_cfg_scale``.
     """
     from ..train.sampling import load_for_sampling
 
@@ -304,7 +304,7 @@ def trainer_evaluator(samples_per_prompt: int | None = None, steps: int = 20, se
         bundle = cache["bundle"]
         bundle.model = trainer.sampling_model()
         spp = samples_per_prompt or trainer.stage.eval_samples_per_prompt
-        results, _ = evaluate_sampler(bundle, spp, steps, trainer.stage.sample_cfg, seed, detector=detector,
+        results, _ = evaluate_sampler(bundle, spp, steps, trainer.stage.sample_cfg_scale, seed, detector=detector,
                                       progress=False, categories=categories)
         scores = summarise(results)
         return {"overall": scores["overall"], "single_object_shape": scores["single_object_shape"],

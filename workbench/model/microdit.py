@@ -211,7 +211,7 @@ class MicroDiT(ModelMixin, ConfigMixin):
                              f"the codec's channels must equal model.config.in_channels={cfg.in_channels}")
         h, w = x.shape[-2:]
         if h % cfg.patch_size or w % cfg.patch_size:
-            raise ValueError(f"MicroDiT expected a latent resolution divisible by patch_size={cfg.patch_size}, "
+            raise ValueError(f"MicroDiT expected a latent side divisible by patch_size={cfg.patch_size}, "
                              f"got {h}x{w}")
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
@@ -326,17 +326,17 @@ class MicroDiT(ModelMixin, ConfigMixin):
         """A table of parameters by part (also an HTML table in notebooks)."""
         return ModelSummary(self)
 
-    def flops(self, resolution: int | None = None, mask_ratio: float = 0.0, batch: int = 1,
+    def flops(self, latent_size: int | None = None, mask_ratio: float = 0.0, batch: int = 1,
               caption_len: int = 77) -> int:
         """Analytic forward FLOPs (2 per multiply-add of every matmul, conv and attention product).
 
-        ``resolution`` is the latent side (default ``config.sample_size``). Elementwise work
+        ``latent_size`` is the latent side (default ``config.sample_size``). Elementwise work
         (norms, activations, softmax) is not counted, like ``torch.utils.flop_counter``.
         """
         cfg = self.arch
-        side = resolution or cfg.sample_size
+        side = latent_size or cfg.sample_size
         if side % cfg.patch_size:
-            raise ValueError(f"resolution {side} is not divisible by patch_size={cfg.patch_size}")
+            raise ValueError(f"latent_size {side} is not divisible by patch_size={cfg.patch_size}")
         tokens = (side // cfg.patch_size) ** 2
         kept = tokens if mask_ratio == 0 else int(tokens * (1 - mask_ratio))
         w, L, out_dim = cfg.width, caption_len, cfg.patch_size ** 2 * cfg.in_channels

@@ -91,7 +91,7 @@ class PromptGrid:
         caption, mask = self.embeddings()
         side = self.codec.latent_size(self.resolution) if self.resolution else None
         latents = sample(model, caption, mask, steps=self.steps, cfg_scale=self.cfg_scale, seed=self.seed,
-                         sampler=self.sampler, resolution=side, edm=self.edm, device=device)
+                         sampler=self.sampler, latent_size=side, edm=self.edm, device=device)
         return self.codec.decode(latents)
 
     def save(self, model, path: str | Path, device=None) -> Path:

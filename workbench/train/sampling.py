@@ -39,7 +39,7 @@ def sampling_record(info, stage) -> dict:
                              "trim_padding": text.get("trim_padding", False), "dim": text.get("dim"),
                              "config_hash": text.get("config_hash")},
             "resolution": stage.resolution, "sigma_data": stage.sigma_data,
-            "prompts": list(stage.sample_prompts), "cfg_scale": stage.sample_cfg, "steps": stage.sample_steps}
+            "prompts": list(stage.sample_prompts), "cfg_scale": stage.sample_cfg_scale, "steps": stage.sample_steps}
 
 
 def _record_from_prepared(path: Path, stage: dict) -> dict:
@@ -61,7 +61,7 @@ def _record_from_prepared(path: Path, stage: dict) -> dict:
     return {"codec": codec_spec(info.codec), "text_encoder": {"spec": text_spec(text), "max_length": text["max_length"],
                                                               "trim_padding": text.get("trim_padding", False)},
             "resolution": stage.get("resolution"), "sigma_data": stage.get("sigma_data", 0.9),
-            "prompts": list(stage.get("sample_prompts") or []), "cfg_scale": stage.get("sample_cfg", 5.0),
+            "prompts": list(stage.get("sample_prompts") or []), "cfg_scale": stage.get("sample_cfg_scale", 5.0),
             "steps": stage.get("sample_steps", 30)}
 
 
@@ -121,7 +121,7 @@ class SamplingBundle:
                                              generator=torch.Generator().manual_seed(int(s))) for s in seeds])
         return sample(self.model, caption, mask, steps=steps or self.default_steps,
                       cfg_scale=self.default_cfg_scale if cfg_scale is None else cfg_scale, seed=seed,
-                      sampler=sampler, resolution=side, edm=self.edm, callback=callback, noise=noise)
+                      sampler=sampler, latent_size=side, edm=self.edm, callback=callback, noise=noise)
 
     def sample(self, prompts: Sequence[str], steps: int | None = None, cfg_scale: float | None = None, seed: int = 0,
                sampler: str = "heun", seeds: Sequence[int] | None = None, callback=None) -> np.ndarray:
@@ -190,7 +190,7 @@ def bundle_for_trainer(trainer) -> SamplingBundle:
     return SamplingBundle(model=trainer.sampling_model(), codec=open_prepared_codec(trainer.info),
                           text_encoder=open_prepared_text_encoder(trainer.info), edm=trainer.edm,
                           resolution=stage.resolution, checkpoint=None, ema=trainer.ema is not None,
-                          default_prompts=list(stage.sample_prompts), default_cfg_scale=stage.sample_cfg,
+                          default_prompts=list(stage.sample_prompts), default_cfg_scale=stage.sample_cfg_scale,
                           default_steps=stage.sample_steps)
 
 

@@ -60,7 +60,7 @@ class Stage:
     sample_prompts: list = field(default_factory=lambda: list(DEFAULT_PROMPTS))  # fixed prompts for sample grids
     sample_every: int = 0                      # sample grid every N steps (0: only at the end)
     sample_steps: int = 30                     # Heun steps for sample grids
-    sample_cfg: float = 5.0                    # classifier-free guidance for sample grids
+    sample_cfg_scale: float = 5.0                    # classifier-free guidance for sample grids
     moe_lr_scale: float = 1.0                  # LR multiplier of the MoE parameters (the paper intends 0.5)
     repa_weight: float = 0.0                   # REPA alignment loss weight (0: off, the paper's recipe)
     repa_depth: int = 2                        # align the tokens after this backbone block (1-based)
@@ -108,7 +108,7 @@ class Stage:
                 self.betas)
         require(self.p_std > 0 and self.sigma_data > 0, own, "p_std/sigma_data", "positive numbers",
                 (self.p_std, self.sigma_data))
-        require(self.sample_cfg >= 1.0, own, "sample_cfg", "a guidance scale >= 1", self.sample_cfg)
+        require(self.sample_cfg_scale >= 1.0, own, "sample_cfg_scale", "a guidance scale >= 1", self.sample_cfg_scale)
         require(self.schedule in SCHEDULES, own, "schedule", " or ".join(SCHEDULES), self.schedule)
         require(self.mixed_precision in PRECISIONS, own, "mixed_precision", " | ".join(PRECISIONS),
                 self.mixed_precision)

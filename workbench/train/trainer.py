@@ -212,7 +212,7 @@ class Trainer:
         if stage.compile:
             self.model = torch.compile(self.model)
         self.metrics = MetricsLog(stage.stage_dir / "metrics.jsonl")
-        self.grid = PromptGrid(self.info, stage.sample_prompts, stage.sample_steps, stage.sample_cfg, seed=stage.seed,
+        self.grid = PromptGrid(self.info, stage.sample_prompts, stage.sample_steps, stage.sample_cfg_scale, seed=stage.seed,
                                edm=self.edm, resolution=stage.resolution)
         self.resumed_from = self._resume(resume)
         if acc.is_main_process:

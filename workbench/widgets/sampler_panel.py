@@ -186,7 +186,7 @@ class SamplerPanel(DisplayMixin):
             caption = caption.expand(batch, -1, -1)                                     # (B, L, D)
             mask = mask.expand(batch, -1) if mask is not None else None                 # (B, L)
             latents = sample(self.model, caption, mask, steps=steps, cfg_scale=settings["cfg_scale"],
-                             seed=settings["seed"], sampler=settings["sampler"], resolution=self.latent_side,
+                             seed=settings["seed"], sampler=settings["sampler"], latent_size=self.latent_side,
                              edm=self.edm, callback=callback)                           # (B, C, h, w)
             images = self.codec.decode(latents)                                         # (B, H, W, 3) uint8
             self.latents, self.images = latents.cpu(), images
