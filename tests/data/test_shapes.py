@@ -8,14 +8,23 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from workbench.data import shapes as S
 from workbench.bench.data import bench_shapes
+from workbench.data import shapes as S
+from workbench.data.shapes import (
+    COLOURS,
+    EVAL_CATEGORIES,
+    HELDOUT_COMBOS,
+    SIZES,
+    TEMPLATES,
+    eval_prompts,
+    make_scenes,
+    parse_caption,
+    render_scene,
+    shapes_arrays,
+    shapes_dataset,
+)
 from workbench.data.shapes.geometry import RING_MID
 from workbench.data.shapes.vocabulary import GAP
-from workbench.data.shapes import (
-    COLOURS, EVAL_CATEGORIES, HELDOUT_COMBOS, SIZES, TEMPLATES, eval_prompts,
-    make_scenes, parse_caption, render_scene, shapes_arrays, shapes_dataset,
-)
 
 
 def interior_pixel(obj: S.ShapeObject, resolution: int) -> tuple[int, int]:
@@ -178,6 +187,9 @@ def test_shapes_dataset_is_a_datasets_dataset():
     assert [r["caption"] for r in streamed] == ds["caption"]
 
 
-def test_benchmark_reports_a_rate():
+def test_rendering_benchmark_reports_what_it_timed():
     result = bench_shapes(n=50, resolution=32)
-    assert result["images_per_s"] > 0 and result["n"] == 50
+    assert result["n"] == 50 and result["resolution"] == 32
+    assert result["images_per_s"] * result["seconds"] == pytest.approx(50, rel=1e-6)
+    _, scenes = shapes_arrays(50, 32, seed=0)
+    assert result["mean_objects"] == pytest.approx(np.mean([len(s.objects) for s in scenes]))

@@ -93,8 +93,18 @@ def test_masks_differ_per_sample_and_follow_the_generator(nano, caption_batch):
 
 
 def test_no_mask_means_every_token_reaches_the_backbone(nano, caption_batch):
+    seen = []
+    for block in nano.blocks:
+        block.register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
     caption, mask = caption_batch()
-    assert nano(torch.randn(2, 3, 32, 32), torch.zeros(2), caption, mask).keep is None
+    x = torch.randn(2, 3, 32, 32)
+    out = nano(x, torch.zeros(2), caption, mask)
+    assert out.keep is None
+    assert seen == [torch.Size([2, (32 // 2) ** 2, 128])] * len(nano.blocks)         # all 256 tokens, every block
+    changed = x.clone()
+    changed[:, :, -2:, -2:] += 1.0                                   # alter only the last patch
+    delta = (nano(changed, torch.zeros(2), caption, mask).sample - out.sample).abs()
+    assert delta[:, :, :2, :2].sum() > 0                             # the first patch's output sees it
 
 
 # --------------------------------------------------------------------------- FLOPs

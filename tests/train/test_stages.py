@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 
 from tests.train.conftest import ROOT, TINY_MODEL
 from workbench.train import Stage, Trainer, check_stage
@@ -62,7 +63,9 @@ def test_paper_stage1_lr_schedule_warms_up_then_decays_to_7_9e_5():
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs" / "demo").glob("stage*.yaml")), ids=lambda p: p.stem)
 def test_demo_stage_configs_load(path):
-    assert isinstance(Stage.from_yaml(path), Stage)                     # validated; the lead tunes the values
+    stage = Stage.from_yaml(path)                                       # validated; the lead tunes the values
+    assert stage.name == path.stem and stage.run == "demo"
+    assert yaml.safe_load(path.read_text())["steps"] == stage.steps > 0
 
 
 def test_stage_yaml_round_trip(tmp_path):

@@ -67,8 +67,10 @@ def test_batch_size_sets_the_number_of_samples(panel):
     assert png_size(panel.grid.value) == (w * 8, h * 8)
 
 
-def test_sampler_dropdown_offers_ours_and_the_diffusers_schedulers():
-    assert {"heun", "euler", "diffusers-euler", "diffusers-dpmpp"} <= set(SAMPLER_NAMES)
+def test_sampler_dropdown_offers_ours_and_the_diffusers_schedulers(panel):
+    assert set(panel.sampler.options) == set(SAMPLER_NAMES)
+    assert {"heun", "euler", "diffusers-euler", "diffusers-dpmpp"} <= set(panel.sampler.options)
+    assert panel.sampler.value == "heun"
 
 
 @pytest.mark.parametrize("name", SAMPLER_NAMES)
