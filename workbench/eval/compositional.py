@@ -3,18 +3,19 @@
 Every fixed evaluation prompt (``shapes.eval_prompts()``, 55 prompts) says what a correct image
 must show. The detector (``eval.detector``) says what an image does show. This module compares them.
 
-**Whole-prompt correctness** (as GenEval), by the prompt's ``check``:
+**Whole-prompt correctness** (as GenEval, on the matched detections below), by the prompt's ``check``:
 
-- ``shape`` (single_object, two_objects): every named shape is detected;
-- ``colour`` (colours): the named shape is detected in the named colour;
-- ``count`` (counting): exactly N objects of the named shape;
-- ``relation`` (position): both named shapes are detected and the subject is on the named side
-  (right direction along the axis, and that axis dominant);
-- ``binding`` (colour_attribution): each named shape is detected in its own named colour.
+- ``shape`` (single_object, two_objects): every named object's detection has the named shape;
+- ``colour`` (colours): the named object's detection has the named shape and colour;
+- ``count`` (counting): exactly N detected objects have the named shape;
+- ``relation`` (position): both named objects' detections have their shapes and the subject is
+  on the named side (right direction along the axis, and that axis dominant);
+- ``binding`` (colour_attribution): each named object's detection has its own shape and colour.
 
 **Partial credit per attribute** shows progress before whole prompts are right. Each named
-object (a count of N names N objects) is matched to its own detection (same shape and colour
-first, then same colour, then same shape, then the largest left). Then:
+object (a count of N names N objects) is matched to its own detection: the largest one of its
+colour, else the largest one left. The shape never decides the match, so a speck that happens
+to look like the named shape earns nothing; the object the model drew in that colour must. Then:
 
 - ``colour``: the matched detection has the named colour (a missing detection is wrong);
 - ``shape``: the matched detection has the named shape;
@@ -81,11 +82,10 @@ def _named_objects(prompt: EvalPrompt) -> list[dict]:
 
 
 def match_objects(named: Sequence[dict], detections: Sequence[Detection]) -> list[Detection | None]:
-    """Give each named object its own detection: same shape and colour first, then colour, then shape, then any."""
+    """Give each named object its own detection: the largest of its colour, else the largest left (never by shape)."""
     free = list(range(len(detections)))
     out: list[Detection | None] = [None] * len(named)
-    for rank in (lambda n, d: d.shape == n["shape"] and d.colour == n["colour"],
-                 lambda n, d: d.colour == n["colour"], lambda n, d: d.shape == n["shape"], lambda n, d: True):
+    for rank in (lambda n, d: d.colour == n["colour"], lambda n, d: True):
         for i, obj in enumerate(named):
             if out[i] is None:
                 j = next((j for j in free if rank(obj, detections[j])), None)   # detections are largest first
@@ -108,19 +108,17 @@ def score_image(prompt: EvalPrompt, detections: Sequence[Detection]) -> tuple[bo
         i, rel, j = prompt.relation
         a, b = matched[i], matched[j]
         position = float(a is not None and b is not None and relation_holds((a.cx, a.cy), (b.cx, b.cy), rel))
+    shape_ok = all(m is not None and m.shape == n["shape"] for n, m in zip(named, matched))
+    both_ok = shape_ok and all(m.colour == n["colour"] for n, m in zip(named, matched))
     if prompt.check == "shape":
-        correct = all(any(d.shape == o["shape"] for d in detections) for o in prompt.objects)
-    elif prompt.check == "colour":
-        o = prompt.objects[0]
-        correct = any(d.shape == o["shape"] and d.colour == o["colour"] for d in detections)
+        correct = shape_ok
+    elif prompt.check in ("colour", "binding"):
+        correct = both_ok
     elif prompt.check == "count":
         o = prompt.objects[0]
         correct = shapes_found.count(o["shape"]) == o["count"]
     elif prompt.check == "relation":
-        correct = all(m is not None and m.shape == n["shape"] for n, m in zip(named, matched)) and bool(position)
-    elif prompt.check == "binding":
-        correct = all(any(d.shape == o["shape"] and d.colour == o["colour"] for d in detections)
-                      for o in prompt.objects)
+        correct = shape_ok and bool(position)
     else:
         raise ValueError(f"unknown check {prompt.check!r} in prompt {prompt.prompt!r}")
     return bool(correct), {"colour": colour, "shape": shape, "count": count, "position": position}

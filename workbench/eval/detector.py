@@ -47,6 +47,7 @@ CROP = 24                                    # classifier input side (pixels of 
 CROP_MARGIN = 1.3                            # crop side = CROP_MARGIN x the component's longer box side + 2 px
 PALETTE = np.array(list(COLOURS.values()), dtype=np.float32)          # (K, 3) sRGB
 COLOUR_NAMES = tuple(COLOURS)
+MIN_AREA = 0.01                              # smaller components are specks, not objects (a small star is ~0.023)
 _BG_CHROMA = 30.0                            # pixels with max-min below this (RGB levels) count as background
 
 
@@ -111,7 +112,9 @@ class Component:
 
 
 def find_components(image: np.ndarray, min_area: float = 0.004) -> list[Component]:
-    """Connected components of covered pixels, one colour at a time, larger than ``min_area`` x image area."""
+    """Connected components of covered pixels, one colour at a time, larger than ``min_area`` x image area.
+
+    The default keeps small fragments (training crops use it); ``Detector`` drops specks below ``MIN_AREA``."""
     label, alpha = colour_coverage(image)
     h, w = alpha.shape
     solid = alpha > 0.5                                                           # (H, W)
@@ -203,7 +206,8 @@ class Detector:
 
     Args:
         classifier: a ``ShapeClassifier`` or a weights path (default: the shipped weights).
-        min_area: components smaller than this fraction of the image are specks, not objects.
+        min_area: components smaller than this fraction of the image are specks, not objects (the
+            smallest shape, a small star, covers about 0.023).
 
     Example::
 
@@ -212,7 +216,7 @@ class Detector:
             print(d.colour, d.shape, round(d.cx, 2), round(d.cy, 2))
     """
 
-    def __init__(self, classifier: ShapeClassifier | str | Path | None = None, min_area: float = 0.004):
+    def __init__(self, classifier: ShapeClassifier | str | Path | None = None, min_area: float = MIN_AREA):
         self.classifier = classifier if isinstance(classifier, nn.Module) else load_classifier(classifier)
         self.min_area = float(min_area)
 
