@@ -1,0 +1,154 @@
+"""An image folder: images plus ``metadata.jsonl`` / ``metadata.csv`` or ``.txt`` sidecar captions."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from ...io import fingerprint
+from ..images import IMAGE_EXTENSIONS
+from .base import (METADATA_FILES, SOURCES_VERSION, Caption, Source, SourceRecord, _image_record, _pick_field, _skip,
+                   _stat_line, _walk, caption_from_bytes, caption_from_value)
+
+
+@dataclass
+class _Entry:
+    """One record-to-be of an image folder, resolved at open time (no pixel reads)."""
+
+    key: str
+    path: Path | None = None                     # the image file
+    caption: Caption | None = None              # from metadata; None: look for a .txt sidecar
+    reason: str | None = None                    # known before reading (duplicate, missing image)
+    detail: str | None = None
+
+
+def _strip_ext(rel: str) -> str:
+    return posixpath.splitext(rel)[0]
+
+
+def _metadata_rows(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
+    """``(line number, row or None, error)`` of a metadata.jsonl / metadata.csv file.
+
+    Bytes that are not UTF-8 survive as lone surrogates, so only that row's caption is flagged.
+    """
+    text = path.read_bytes().decode("utf-8", "surrogateescape").lstrip("\ufeff")
+    if path.suffix == ".csv":
+        for lineno, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):
+            yield lineno, row, None
+        return
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            yield lineno, None, f"not valid JSON ({err.msg})"
+            continue
+        yield lineno, (row if isinstance(row, dict) else None), (None if isinstance(row, dict) else "not an object")
+
+
+class ImageFolderSource(Source):
+    """A folder of images with captions, following ``datasets``' ``imagefolder`` conventions.
+
+    Captions come from ``metadata.jsonl`` / ``metadata.csv`` rows (``file_name`` relative to the
+    metadata file's folder, caption in ``caption_column`` or the first of ``CAPTION_FIELDS``),
+    else from a ``.txt`` sidecar with the image's name (``cat.jpg`` -> ``cat.txt``). Keys are the
+    image's relative path without extension (``sub/cat``). Hidden files and folders are ignored.
+    """
+
+    kind = "imagefolder"
+
+    def __init__(self, root: str | os.PathLike, *, caption_column: str | None = None, min_side: int = 0,
+                 limit: int | None = None):
+        super().__init__(min_side=min_side, limit=limit)
+        self.root = Path(root).resolve()
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"image folder {self.root} does not exist or is not a folder")
+        self.caption_column = caption_column
+        self._entries, self._sidecars, stats = self._scan()
+        if not self._entries:
+            raise ValueError(
+                f"no images found under {self.root}: expected image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) "
+                "with captions in a metadata.jsonl (file_name + text) or in .txt files next to each image")
+        self._fingerprint = fingerprint(stats)
+
+    def _scan(self) -> tuple[list[_Entry], set[str], list[str]]:
+        images, sidecars, metadata, stats = [], set(), [], []
+        for rel, path in _walk(self.root):
+            suffix = path.suffix.lower()
+            if suffix in IMAGE_EXTENSIONS:
+                images.append((rel, path))
+            elif suffix == ".txt":
+                sidecars.add(rel)
+            elif path.name in METADATA_FILES:
+                metadata.append((rel, path))
+            else:
+                continue
+            stats.append(_stat_line(rel, path))
+        captions, problems = self._read_metadata(metadata, {rel for rel, _ in images})
+        entries, first = [], {}
+        for rel, path in images:
+            key = _strip_ext(rel)
+            if key in first:
+                entries.append(_Entry(key, reason="duplicate_key", detail=f"{rel} has the same key as {first[key]}"))
+                continue
+            first[key] = rel
+            entries.append(_Entry(key, path, captions.get(rel)))
+        return entries + problems, sidecars, stats
+
+    def _read_metadata(self, files: list[tuple[str, Path]], images: set[str]) -> tuple[dict, list[_Entry]]:
+        """Captions by image relative path, plus entries for bad / duplicate / dangling rows."""
+        captions, where_first, problems = {}, {}, []
+        for meta_rel, path in files:
+            base = posixpath.dirname(meta_rel)
+            for lineno, row, error in _metadata_rows(path):
+                where = f"{meta_rel} line {lineno}"
+                name = row.get("file_name") if row else None
+                if error or not isinstance(name, str) or not name:
+                    problems.append(_Entry(f"{meta_rel}:{lineno}", reason="bad_metadata",
+                                           detail=f"{where}: {error or 'no file_name'}"))
+                    continue
+                rel = posixpath.normpath(posixpath.join(base, name))
+                if rel in where_first:
+                    problems.append(_Entry(_strip_ext(rel), reason="duplicate_key",
+                                           detail=f"{where} repeats {name!r} (first in {where_first[rel]})"))
+                elif rel not in images:
+                    where_first[rel] = where
+                    problems.append(_Entry(_strip_ext(rel), reason="missing_image",
+                                           detail=f"{where} names {name!r}, which is not an image file here"))
+                else:
+                    where_first[rel] = where
+                    captions[rel] = caption_from_value(_pick_field(row, self.caption_column), f"caption in {where}")
+        return captions, problems
+
+    def _count(self) -> int:
+        return len(self._entries)
+
+    def _caption(self, entry: _Entry) -> Caption:
+        if entry.caption is not None:
+            return entry.caption
+        sidecar = entry.key + ".txt"
+        if sidecar not in self._sidecars:
+            return Caption(None, "missing_caption", f"no metadata row and no {sidecar}")
+        try:
+            return caption_from_bytes((self.root / sidecar).read_bytes(), sidecar)
+        except OSError as err:
+            return Caption(None, "read_error", f"{sidecar}: {err}")
+
+    def _iter_records(self, start: int) -> Iterator[SourceRecord]:
+        for entry in self._entries[start:self.size_hint]:
+            if entry.reason:
+                yield _skip(entry.key, entry.reason, entry.detail)
+            else:
+                yield _image_record(entry.key, self._caption(entry), entry.path.read_bytes, self.min_side)
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "version": SOURCES_VERSION, "path": str(self.root),
+                "records": self.size_hint, "fingerprint": self._fingerprint,
+                "caption_column": self.caption_column, "min_side": self.min_side, "limit": self.limit}
