@@ -16,8 +16,8 @@ _EXPORTS = {
     "codecs": ("open_codec", "PixelCodec", "VAECodec"),
     "text": ("open_text_encoder", "TextEncoder"),
     "loader": ("PreparedLoader", "Batch", "distributed_defaults"),
-    "prepare": ("PrepareReport",),
-    "prepared": ("load_prepared", "PreparedInfo", "open_prepared_codec", "open_prepared_text_encoder"),
+    "prepared": ("load_prepared", "PreparedInfo", "PrepareReport", "open_prepared_codec",
+                 "open_prepared_text_encoder"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 

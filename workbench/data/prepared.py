@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -206,3 +206,44 @@ def load_prepared(path: str | os.PathLike, format: str | None = "torch"):
         raise ValueError(f"{info.path!r} holds {len(ds)} rows but {INFO_FILE} says {info.num_rows}: the folder "
                          "was modified; delete it and prepare again")
     return ds.with_format(format) if format else ds
+
+
+@dataclass
+class PrepareReport:
+    """What a ``prepare`` run did; ``data`` is the full ``report.json`` content.
+
+    ``skipped`` counts skipped records by reason; ``skipped_keys`` lists ``{key, detail}`` per
+    reason. ``resumed_from`` is the first source record this run processed (0: a fresh run).
+    ``nothing_to_do`` is True when the folder was already complete with the same settings.
+    """
+
+    out: str
+    seen: int
+    written: int
+    skipped: dict[str, int]
+    skipped_keys: dict[str, list[dict]]
+    elapsed_s: float
+    resumed_from: int = 0
+    nothing_to_do: bool = False
+    data: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_json(cls, data: dict, nothing_to_do: bool = False) -> "PrepareReport":
+        """Build from a ``report.json`` dict."""
+        counts = data["counts"]
+        return cls(out=data["out"], seen=counts["seen"], written=counts["written"],
+                   skipped=dict(counts["skipped_by_reason"]), skipped_keys=data["skipped"],
+                   elapsed_s=data["elapsed_s"], resumed_from=data.get("resumed_from", 0),
+                   nothing_to_do=nothing_to_do, data=data)
+
+    def __str__(self) -> str:
+        skipped = ", ".join(f"{k} {v}" for k, v in sorted(self.skipped.items())) or "none"
+        head = "nothing to do: already complete. " if self.nothing_to_do else ""
+        resumed = f", resumed after record {self.resumed_from}" if self.resumed_from else ""
+        return (f"{head}{self.out}: seen {self.seen}, written {self.written}, skipped "
+                f"{sum(self.skipped.values())} ({skipped}) in {self.elapsed_s:.1f}s{resumed}")
+
+
+# ---------------------------------------------------------------------------------------------
+#  The preparer
+# ---------------------------------------------------------------------------------------------

@@ -14,7 +14,12 @@ from pathlib import Path
 from typing import Any
 
 
+import torch
+
 from ..config import check_known_keys, dump_yaml, from_dict, load_yaml, require, to_dict
+from ..data.prepared import PreparedInfo
+from ..model import preset_config
+from . import checkpoint as ckpt
 
 DEFAULT_PROMPTS = ("a red circle", "a blue square", "a green triangle", "a yellow star",
                    "a large purple ring", "an orange cross", "two red circles", "a blue star above a green square")
@@ -161,3 +166,30 @@ class Stage:
         check_known_keys(type(self), changes, what="Stage")
         return from_dict(type(self), {**self.to_dict(), **changes})
 
+
+def check_stage(stage: Stage, num_processes: int = 1) -> PreparedInfo:
+    """Everything that can be checked before training starts; returns the prepared data's info.
+
+    Raises ``ValueError`` / ``FileNotFoundError`` naming the field and the fix.
+    """
+    if stage.global_batch % (stage.micro_batch * num_processes):
+        raise ValueError(f"Stage.global_batch: expected a multiple of micro_batch x processes = "
+                         f"{stage.micro_batch} x {num_processes}, got {stage.global_batch}")
+    info = PreparedInfo.read(stage.data)
+    if stage.resolution not in info.resolutions:
+        raise ValueError(f"Stage.resolution: {stage.resolution} px was not prepared in {stage.data} (it has "
+                         f"{', '.join(map(str, info.resolutions))}); prepare it with --resolutions")
+    arch = preset_config(stage.model, **stage.model_overrides)
+    channels, side, _ = info.latent_shapes[stage.resolution]
+    if side % arch.patch_size:
+        raise ValueError(f"Stage.resolution: {stage.resolution} px gives {side}x{side} latents, which patch_size="
+                         f"{arch.patch_size} cannot tile; choose a resolution whose latent side is a multiple of it")
+    if channels != arch.in_channels or info.caption_dim != arch.caption_dim:
+        raise ValueError(f"Stage.model: {stage.model} expects {arch.in_channels}-channel latents and "
+                         f"{arch.caption_dim}-d captions, but {stage.data} has {channels} channels and "
+                         f"{info.caption_dim}-d captions; set model_overrides in_channels/caption_dim")
+    if stage.init_from is not None:
+        ckpt.resolve_checkpoint(stage.init_from)   # FileNotFoundError naming the path
+    if stage.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ValueError("Stage.mixed_precision: fp16 on CPU is ~100x slower than fp32; use 'bf16' or 'no'")
+    return info

@@ -27,14 +27,14 @@ from tqdm.auto import tqdm
 
 from ..config import RESOLUTION_FIELDS, architecture_diff, format_diff, to_dict
 from ..data.loader import PreparedLoader
-from ..data.prepared import PreparedInfo
+from ..devices import has_gpu
 from ..diffusion import EDMConfig, EDMLoss, loss_per_sigma_bin
-from ..model import MicroDiT, null_caption, preset_config, trim_caption_padding
+from ..model import MicroDiT, null_caption, trim_caption_padding
 from ..model.moe import ExpertChoiceMoE
 from . import checkpoint as ckpt
 from .monitor import MetricsLog, PromptGrid
 from .sampling import sampling_record
-from .stages import Stage
+from .stages import Stage, check_stage
 
 
 
@@ -68,40 +68,6 @@ def draw_sample_noise(rows, step: int, stage: Stage, shape: tuple[int, int, int]
         mask_noises.append(torch.rand(tokens, generator=gen))
         drops.append(torch.rand((), generator=gen) < stage.caption_dropout)
     return torch.stack(sigmas), torch.stack(noises), torch.stack(mask_noises), torch.stack(drops)
-
-
-def check_stage(stage: Stage, num_processes: int = 1) -> PreparedInfo:
-    """Everything that can be checked before training starts; returns the prepared data's info.
-
-    Raises ``ValueError`` / ``FileNotFoundError`` naming the field and the fix.
-    """
-    if stage.global_batch % (stage.micro_batch * num_processes):
-        raise ValueError(f"Stage.global_batch: expected a multiple of micro_batch x processes = "
-                         f"{stage.micro_batch} x {num_processes}, got {stage.global_batch}")
-    info = PreparedInfo.read(stage.data)
-    if stage.resolution not in info.resolutions:
-        raise ValueError(f"Stage.resolution: {stage.resolution} px was not prepared in {stage.data} (it has "
-                         f"{', '.join(map(str, info.resolutions))}); prepare it with --resolutions")
-    arch = preset_config(stage.model, **stage.model_overrides)
-    channels, side, _ = info.latent_shapes[stage.resolution]
-    if side % arch.patch_size:
-        raise ValueError(f"Stage.resolution: {stage.resolution} px gives {side}x{side} latents, which patch_size="
-                         f"{arch.patch_size} cannot tile; choose a resolution whose latent side is a multiple of it")
-    if channels != arch.in_channels or info.caption_dim != arch.caption_dim:
-        raise ValueError(f"Stage.model: {stage.model} expects {arch.in_channels}-channel latents and "
-                         f"{arch.caption_dim}-d captions, but {stage.data} has {channels} channels and "
-                         f"{info.caption_dim}-d captions; set model_overrides in_channels/caption_dim")
-    if stage.init_from is not None:
-        ckpt.resolve_checkpoint(stage.init_from)   # FileNotFoundError naming the path
-    if stage.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise ValueError("Stage.mixed_precision: fp16 on CPU is ~100x slower than fp32; use 'bf16' or 'no'")
-    return info
-
-
-def has_gpu() -> bool:
-    """Whether torch sees a GPU-like accelerator (CUDA, XPU, ...)."""
-    accel = getattr(torch, "accelerator", None)
-    return bool(accel.is_available()) if accel is not None else torch.cuda.is_available()
 
 
 def make_accelerator(stage: Stage):
