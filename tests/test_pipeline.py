@@ -227,3 +227,13 @@ def test_a_failing_stage_stops_the_pipeline_and_a_rerun_resumes_without_redoing_
     again = pipeline_cli(config)
     assert again.returncode == 0 and "0 step(s) run, 5 kept" in again.stdout
     assert mtimes(kept) == before
+
+
+def test_overrides_that_only_work_together_are_accepted_and_a_bad_pair_is_named(tmp_path, no_kernel, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    steps = plan_steps(PipelineConfig.from_yaml(DEMO, [f"runs_dir={tmp_path}", "overrides.global_batch=4",
+                                                       "overrides.micro_batch=4"]))
+    assert json.loads(steps[1].parameters["overrides"])["global_batch"] == 4
+    with pytest.raises(PipelineConfigError, match=r"overrides.global_batch \(stage stage1"):
+        plan_steps(PipelineConfig.from_yaml(DEMO, [f"runs_dir={tmp_path}", "overrides.global_batch=6",
+                                                   "overrides.micro_batch=4"]))

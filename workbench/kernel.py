@@ -1,4 +1,4 @@
-"""The ``workbench`` Jupyter kernel: install ``kernels/workbench/kernel.json`` into the venv.
+"""The ``workbench`` Jupyter kernel: install its spec (``kernels/workbench/kernel.json``) into the venv.
 
 ``workbench kernel install`` writes the spec into ``sys.prefix/share/jupyter/kernels/workbench``
 with this interpreter's absolute path, so notebooks and papermill run with the venv that has
@@ -13,12 +13,17 @@ import tempfile
 from pathlib import Path
 
 KERNEL_NAME = "workbench"
-SPEC_FILE = Path(__file__).resolve().parent.parent / "kernels" / KERNEL_NAME / "kernel.json"
+KERNEL_SPEC = {                      # the same as the repository's kernels/workbench/kernel.json (a test checks)
+    "argv": ["python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+    "display_name": "MicroDiT Workbench",
+    "language": "python",
+    "metadata": {"debugger": True},
+}
 
 
 def kernel_spec() -> dict:
-    """The shipped kernel spec with ``argv[0]`` set to the running interpreter."""
-    spec = json.loads(SPEC_FILE.read_text())
+    """The kernel spec with ``argv[0]`` set to the running interpreter (works from a wheel: no file needed)."""
+    spec = json.loads(json.dumps(KERNEL_SPEC))
     spec["argv"][0] = sys.executable
     return spec
 

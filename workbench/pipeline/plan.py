@@ -131,8 +131,9 @@ def plan_prepare(config: PipelineConfig, runtime: dict, out_dir: Path) -> Step:
 def build_stage(yaml_path: str, index: int, common: dict, own: dict, fixed: dict):
     """A stage from its YAML, the pipeline's ``overrides`` (``common``) and its ``stage_overrides`` (``own``).
 
-    Built in layers, so an error names its origin: the YAML alone, then each override on its own,
-    then all of them together.
+    Built in layers (the YAML, then ``overrides``, then ``stage_overrides``, then what the pipeline
+    sets), so an error names its origin; within a layer, the field that fails on its own is named,
+    else the layer's fields together.
     """
     from ..train import Stage
 
@@ -140,24 +141,32 @@ def build_stage(yaml_path: str, index: int, common: dict, own: dict, fixed: dict
     if not Path(yaml_path).is_file():
         raise PipelineConfigError(f"{where}: stage config {yaml_path!r} not found")
     try:
-        base = Stage.from_yaml(yaml_path)
+        stage = Stage.from_yaml(yaml_path)
     except (ValueError, FileNotFoundError) as err:
         raise PipelineConfigError(f"{where} ({yaml_path}): {err}") from None
-    section = f"stage_overrides.{base.name}"
-    for origin, layer in (("overrides", common), (section, own)):
-        for key, value in layer.items():
-            if key in PIPELINE_OWNED:
+    name, section = stage.name, f"stage_overrides.{stage.name}"
+    for origin, layer in (("overrides", common), (section, own), (None, fixed)):
+        for key in layer:
+            if origin and key in PIPELINE_OWNED:
                 raise PipelineConfigError(f"{origin}.{key}: set by the pipeline (use the pipeline's run / runs_dir / "
                                           "prepare.output, and each stage YAML's name)")
-            try:
-                base.replace(**{key: value})
-            except (ValueError, TypeError) as err:
-                raise PipelineConfigError(f"{origin}.{key} (stage {base.name}, {yaml_path}): {err}") from None
+        try:
+            stage = stage.replace(**layer)
+        except (ValueError, TypeError) as err:
+            culprit = next((k for k in layer if not _replaces(stage, k, layer[k])), None)
+            label = (f"{origin}.{culprit}" if culprit else f"{origin} ({', '.join(layer)} together)") if origin \
+                else f"{yaml_path}"
+            raise PipelineConfigError(f"{label} (stage {name}, {yaml_path}): {err}") from None
+    return stage
+
+
+def _replaces(stage, key: str, value) -> bool:
+    """Whether ``stage.replace(key=value)`` alone is valid."""
     try:
-        return base.replace(**{**common, **own, **fixed})
-    except (ValueError, TypeError) as err:
-        raise PipelineConfigError(f"{section} (stage {base.name}, {yaml_path}): these settings do not go together: "
-                                  f"{err}") from None
+        stage.replace(**{key: value})
+        return True
+    except (ValueError, TypeError):
+        return False
 
 
 def plan_stage(config: PipelineConfig, index: int, previous, resolutions: tuple, data: str, runtime: dict,
