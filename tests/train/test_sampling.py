@@ -78,3 +78,20 @@ def rewrite_config(path, config):
     manifest = json.loads((path / ckpt.MANIFEST).read_text())
     manifest["files"][ckpt.CONFIG_FILE] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
     (path / ckpt.MANIFEST).write_text(json.dumps(manifest))
+
+
+def test_an_export_for_sampling_is_slim_half_precision_and_samples_like_the_checkpoint(make_stage, tmp_path):
+    from workbench.train.sampling import export_for_sampling
+
+    stage = make_stage(steps=2, ema_decay=0.9)
+    Trainer(stage, progress=False).run()
+    out = export_for_sampling(stage.stage_dir, tmp_path / "export", extra={"command": "workbench train ..."})
+    files = {p.name for p in out.iterdir()}
+    assert ckpt.OPTIMIZER_FILE not in files and ckpt.EMA_FILE not in files
+    original = ckpt.latest_valid_checkpoint(stage.checkpoint_dir)
+    assert (out / ckpt.MODEL_FILE).stat().st_size < 0.6 * (original / ckpt.EMA_FILE).stat().st_size     # fp16
+    state = ckpt.load_checkpoint(out, model=load_for_sampling(out).model)
+    assert state.extra["command"] == "workbench train ..." and state.extra["ema"] is True
+    a = load_for_sampling(stage.stage_dir).sample(["a red circle"], steps=3, seeds=[1])
+    b = load_for_sampling(tmp_path / "export").sample(["a red circle"], steps=3, seeds=[1])
+    assert np.abs(a.astype(int) - b).mean() < 2                    # fp16 rounding only

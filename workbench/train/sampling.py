@@ -134,12 +134,47 @@ def weights_sha256(path: Path, ema: bool) -> str:
     return digest((path / (ckpt.EMA_FILE if ema else ckpt.MODEL_FILE)).read_bytes())
 
 
+REFERENCE_DIR = Path(__file__).resolve().parents[1] / "assets" / "reference"   # the shipped trained model
+SHIPPED_MODELS = {"reference": REFERENCE_DIR}
+
+
+def export_for_sampling(spec: str | Path, out: str | Path, use_ema: bool = True, half: bool = True,
+                        extra: dict | None = None) -> Path:
+    """A slim, self-contained copy of a checkpoint for sampling only: its (EMA) weights as the model, fp16 by
+    default, the config and sampling record, a checksum manifest; no optimizer. Returns the new folder.
+
+    ``out`` receives one ``step_NNNNNNN`` folder (replacing an older export); ``extra`` goes into its
+    training state (e.g. the scores and the command that made it). This is how the shipped reference
+    model is made::
+
+        export_for_sampling("runs/demo-long/stage4", "workbench/assets/reference", extra={"scores": ...})
+    """
+    import shutil
+
+    path = ckpt.resolve_checkpoint(spec)
+    config = ckpt.read_config(path)
+    ema = use_ema and ckpt.has_ema(path)
+    model = MicroDiT(**config["model"])
+    ckpt.load_model_weights(path, model, ema=ema)
+    if half:
+        model = model.half()
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    state = ckpt.TrainingState(step=ckpt.read_manifest(path)["step"], extra={"exported_from": str(path), "ema": ema,
+                                                                              **(extra or {})})
+    return ckpt.save_checkpoint(out, state.step, model=model, state=state, stage_config=config.get("stage"),
+                                sampling=config.get("sampling") or _record_from_prepared(path, config.get("stage") or {}),
+                                final=True)
+
+
 def load_for_sampling(spec: str | Path, use_ema: bool = True, device: str | torch.device | None = None,
                       vae: str | None = None, text_encoder: str | None = None) -> SamplingBundle:
     """Load a checkpoint (or a stage folder's newest one) with its codec and text encoder, ready to sample.
 
     Args:
-        spec: a ``step_NNNNNNN`` checkpoint folder or a stage folder.
+        spec: a ``step_NNNNNNN`` checkpoint folder, a stage folder, or ``"reference"``: the trained
+            model that ships with the package (docs/demo.md says how it was made and what it scores).
         use_ema: sample the EMA weights when the checkpoint has them.
         device: where to sample (default: the GPU when torch sees one, else the CPU).
         vae: a local AutoencoderKL folder, overriding the recorded codec (a checkpoint from another machine).
@@ -153,6 +188,10 @@ def load_for_sampling(spec: str | Path, use_ema: bool = True, device: str | torc
     from ..data.codecs import open_codec
     from ..data.text import open_text_encoder
 
+    if str(spec) in SHIPPED_MODELS and not Path(spec).exists():
+        spec = SHIPPED_MODELS[str(spec)]
+        if not ckpt.list_checkpoints(spec):
+            raise FileNotFoundError(f"the shipped reference model is missing from {spec}; reinstall the package")
     path = ckpt.resolve_checkpoint(spec)
     config = ckpt.read_config(path)
     stage = config.get("stage") or {}
@@ -172,7 +211,7 @@ def load_for_sampling(spec: str | Path, use_ema: bool = True, device: str | torc
                                 f"text_encoder='/models/text-encoder'") from err
     ema = use_ema and ckpt.has_ema(path)
     model = MicroDiT(**config["model"])
-    ckpt.load_model_weights(path, model, ema=ema)
+    ckpt.load_model_weights(path, model, ema=ema)             # fp16 weights (an export) load into fp32
     model = model.eval().to(device or default_device())
     resolution = record.get("resolution") or model.arch.sample_size * codec.downsample
     return SamplingBundle(model=model, codec=codec, text_encoder=encoder, edm=EDMConfig(sigma_data=record["sigma_data"]),
