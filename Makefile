@@ -18,8 +18,11 @@ $(STAMP): pyproject.toml constraints.txt kernels/workbench/kernel.json | $(PY)
 
 setup: $(STAMP)
 
+# the GPU profile (8x the steps) when torch sees a GPU, else the CPU demo
+DEMO_CONFIG = $(shell $(PY) -c "import torch; print('configs/demo-gpu/pipeline.yaml' if torch.cuda.is_available() else 'configs/demo/pipeline.yaml')" 2>/dev/null || echo configs/demo/pipeline.yaml)
+
 demo: setup
-	$(VENV)/bin/workbench pipeline --config configs/demo/pipeline.yaml
+	$(VENV)/bin/workbench pipeline --config $(DEMO_CONFIG)
 
 test: setup
 	$(PY) -m pytest

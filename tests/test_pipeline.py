@@ -237,3 +237,10 @@ def test_overrides_that_only_work_together_are_accepted_and_a_bad_pair_is_named(
     with pytest.raises(PipelineConfigError, match=r"overrides.global_batch \(stage stage1"):
         plan_steps(PipelineConfig.from_yaml(DEMO, [f"runs_dir={tmp_path}", "overrides.global_batch=6",
                                                    "overrides.micro_batch=4"]))
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*/pipeline.yaml")), ids=lambda p: p.parent.name)
+def test_every_shipped_pipeline_plans(config, tmp_path, no_kernel, monkeypatch):
+    monkeypatch.chdir(tmp_path)                                   # stage YAMLs are found beside the pipeline YAML
+    steps = plan_steps(PipelineConfig.from_yaml(config, [f"runs_dir={tmp_path}"]))
+    assert [s.kind for s in steps] == ["prepare", "train", "train", "train", "train", "evaluate"]
