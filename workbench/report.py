@@ -334,8 +334,9 @@ def cost_html(projection: dict, columns: list[str] | None = None) -> str:
             f"{projection['mfu']:.1%} MFU of {projection['peak_flops'] / 1e12:.1f} TFLOP/s bf16 and "
             f"${projection['price']:.2f} per GPU-hour. The paper: ${paper['dollars']:,.0f} = {paper['days']} days × "
             f"{paper['gpus']} H100 = {paper['gpu_hours']:.1f} GPU-hours.")
+    note = html.escape(note).replace("$", "&#36;")          # never read as TeX by a notebook's math renderer
     return table_html(rows, columns or [c for c in COST_COLUMNS if any(c in r for r in rows)]) + \
-        f"<p><small>{html.escape(note)}</small></p>"
+        f"<p><small>{note}</small></p>"
 
 
 # ---------------------------------------------------------------------------------------------

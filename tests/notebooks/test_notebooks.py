@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -225,4 +226,7 @@ def test_05_cost_model_reproduces_the_paper_and_projects_the_demo(workspace):
     assert result["unmasked_dollars"] > 1.5 * result["paper_dollars"]          # masking is the main saving
     assert result["mine_stages"] == ["stage1", "stage2", "stage3", "stage4"]
     assert 0 < result["mine_dollars"] < 1 and result["mine_flops"] > 0
-    assert "$1,890" in html_outputs(nb)
+    page = html_outputs(nb)
+    assert "&#36;1,890" in page and not re.search(r"\$\d", page)     # no "$...$" for the math renderer
+    markdown = "".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    assert "\\$1,890" in markdown and not re.search(r"(?<!\\)\$\d", markdown)
