@@ -137,7 +137,7 @@ def test_pipeline_folder_hints_at_vae_subfolder(tiny_vae_dir, tmp_path):
 
 
 def test_unknown_codec_lists_choices():
-    with pytest.raises(ValueError, match="choose one of pixel, shapes, vae:PATH"):
+    with pytest.raises(ValueError, match="choose one of pixel, vae:PATH"):
         open_codec("latent")
     with pytest.raises(ValueError, match="choose one of"):
         open_codec("vae:")

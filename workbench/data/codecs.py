@@ -8,10 +8,9 @@ Two codecs share one small interface:
 
 Both expose ``encode(images_uint8 (B,H,W,3), generator=None) -> (B,C,h,w) float32``,
 ``decode(latents) -> (B,H,W,3) uint8``, ``channels``, ``downsample``, ``latent_size(resolution)``,
-``describe()`` and ``config_hash()``. Build one from a string with ``open_codec("pixel")``,
-``open_codec("vae:/path/to/vae")`` or ``open_codec("shapes")``: the embedded codec, an
-``AutoencoderKL`` trained on the shapes data by ``workbench train-codec`` (4 channels, f=4) that
-ships with the package. ``codec_spec(codec.describe())`` gives back the string that reopens a codec.
+``describe()`` and ``config_hash()``. Build one from a string with ``open_codec("pixel")`` or
+``open_codec("vae:/path/to/vae")`` (``workbench train-codec`` trains one on your data);
+``codec_spec(codec.describe())`` gives back the string that reopens a codec.
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ VAE_WEIGHT_FILES = (
     "diffusion_pytorch_model.bin",
     "diffusion_pytorch_model.bin.index.json",
 )
-EMBEDDED_CODECS = {"shapes": Path(__file__).resolve().parent.parent / "assets" / "shapes_codec"}
 VAE_EXPECTED = (
     "expected a folder with config.json and diffusion_pytorch_model.safetensors "
     "saved by AutoencoderKL.save_pretrained"
@@ -174,7 +172,6 @@ class VAECodec(_Codec):
         batch_size: images per forward pass in ``encode`` / ``decode``.
         device: where the VAE runs; default CUDA when available, else CPU.
         dtype: weight dtype (default float32). On CUDA, encode/decode also run under bf16 autocast.
-        name: the embedded codec's name (``open_codec`` sets it), recorded so a checkpoint can reopen it anywhere.
 
     Example::
 
@@ -192,11 +189,9 @@ class VAECodec(_Codec):
         batch_size: int = 32,           # images per VAE forward pass
         device: str | torch.device | None = None,  # default: cuda if available else cpu
         dtype: torch.dtype = torch.float32,        # weight dtype
-        name: str | None = None,                   # set for an embedded codec ("shapes")
     ):
         from diffusers import AutoencoderKL
 
-        self.name = name
         self.path = check_vae_folder(path).resolve()
         self.sample_posterior = bool(sample_posterior)
         self.batch_size = int(batch_size)
@@ -264,8 +259,7 @@ class VAECodec(_Codec):
     def describe(self) -> dict:
         """JSON-able description, stored beside prepared latents."""
         return {
-            "kind": "vae", "name": self.name, "path": str(self.path), "channels": self.channels,
-            "downsample": self.downsample,
+            "kind": "vae", "path": str(self.path), "channels": self.channels, "downsample": self.downsample,
             "scaling_factor": self.scaling_factor, "shift_factor": self.shift_factor,
             "sample_posterior": self.sample_posterior, "config_hash": self.config_hash(),
         }
@@ -275,18 +269,16 @@ class VAECodec(_Codec):
 #  Factory
 # ---------------------------------------------------------------------------------------------
 
-CODEC_CHOICES = ("pixel", *EMBEDDED_CODECS, "vae:PATH")
+CODEC_CHOICES = ("pixel", "vae:PATH")
 
 
 def codec_spec(description: dict) -> str:
-    """The string that reopens a codec from its ``describe()``: ``"pixel"``, an embedded name or ``"vae:PATH"``."""
-    if description["kind"] == "pixel":
-        return "pixel"
-    return description.get("name") or f"vae:{description['path']}"
+    """The string that reopens a codec from its ``describe()``: ``"pixel"`` or ``"vae:PATH"``."""
+    return "pixel" if description["kind"] == "pixel" else f"vae:{description['path']}"
 
 
 def open_codec(spec: str = "pixel", **kw) -> PixelCodec | VAECodec:
-    """Build a codec from a string: ``"pixel"``, ``"shapes"`` (embedded) or ``"vae:PATH"`` (a local AutoencoderKL folder).
+    """Build a codec from a string: ``"pixel"`` or ``"vae:PATH"`` (a local AutoencoderKL folder).
 
     Keyword arguments go to ``VAECodec`` (``sample_posterior``, ``batch_size``, ``device``, ``dtype``)
     and are ignored by the pixel codec. A bad path raises before any work, naming the path and the fix.
@@ -300,12 +292,6 @@ def open_codec(spec: str = "pixel", **kw) -> PixelCodec | VAECodec:
     spec = str(spec).strip()
     if spec == "pixel":
         return PixelCodec()
-    if spec in EMBEDDED_CODECS:
-        path = EMBEDDED_CODECS[spec]
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"the embedded {spec!r} codec is missing from {path}; rebuild it with "
-                                    f"`workbench train-codec --out {path}` (docs/evaluation.md)")
-        return VAECodec(path, name=spec, **kw)
     if spec.startswith("vae:") and spec[4:]:
         return VAECodec(spec[4:], **kw)
     raise ValueError(f"unknown codec {spec!r}: choose one of {', '.join(CODEC_CHOICES)}")
