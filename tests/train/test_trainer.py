@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.train.conftest import TINY_MODEL, final_weights, losses
+from tests.train.conftest import final_weights, losses
 from workbench.data.loader import PreparedLoader
 from workbench.diffusion import EDMLoss
 from workbench.train import Trainer, TrainingDiverged
