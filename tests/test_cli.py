@@ -17,7 +17,7 @@ from workbench.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-XL_2_PARAMS = 1_165_442_320                      # PAPER.md appendix: MicroDiT_XL_2 on SDXL latents
+XL_2_PARAMS = 1_165_442_320                      # the paper's MicroDiT_XL_2 on SDXL latents
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
 
 

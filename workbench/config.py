@@ -139,7 +139,7 @@ def format_diff(diff: dict[str, tuple[Any, Any]], a: str = "saved", b: str = "th
 class MicroDiTConfig:
     """Architecture of a MicroDiT (defaults: the paper's MicroDiT_XL_2 on 4-channel SDXL latents).
 
-    Widths and depths follow PAPER.md; presets in ``workbench.model.PRESETS`` override these.
+    Widths and depths follow the paper's MicroDiT_XL_2; presets in ``workbench.model.PRESETS`` override these.
     """
 
     in_channels: int = 4                       # latent channels (4 for the SDXL VAE, 3 for the pixel codec)

@@ -26,6 +26,7 @@ from typing import Iterable
 import numpy as np
 
 from .images import image_grid, png_data_uri
+from .io import atomic_write_text
 
 STATE_FILE = "pipeline_state.json"     # written by workbench.pipeline; gives the stage order of a run
 REPORT_FILE = "report.html"
@@ -395,11 +396,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
             f"<style>{_CSS}</style><script type='text/javascript'>{get_plotlyjs()}</script></head><body>"
             f"<h1>{html.escape(title)}</h1><p><small>{html.escape(str(run_dir))} · written {stamp}</small></p>"
             f"{body}</body></html>")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return atomic_write_text(out, page)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from workbench.train.trainer import lr_factor
 
 PAPER = ROOT / "configs" / "paper"
 
-# PAPER.md, "Training: 4 stages": batch 2048, AdamW wd 0.1 betas (0.9, 0.999), bf16 everywhere
+# the paper's four training stages: batch 2048, AdamW wd 0.1 betas (0.9, 0.999), bf16 everywhere
 SHARED = dict(model="xl_2", global_batch=2048, weight_decay=0.1, betas=(0.9, 0.999), mixed_precision="bf16",
               caption_dropout=0.1, sigma_data=0.9)
 RECIPE = {

@@ -75,6 +75,12 @@ def _param_dtype(model) -> torch.dtype | None:
     return None
 
 
+def preconditioning(sigma, sigma_data: float):
+    """EDM's ``(c_skip, c_out, c_in)`` at noise level ``sigma`` (a float or a tensor): Karras et al. 2022, Table 1."""
+    total = sigma ** 2 + sigma_data ** 2
+    return sigma_data ** 2 / total, sigma * sigma_data / total ** 0.5, 1 / total ** 0.5
+
+
 def precondition(model, x: torch.Tensor, sigma, caption: torch.Tensor, caption_mask: torch.Tensor | None = None,
                  mask_ratio: float = 0.0, sigma_data: float = 0.9, generator: torch.Generator | None = None,
                  mask_noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -100,10 +106,7 @@ def precondition(model, x: torch.Tensor, sigma, caption: torch.Tensor, caption_m
     sigma = torch.as_tensor(sigma, dtype=dtype, device=x.device).reshape(-1)
     sigma = sigma.expand(x.shape[0])                            # (B,)
     s = sigma.view(-1, *([1] * (x.dim() - 1)))                  # (B, 1, 1, 1)
-    sd2 = sigma_data ** 2
-    c_skip = sd2 / (s ** 2 + sd2)
-    c_out = s * sigma_data / (s ** 2 + sd2).sqrt()
-    c_in = 1 / (s ** 2 + sd2).sqrt()
+    c_skip, c_out, c_in = preconditioning(s, sigma_data)        # (B, 1, 1, 1) each
     c_noise = sigma.log() / 4                                   # (B,)
     net_dtype = _param_dtype(model) or dtype
     extra = {k: v for k, v in (("generator", generator), ("mask_noise", mask_noise)) if v is not None}

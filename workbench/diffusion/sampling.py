@@ -124,7 +124,7 @@ def cfg_denoiser(model, caption: torch.Tensor, caption_mask: torch.Tensor | None
 # -----------------------------------------------------------------------------
 # One call: captions in, samples out
 
-def _model_device(model) -> torch.device:
+def model_device(model) -> torch.device:
     """The device of the model's first parameter (CPU for parameter-free models)."""
     return next((p.device for p in model.parameters()), torch.device("cpu"))
 
@@ -159,7 +159,7 @@ def sample(model, caption: torch.Tensor, caption_mask: torch.Tensor | None = Non
     if sampler not in SAMPLER_NAMES:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {list(SAMPLER_NAMES)}")
     edm = edm or EDMConfig()
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     latent_size = latent_size if latent_size is not None else model.config.sample_size
     h, w = (latent_size, latent_size) if isinstance(latent_size, int) else latent_size
     caption = caption.to(device, _param_dtype(model) or torch.float32)               # (B, L, D)

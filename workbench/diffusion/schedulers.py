@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from diffusers import EDMDPMSolverMultistepScheduler, EDMEulerScheduler
 
-from workbench.diffusion.edm import EDMConfig
+from workbench.diffusion.edm import EDMConfig, preconditioning
 
 # Sampler name -> diffusers scheduler class.
 DIFFUSERS_SCHEDULERS = {
@@ -43,8 +43,7 @@ def make_scheduler(name: str, edm_config: EDMConfig | None = None):
 
 def _raw_output(x: torch.Tensor, denoised: torch.Tensor, sigma: float, sigma_data: float) -> torch.Tensor:
     """The F for which c_skip·x + c_out·F == denoised (the inverse of the scheduler's precondition_outputs)."""
-    c_skip = sigma_data ** 2 / (sigma ** 2 + sigma_data ** 2)
-    c_out = sigma * sigma_data / (sigma ** 2 + sigma_data ** 2) ** 0.5
+    c_skip, c_out, _ = preconditioning(sigma, sigma_data)
     return (denoised - c_skip * x) / c_out
 
 

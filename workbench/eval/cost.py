@@ -1,6 +1,6 @@
 """The cost model: training FLOPs from ``MicroDiT.flops``, GPU-hours at an assumed MFU, dollars.
 
-The paper's headline (PAPER.md, "cost arithmetic"): **$1,890** = 2.6 days x 24 h x 8 H100 =
+The paper's headline (Sehwag et al. 2025, its cost estimate): **$1,890** = 2.6 days x 24 h x 8 H100 =
 499.2 GPU-hours at about $3.79 per GPU-hour, for 250K + 30K + 50K + 5K steps at batch 2048.
 
 Assumptions, stated once:
@@ -55,7 +55,7 @@ class StagePlan:
         return self.flops_per_step() * self.steps
 
 
-# the paper's four stages (PAPER.md "Training: 4 stages"): MicroDiT_XL_2 on 32x32 / 64x64 SDXL latents
+# the paper's four training stages: MicroDiT_XL_2 on 32x32 / 64x64 SDXL latents
 PAPER_STAGES = (
     StagePlan("stage1", "xl_2", 32, 0.75, 250_000, 2048),
     StagePlan("stage2", "xl_2", 32, 0.0, 30_000, 2048),
@@ -137,7 +137,7 @@ def paper_cost_table(mask: bool = True) -> dict:
 
 
 def paper_headline() -> dict:
-    """The paper's reported cost figures (PAPER.md)."""
+    """The paper's reported cost figures."""
     return {"dollars": PAPER_DOLLARS, "days": PAPER_DAYS, "gpus": PAPER_GPUS, "gpu_hours": PAPER_GPU_HOURS,
             "price_per_gpu_hour": PAPER_DOLLARS / PAPER_GPU_HOURS}
 

@@ -1,6 +1,6 @@
 """Transformer pieces: QK-normalised attention (SDPA), SwiGLU, adaLN-Zero DiT block, final layer.
 
-Block (PAPER.md)::
+Block (the paper's DiT block, Sehwag et al. 2025)::
 
     x += g1 * SelfAttn(modulate(LN x))
     x += CrossAttn(LN x, caption)          # neither gated nor modulated

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import torch
 
 from ..diffusion import EDMConfig, sample
 from ..images import display_scale, image_grid, save_png
+from ..io import atomic_write_text
 
 
 class MetricsLog:
@@ -48,9 +48,7 @@ class MetricsLog:
     def truncate_after(self, step: int) -> None:
         """Drop records of steps after ``step`` (a resumed run rewrites them)."""
         kept = [r for r in self.read() if r.get("step", 0) <= step]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 class PromptGrid:

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from ..config import RESOLUTION_FIELDS, architecture_diff, format_diff, to_dict
 from ..data.loader import PreparedLoader
 from ..devices import has_gpu
-from ..diffusion import EDMConfig, EDMLoss, loss_per_sigma_bin
+from ..diffusion import EDMConfig, EDMLoss, loss_per_sigma_bin, sample_sigmas
 from ..model import MicroDiT, null_caption, trim_caption_padding
 from ..model.moe import ExpertChoiceMoE
 from . import checkpoint as ckpt
@@ -58,12 +58,12 @@ def sample_seed(seed: int, step: int, row: int) -> int:
     return (((seed * 1_000_003 + step) * 2_654_435_761) ^ (row * 40_503 + 0x9E3779B97F4A7C15)) % (2 ** 63)
 
 
-def draw_sample_noise(rows, step: int, stage: Stage, shape: tuple[int, int, int], tokens: int):
+def draw_sample_noise(rows, step: int, stage: Stage, edm: EDMConfig, shape: tuple[int, int, int], tokens: int):
     """Per-sample sigma (B,), noise (B, C, H, W), mask noise (B, T) and caption-drop flags (B,)."""
     sigmas, noises, mask_noises, drops = [], [], [], []
     for row in rows:
         gen = torch.Generator().manual_seed(sample_seed(stage.seed, step, int(row)))
-        sigmas.append((torch.randn((), generator=gen) * stage.p_std + stage.p_mean).exp())
+        sigmas.append(sample_sigmas(1, edm, gen)[0])                                # EDM's ln σ ~ N(P_mean, P_std²)
         noises.append(torch.randn(shape, generator=gen))
         mask_noises.append(torch.rand(tokens, generator=gen))
         drops.append(torch.rand((), generator=gen) < stage.caption_dropout)
@@ -264,7 +264,8 @@ class Trainer:
         for i, batch in enumerate(batches):
             c, h, w = batch.latents.shape[1:]
             tokens = (h // self._patch) * (w // self._patch)
-            sigma, noise, mask_noise, drop = draw_sample_noise(batch.indices, self.step_count, stage, (c, h, w), tokens)
+            sigma, noise, mask_noise, drop = draw_sample_noise(batch.indices, self.step_count, stage, self.edm, (c, h, w),
+                                                               tokens)
             caption, caption_mask = batch.caption_emb, batch.caption_mask
             if not self.raw_model.arch.caption_mask_compat:     # same loss, less work: see trim_caption_padding
                 caption, caption_mask = trim_caption_padding(caption, caption_mask)

@@ -119,11 +119,6 @@ def embed_captions(text_encoder, captions: list[str], caption_dim: int,
     return text_encoder.encode(list(captions))
 
 
-def model_device(model) -> torch.device:
-    """The device of the model's first parameter (CPU for parameter-free models)."""
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
-
-
 # ---------------------------------------------------------------------------------------------
 #  Notebook display
 # ---------------------------------------------------------------------------------------------

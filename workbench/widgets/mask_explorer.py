@@ -24,7 +24,8 @@ import torch
 from ..diffusion.edm import precondition
 from ..model.masking import num_kept
 from ..images import display_scale, png_bytes, upscale
-from .common import (DisplayMixin, check_codec, embed_captions, load_image, model_device, resolve_codec,
+from ..diffusion.sampling import model_device
+from .common import (DisplayMixin, check_codec, embed_captions, load_image, resolve_codec,
                      resolve_text_encoder)
 
 SIGMA_RANGE = (0.002, 80.0)      # the log slider's σ range (EDM's σ_min .. σ_max)
