@@ -91,7 +91,7 @@ def test_prepare_train_resume_and_sample_from_the_command_line(tmp_path, capsys)
     capsys.readouterr()
     assert main(["train", "--config", str(config), "--set", "steps=3"]) == 0
     printed = capsys.readouterr().out
-    assert "resuming cli/stage1 from" in printed and "(step 2)" in printed and "step 3/3" in printed
+    assert "cli/stage1: resuming at step 2 of 3 from" in printed and "step 3/3" in printed
     records = [json.loads(line) for line in (stage_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]
 

@@ -128,9 +128,9 @@ def cmd_train(args) -> int:
 
     trainer = Trainer(stage, resume=args.resume, evaluator=evaluator_for(stage))
     main = trainer.accelerator.is_main_process     # under `accelerate launch`, one report, not one per rank
-    if trainer.resumed_from and main:
-        print(f"resuming {stage.run}/{stage.name} from {trainer.resumed_from} (step {trainer.step_count})")
-    trainer.run()
+    trainer.run()                                  # Ctrl-C: ends the step, checkpoints, prints one line
+    if trainer.interrupted:
+        return 130
     last = trainer.history[-1] if trainer.history else {}
     if main:
         print(f"{stage.run}/{stage.name}: step {trainer.step_count}/{stage.steps}, "
@@ -345,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: workbench {args.command} stopped (a rerun resumes where it can)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Every layer that outputs pictures (training sample grids, evaluation failures, w
 report) goes through these, so a grid looks the same everywhere::
 
     grid = image_grid(images, columns=4)        # uint8 (N, H, W, 3) -> one (H', W', 3) image
+    grid = labelled_grid(images, prompts)       # the same, upscaled, each tile with its prompt under it
     png = png_bytes(grid, scale=display_scale(32))   # nearest upscale so 32 px samples stay visible
     save_png(grid, "samples.png", scale=4)      # atomic write
     uri = png_data_uri("samples.png")           # data:image/png;base64,... for self-contained HTML
@@ -45,6 +46,51 @@ def image_grid(images: np.ndarray, columns: int | None = None, pad: int = 2) -> 
         r, q = divmod(i, cols)
         grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = image
     return grid
+
+
+def _wrap(text: str, font, width: int, max_lines: int) -> list[str]:
+    """Greedy word wrap of ``text`` to ``width`` pixels in ``font``; the last line ends in "…" when cut."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and font.getlength(lines[-1] + " " + word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        while lines[-1] and font.getlength(lines[-1] + "…") > width:
+            lines[-1] = lines[-1][:-1]
+        lines[-1] += "…"
+    return lines
+
+
+def labelled_grid(images: np.ndarray, labels, columns: int | None = None, scale: int | None = None,
+                  max_lines: int = 2, pad: int = 2) -> np.ndarray:
+    """Tiles upscaled for display (``display_scale``), each with its label written under it: uint8 (H', W', 3).
+
+    ``labels`` has one string per image (a prompt); long ones wrap to ``max_lines`` lines.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    images = np.asarray(images)
+    n, h, w, _ = images.shape
+    if len(labels) != n:
+        raise ValueError(f"labelled_grid: {n} images but {len(labels)} labels")
+    scale = display_scale(h) if scale is None else scale
+    font = ImageFont.load_default()
+    line_h = font.getbbox("Ag")[3] + 2
+    tile_w, tile_h = w * scale, h * scale + max_lines * line_h + 4
+    cols = columns or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    canvas = Image.new("RGB", (cols * (tile_w + pad) + pad, rows * (tile_h + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        r, q = divmod(i, cols)
+        x, y = pad + q * (tile_w + pad), pad + r * (tile_h + pad)
+        canvas.paste(Image.fromarray(np.ascontiguousarray(upscale(image, scale))), (x, y))
+        for k, line in enumerate(_wrap(str(label), font, tile_w - 2, max_lines)):
+            draw.text((x + 1, y + h * scale + 2 + k * line_h), line, fill=(40, 40, 40), font=font)
+    return np.asarray(canvas)
 
 
 def png_bytes(image: np.ndarray, scale: int = 1) -> bytes:

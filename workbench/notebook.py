@@ -4,11 +4,12 @@ Notebooks call these and add no logic of their own::
 
     from workbench.notebook import notebook_setup, record
     notebook_setup(workdir, threads)          # enter the project folder, set torch threads
-    record(step=100, final_loss=0.08)         # one JSON line that ``read_results`` (the pipeline, tests) reads
+    record(step=100, final_loss=0.08)         # a small table; ``read_results`` (the pipeline, tests) reads it back
 """
 
 from __future__ import annotations
 
+import html
 import json
 import os
 from pathlib import Path
@@ -18,7 +19,8 @@ import yaml
 
 from .config import parse_yaml
 
-RESULT_PREFIX = "workbench-result: "           # record() prints one JSON line after it
+RESULT_MIME = "application/vnd.workbench.result+json"    # record()'s display output in a notebook
+RESULT_PREFIX = "workbench-result: "           # outside a kernel record() prints one JSON line after it
 
 
 _START_DIR: Path | None = None
@@ -90,9 +92,53 @@ def log_lines(every: int = 50, printer: Callable[[str], Any] | None = None) -> C
     return on_step
 
 
+def _flat(values: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested mappings as (dotted key, value) rows."""
+    rows = []
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        rows.extend(_flat(value, name + ".") if isinstance(value, dict) else [(name, value)])
+    return rows
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = f"{value:.4g}" if isinstance(value, float) else json.dumps(value) if isinstance(value, list) else str(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def result_table_html(values: dict, max_rows: int = 24) -> str:
+    """A small two-column HTML table of a record (nested keys dotted, long values cut)."""
+    rows = _flat(values)
+    shown = "".join(f"<tr><td style='text-align:left'>{html.escape(k)}</td>"
+                    f"<td style='text-align:left'>{html.escape(_short(v))}</td></tr>" for k, v in rows[:max_rows])
+    more = f"<tr><td colspan='2'><i>… {len(rows) - max_rows} more</i></td></tr>" if len(rows) > max_rows else ""
+    return f"<table><tr><th style='text-align:left'>result</th><th></th></tr>{shown}{more}</table>"
+
+
 def record(**values: Any) -> None:
-    """Print ``values`` as one JSON line that ``read_results`` (tests, the pipeline) reads back from the notebook."""
-    print(RESULT_PREFIX + json.dumps(values, default=str), flush=True)
+    """Show ``values`` as a small table and keep them, as JSON, for ``read_results`` (tests, the pipeline).
+
+    In a notebook the record is a display output with the MIME type ``RESULT_MIME`` (JupyterLab shows
+    the table); outside a kernel it is one printed line after ``RESULT_PREFIX``.
+    """
+    clean = json.loads(json.dumps(values, default=str))
+    shell = _kernel_shell()
+    if shell is None:
+        print(RESULT_PREFIX + json.dumps(clean), flush=True)
+        return
+    from IPython.display import display
+
+    display({RESULT_MIME: clean, "text/html": result_table_html(clean),
+             "text/plain": ", ".join(f"{k}={_short(v, 30)}" for k, v in _flat(clean)[:8])}, raw=True)
+
+
+def _kernel_shell():
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    shell = get_ipython()
+    return shell if shell is not None and getattr(shell, "kernel", None) is not None else None
 
 
 def read_results(notebook: str | os.PathLike) -> list[dict]:
@@ -103,7 +149,9 @@ def read_results(notebook: str | os.PathLike) -> list[dict]:
     found = []
     for cell in nb.cells:
         for output in cell.get("outputs", []):
-            if output.get("output_type") == "stream" and output.get("name") == "stdout":
+            if RESULT_MIME in output.get("data", {}):
+                found.append(dict(output["data"][RESULT_MIME]))
+            elif output.get("output_type") == "stream" and output.get("name") == "stdout":
                 for line in output.get("text", "").splitlines():
                     if line.startswith(RESULT_PREFIX):
                         found.append(json.loads(line[len(RESULT_PREFIX):]))

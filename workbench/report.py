@@ -176,9 +176,8 @@ def samples_html(summaries: list[dict], width: int = 320) -> str:
                     f'alt="samples of {html.escape(s["stage"])}"/>')
         else:
             body = "<i>no samples yet</i>"
-        prompts = html.escape(" · ".join(s.get("sample_prompts") or []))
         cells.append(f'<figure style="display:inline-block;margin:6px;vertical-align:top;max-width:{width}px">{body}'
-                     f"<figcaption>{title}<br/><small>prompts, row by row: {prompts}</small></figcaption></figure>")
+                     f"<figcaption>{title}</figcaption></figure>")
     return '<div class="samples">' + "".join(cells) + "</div>"
 
 
@@ -190,14 +189,21 @@ def _fmt(value) -> str:
     return html.escape(str(value))
 
 
-def table_html(rows: list[dict], columns: list[str] | None = None) -> str:
-    """A plain HTML table of dicts (floats to 4 significant digits)."""
+def table_html(rows: list[dict], columns: list[str] | None = None, headers: dict | None = None,
+               formats: dict | None = None) -> str:
+    """A plain HTML table of dicts (floats to 4 significant digits), scrolling sideways when wider than the page.
+
+    ``headers`` renames columns for display; ``formats`` maps a column to a function value -> text.
+    """
     if not rows:
         return "<p><i>nothing to show</i></p>"
     columns = columns or list(rows[0])
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
-    return f'<table class="wb-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    headers, formats = headers or {}, formats or {}
+    head = "".join(f"<th>{html.escape(headers.get(c, c))}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(formats[c](r[c])) if c in formats and r.get(c) is not None else _fmt(r.get(c))}</td>"
+                                    for c in columns) + "</tr>" for r in rows)
+    return (f'<div style="overflow-x:auto;max-width:100%"><table class="wb-table"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{body}</tbody></table></div>')
 
 
 METRIC_COLUMNS = ["stage", "resolution", "mask_ratio", "step", "steps", "global_batch", "first_loss", "final_loss",
@@ -323,6 +329,18 @@ def run_cost(summaries: list[dict], latent_downsample: int = 1, mfu: float | Non
 
 COST_COLUMNS = ["name", "preset", "latent_side", "mask_ratio", "steps", "global_batch", "flops_per_step", "flops",
                 "measured_gflop_per_s", "measured_seconds", "gpu_hours", "dollars"]
+COST_HEADERS = {"name": "stage", "preset": "model", "latent_side": "latent", "mask_ratio": "mask",
+                "global_batch": "batch", "flops_per_step": "FLOP/step", "flops": "FLOP",
+                "measured_gflop_per_s": "GFLOP/s here", "measured_seconds": "s here", "gpu_hours": "H100-h",
+                "dollars": "USD"}
+
+
+def si(value: float) -> str:
+    """A large count with an SI prefix: 4.57e17 -> "457 P"."""
+    for power, prefix in ((24, "Y"), (21, "Z"), (18, "E"), (15, "P"), (12, "T"), (9, "G"), (6, "M"), (3, "k")):
+        if abs(value) >= 10 ** power:
+            return f"{value / 10 ** power:.3g} {prefix}"
+    return f"{value:.3g}"
 
 
 def cost_html(projection: dict, columns: list[str] | None = None) -> str:
@@ -336,7 +354,8 @@ def cost_html(projection: dict, columns: list[str] | None = None) -> str:
             f"${projection['price']:.2f} per GPU-hour. The paper: ${paper['dollars']:,.0f} = {paper['days']} days × "
             f"{paper['gpus']} H100 = {paper['gpu_hours']:.1f} GPU-hours.")
     note = html.escape(note).replace("$", "&#36;")          # never read as TeX by a notebook's math renderer
-    return table_html(rows, columns or [c for c in COST_COLUMNS if any(c in r for r in rows)]) + \
+    columns = columns or [c for c in COST_COLUMNS if any(c in r for r in rows)]
+    return table_html(rows, columns, COST_HEADERS, {"flops_per_step": si, "flops": si, "dollars": "{:,.2f}".format}) + \
         f"<p><small>{note}</small></p>"
 
 

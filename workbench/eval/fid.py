@@ -262,6 +262,25 @@ def inception_fid_metric(weights_path: str | Path | None):
     return FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(path), normalize=False)
 
 
+def add_generated(metric, bundle, samples: int, steps: int, cfg_scale: float, sampler: str = "heun", seed: int = 0,
+                  batch: int = 50, progress: bool = True) -> None:
+    """Sample ``samples`` images of val-split captions (scene seed ``seed + 1``) and add them as fakes to ``metric``.
+
+    Each image's noise is seeded by ``seed`` and its index, so the same protocol gives the same images.
+    """
+    from tqdm.auto import tqdm
+
+    captions = [s.caption for s in make_scenes(samples, "val", seed=seed + 1)]
+    bar = tqdm(total=samples, desc="sampling for FID", unit="img", disable=not progress)
+    for i in range(0, samples, batch):
+        chunk = captions[i:i + batch]
+        images = bundle.sample(chunk, steps=steps, cfg_scale=cfg_scale, sampler=sampler,
+                               seeds=[seed * 1_000_003 + i + k for k in range(len(chunk))])  # (b, H, W, 3) uint8
+        metric.update(torch.from_numpy(images).permute(0, 3, 1, 2), real=False)
+        bar.update(len(chunk))
+    bar.close()
+
+
 def evaluate_fid_checkpoint(spec: str | Path, samples: int = 500, steps: int = 30, cfg_scale: float | None = None,
                             seed: int = 0, sampler: str = "heun", batch: int = 50, n_reference: int = 2000,
                             inception_weights: str | Path | None = None, use_ema: bool = True,
@@ -271,8 +290,6 @@ def evaluate_fid_checkpoint(spec: str | Path, samples: int = 500, steps: int = 3
     Returns ``{"metric", "value", "protocol", "seconds"}``. The metric is the FID-proxy unless
     ``inception_weights`` is given.
     """
-    from tqdm.auto import tqdm
-
     from ..train.sampling import load_for_sampling
 
     t0 = time.perf_counter()
@@ -287,15 +304,8 @@ def evaluate_fid_checkpoint(spec: str | Path, samples: int = 500, steps: int = 3
     else:
         metric = fid_proxy_metric(bundle.resolution, n_reference, seed=seed)
         label = PROXY_LABEL
-    captions = [s.caption for s in make_scenes(samples, "val", seed=seed + 1)]
-    bar = tqdm(total=samples, desc="sampling for FID", unit="img", disable=not progress)
-    for i in range(0, samples, batch):
-        chunk = captions[i:i + batch]
-        images = bundle.sample(chunk, steps=steps, cfg_scale=cfg_scale, sampler=sampler,
-                               seeds=[seed * 1_000_003 + i + k for k in range(len(chunk))])
-        metric.update(torch.from_numpy(images).permute(0, 3, 1, 2), real=False)
-        bar.update(len(chunk))
-    bar.close()
+    add_generated(metric, bundle, samples, steps=steps, cfg_scale=cfg_scale, sampler=sampler, seed=seed,
+                  batch=batch, progress=progress)
     protocol = {"checkpoint": str(bundle.checkpoint), "weights_sha256": bundle.weights_hash, "ema": bundle.ema,
                 "samples": samples, "reference": f"shapes val split, {n_reference} images at {bundle.resolution} px",
                 "captions": f"shapes val split captions (seed {seed + 1})", "steps": steps, "cfg_scale": cfg_scale,

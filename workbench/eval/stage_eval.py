@@ -51,10 +51,9 @@ def evaluate_stage(stage_dir: str | Path, samples_per_prompt: int = 4, steps: in
     ``fid_samples`` images of val-split captions give the FID-proxy (0 skips it). Nothing is
     sampled again when the saved file has the same protocol and weights, unless ``force``.
     """
-    from ..data.shapes import make_scenes
     from ..train.sampling import load_for_sampling
     from .compositional import detector_hash
-    from .fid import PROXY_LABEL, fid_proxy_metric
+    from .fid import PROXY_LABEL, add_generated, fid_proxy_metric
 
     stage_dir = Path(stage_dir)
     bundle = load_for_sampling(stage_dir, device=device)
@@ -81,19 +80,9 @@ def evaluate_stage(stage_dir: str | Path, samples_per_prompt: int = 4, steps: in
                                 "category": r.category, "saw": describe_detections(r.detections),
                                 "attributes": r.attributes})
     if fid_samples:
-        import torch
-        from tqdm.auto import tqdm
-
         metric = fid_proxy_metric(bundle.resolution, n_reference)
-        captions = [s.caption for s in make_scenes(fid_samples, "val", seed=seed + 1)]
-        bar = tqdm(total=fid_samples, desc="sampling for FID-proxy", unit="img", disable=not progress)
-        for i in range(0, fid_samples, batch):
-            chunk = captions[i:i + batch]
-            imgs = bundle.sample(chunk, steps=steps, cfg_scale=cfg_scale, sampler=sampler,
-                                 seeds=[seed * 1_000_003 + i + k for k in range(len(chunk))])
-            metric.update(torch.from_numpy(imgs).permute(0, 3, 1, 2), real=False)
-            bar.update(len(chunk))
-        bar.close()
+        add_generated(metric, bundle, fid_samples, steps=steps, cfg_scale=cfg_scale, sampler=sampler, seed=seed,
+                      batch=batch, progress=progress)
         out["fid_proxy"] = {"label": PROXY_LABEL, "value": round(float(metric.compute()), 4), "samples": fid_samples,
                             "reference": n_reference}
     out["seconds"] = round(time.perf_counter() - t0, 1)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..diffusion import EDMConfig, sample
-from ..images import display_scale, image_grid, save_png
+from ..images import labelled_grid, save_png
 from ..io import atomic_write_text
 
 
@@ -93,6 +93,5 @@ class PromptGrid:
         return self.codec.decode(latents)
 
     def save(self, model, path: str | Path, device=None) -> Path:
-        """Sample the prompts and write them as one PNG grid (upscaled for small images)."""
-        images = self.images(model, device)
-        return save_png(image_grid(images, self.columns), path, scale=display_scale(images.shape[1]))
+        """Sample the prompts and write them as one PNG grid, each tile upscaled and labelled with its prompt."""
+        return save_png(labelled_grid(self.images(model, device), self.prompts, self.columns), path)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
-import os
+import shutil
 import threading
 import time
 import warnings
@@ -27,11 +27,12 @@ from tqdm.auto import tqdm
 
 from ..config import RESOLUTION_FIELDS, architecture_diff, format_diff, to_dict
 from ..data.loader import PreparedLoader
-from ..devices import has_gpu
 from ..diffusion import EDMConfig, EDMLoss, loss_per_sigma_bin, sample_sigmas
 from ..model import MicroDiT, null_caption, trim_caption_padding
 from ..model.moe import ExpertChoiceMoE
 from . import checkpoint as ckpt
+from .accelerator import make_accelerator
+from .interrupt import StopOnInterrupt
 from .monitor import MetricsLog, PromptGrid
 from .sampling import sampling_record
 from .stages import Stage, check_stage
@@ -70,40 +71,6 @@ def draw_sample_noise(rows, step: int, stage: Stage, edm: EDMConfig, shape: tupl
     return torch.stack(sigmas), torch.stack(noises), torch.stack(mask_noises), torch.stack(drops)
 
 
-def make_accelerator(stage: Stage):
-    """The stage's ``accelerate.Accelerator``: joins a launched process group also without a GPU.
-
-    accelerate only builds a gloo (CPU) process group when asked to run on the CPU; without that,
-    ``accelerate launch --multi_gpu`` / ``torchrun`` on a CPU machine start N independent
-    single-process trainings that overwrite each other's checkpoints. In a single process (a
-    notebook), a stage whose ``mixed_precision`` differs from the previous stage's resets
-    accelerate's process-wide state instead of failing.
-    """
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, is_initialized
-    from accelerate.utils import DistributedType
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1 and is_initialized() and AcceleratorState().mixed_precision != stage.mixed_precision:
-        AcceleratorState._reset_state()
-    plugin = None
-    if stage.fsdp:
-        from accelerate import FullyShardedDataParallelPlugin
-        plugin = FullyShardedDataParallelPlugin()
-    acc = Accelerator(mixed_precision=stage.mixed_precision, fsdp_plugin=plugin, cpu=world > 1 and not has_gpu(),
-                      log_with="tensorboard" if stage.tensorboard else None, project_dir=str(stage.stage_dir))
-    if world > 1 and acc.num_processes == 1:
-        raise RuntimeError(f"the launcher started {world} processes (WORLD_SIZE) but accelerate joined "
-                           f"{acc.num_processes}; on a CPU machine use `accelerate launch --multi_gpu "
-                           f"--num_processes {world}` or torchrun")
-    if stage.fsdp and acc.distributed_type != DistributedType.FSDP:   # accelerate would silently use DDP / one device
-        raise ValueError(f"Stage.fsdp: FSDP shards the model across GPU processes, but this run is "
-                         f"{acc.distributed_type.value} with {acc.num_processes} process(es) on {acc.device}; set "
-                         f"fsdp: false, or launch on N GPUs: accelerate launch --use_fsdp --num_processes N "
-                         f"-m workbench train --config ...")
-    return acc
-
-
 class Trainer:
     """Trains one :class:`Stage`; resumable, stoppable from another thread, with callbacks.
 
@@ -111,13 +78,18 @@ class Trainer:
         stage: the stage config.
         resume: ``"auto"`` continues from the newest valid checkpoint of this stage (if any),
             ``"never"`` refuses to run over existing checkpoints, a path resumes from it.
+            Resuming prints one line that says so.
+        fresh: delete the stage folder's earlier run first and start over (exploring notebooks use it).
         accelerator: an ``accelerate.Accelerator`` (built from the stage when None).
         progress: show a tqdm bar (loss and img/s).
         on_step / on_checkpoint / on_samples: callbacks ``f(trainer, metrics)``, ``f(trainer, path)``,
-            ``f(trainer, path)``.
+            ``f(trainer, path)``; ``trainer.callbacks["on_end"]`` holds ``f(trainer, history)`` run as ``run()`` ends.
         evaluator: ``f(trainer) -> {name: number}``, run every ``stage.eval_every`` steps on the sampling
             model; its numbers go into that step's metrics under ``"eval"`` (the dashboard plots them).
             ``workbench.eval.compositional.trainer_evaluator()`` scores the shapes prompts.
+
+    Ctrl-C (or Kernel › Interrupt) during ``run()`` ends the step, writes a checkpoint, prints one
+    line and returns; ``stop()`` (the dashboard's Stop) does the same from another thread.
 
     Example::
 
@@ -126,8 +98,8 @@ class Trainer:
         import pandas as pd; pd.DataFrame(trainer.history).plot(x="step", y="loss")
     """
 
-    def __init__(self, stage: Stage, *, resume: str | Path | None = "auto", accelerator=None, progress: bool = True,
-                 on_step: Callable | None = None, on_checkpoint: Callable | None = None,
+    def __init__(self, stage: Stage, *, resume: str | Path | None = "auto", fresh: bool = False, accelerator=None,
+                 progress: bool = True, on_step: Callable | None = None, on_checkpoint: Callable | None = None,
                  on_samples: Callable | None = None, evaluator: Callable | None = None):
         from accelerate.utils import set_seed
 
@@ -136,7 +108,7 @@ class Trainer:
         self.info = check_stage(stage, acc.num_processes)
         self.accumulation = stage.global_batch // (stage.micro_batch * acc.num_processes)
         self.callbacks = {"on_step": [f for f in [on_step] if f], "on_checkpoint": [f for f in [on_checkpoint] if f],
-                          "on_samples": [f for f in [on_samples] if f]}
+                          "on_samples": [f for f in [on_samples] if f], "on_end": []}
         self.progress = progress
         self.evaluator = evaluator
         if stage.eval_every and evaluator is None:
@@ -149,8 +121,15 @@ class Trainer:
         self._stop = threading.Event()
         self._checkpointed_step = self._sampled_step = -1
         self._thread: threading.Thread | None = None
+        self._active = False
+        self.interrupted = False
         self.error: BaseException | None = None
         set_seed(stage.seed)
+        if fresh and acc.is_main_process and stage.stage_dir.exists():
+            shutil.rmtree(stage.stage_dir)
+            print(f"{stage.run}/{stage.name}: starting over (fresh=True removed the earlier run in "
+                  f"{stage.stage_dir})", flush=True)
+        acc.wait_for_everyone()
 
         model = MicroDiT.from_preset(stage.model, **stage.model_overrides)
         self.edm = EDMConfig(sigma_data=stage.sigma_data, p_mean=stage.p_mean, p_std=stage.p_std)
@@ -230,6 +209,9 @@ class Trainer:
         path = ckpt.latest_valid_checkpoint(root) if resume == "auto" else ckpt.resolve_checkpoint(resume)
         if path is None:
             if self.accelerator.is_main_process:   # a fresh start: drop metrics of an earlier run that never checkpointed
+                if self.metrics.read():
+                    print(f"{self.stage.run}/{self.stage.name}: starting at step 0 (the earlier run in "
+                          f"{self.stage.stage_dir} left no valid checkpoint)", flush=True)
                 self.metrics.truncate_after(0)
             return None
         state = ckpt.load_checkpoint(path, model=self.raw_model, optimizer=self.optimizer,
@@ -246,6 +228,8 @@ class Trainer:
         self.history = [r for r in self.metrics.read() if r.get("step", 0) <= state.step]
         if self.accelerator.is_main_process:
             self.metrics.truncate_after(state.step)
+            print(f"{self.stage.run}/{self.stage.name}: resuming at step {state.step} of {self.stage.steps} from {path} "
+                  f"(fresh=True or another run name starts over)", flush=True)
         return str(path)
 
     # ------------------------------------------------------------------ training
@@ -358,21 +342,31 @@ class Trainer:
             return self.history
         bar = tqdm(total=stage.steps, initial=self.step_count, desc=f"{stage.run}/{stage.name}",
                    disable=not (self.progress and acc.is_main_process), dynamic_ncols=True)
+        self._active, self.interrupted = True, False
         try:
-            while self.step_count < target and not self._stop.is_set():
-                metrics = self.step()
-                bar.update(1)
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{metrics['img_per_s']:.1f}")
-                self._after_step(metrics)
+            with StopOnInterrupt(self._stop) as interrupt:
+                while self.step_count < target and not self._stop.is_set():
+                    metrics = self.step()
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{metrics['img_per_s']:.1f}")
+                    self._after_step(metrics)
+                self.interrupted = interrupt.hit
+                if self._checkpointed_step != self.step_count:
+                    self.save_checkpoint()
+                if self.done and self._sampled_step != self.step_count:
+                    self.save_samples()
         finally:
             bar.close()
             self._stop.clear()          # a stop request ends this run only; a later run() trains again
-        if self._checkpointed_step != self.step_count:
-            self.save_checkpoint()
-        if self.done and self._sampled_step != self.step_count:
-            self.save_samples()
+            self._active = False
+        if self.interrupted and acc.is_main_process:
+            saved = ckpt.list_checkpoints(stage.checkpoint_dir)
+            print(f"interrupted at step {self.step_count}; checkpoint {saved[-1] if saved else None}; resume with "
+                  f"trainer.run() or the same command (it resumes automatically)", flush=True)
         if stage.tensorboard:
             acc.end_training()
+        for fn in self.callbacks["on_end"]:
+            fn(self, self.history)
         return self.history
 
     def _after_step(self, metrics: dict) -> None:
@@ -466,6 +460,6 @@ class Trainer:
 
     @property
     def running(self) -> bool:
-        """True while a background run is in progress."""
-        return self._thread is not None and self._thread.is_alive()
+        """True while ``run()`` trains, in the foreground or on the background thread."""
+        return self._active or (self._thread is not None and self._thread.is_alive())
 

@@ -123,6 +123,15 @@ def embed_captions(text_encoder, captions: list[str], caption_dim: int,
 #  Notebook display
 # ---------------------------------------------------------------------------------------------
 
+def placeholder_png(side: int = 128) -> bytes:
+    """A light-grey square PNG for an image widget before its first picture (an empty one shows a broken icon)."""
+    from ..images import png_bytes
+
+    image = np.full((side, side, 3), 238, dtype=np.uint8)       # (side, side, 3)
+    image[[0, -1], :] = image[:, [0, -1]] = 200                 # a thin border
+    return png_bytes(image)
+
+
 class DisplayMixin:
     """Shows ``self.widget`` when the object is the value of a notebook cell."""
 

@@ -147,7 +147,9 @@ class MaskExplorer(DisplayMixin):
         self.widget = W.VBox([
             W.HBox([self.mask_ratio, self.sigma, self.seed]),
             self.caption_text,
-            W.HBox([W.VBox([W.HTML(f"<b>{title}</b>"), view]) for view, title in panels]),
+            W.HBox([W.VBox([W.HTML(f"<div style='text-align:center;line-height:1.25;height:2.6em'><b>{title}</b>"
+                                   f"</div>", layout=image_layout), view], layout=image_layout)
+                    for view, title in panels]),
             self.info,
         ])
 

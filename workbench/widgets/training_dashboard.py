@@ -9,7 +9,11 @@ a progress bar, and Stop / Resume buttons for a :class:`workbench.train.Trainer`
     dashboard.resume()                          # the Resume button: trainer.run_in_background()
     dashboard.stop()                            # the Stop button: ends at the next step, with a checkpoint
 
-The dashboard registers ``on_step`` / ``on_samples`` callbacks on the trainer. Curves are redrawn
+Stop works while ``trainer.run()`` runs in the cell's foreground too: in an ipykernel 7 kernel the
+button's clicks are handled on a kernel subshell (``widgets.kernel_events``), so the run ends at the
+next step with a checkpoint. Kernel › Interrupt does the same.
+
+The dashboard registers ``on_step`` / ``on_samples`` / ``on_end`` callbacks on the trainer. Curves are redrawn
 from ``trainer.history`` at most every ``throttle_s`` seconds (and at the last step); ``refresh()``
 redraws them at any time, so a dashboard made after a run shows that run too.
 """
@@ -23,7 +27,8 @@ import time
 from pathlib import Path
 
 from ..diffusion.edm import DEFAULT_SIGMA_BIN_EDGES
-from .common import DisplayMixin
+from .common import DisplayMixin, placeholder_png
+from .kernel_events import handle_during_cells
 
 # (history key, subplot title) of the three curves, left to right
 CURVES = (("loss", "loss"), ("lr", "learning rate"), ("img_per_s", "img/s"))
@@ -67,7 +72,8 @@ class TrainingDashboard(DisplayMixin):
             stage sets ``eval_every`` and the trainer has an evaluator.
         sample_image: ``ipywidgets.Image`` of the latest sample grid (``sample_path`` is its file).
         progress: ``ipywidgets.IntProgress`` (value = the trainer's step, max = the stage's steps).
-        stop_button, resume_button, status: the controls and a one-line state.
+        stop_button, resume_button, status: the controls and a one-line state (always the trainer's real one).
+        live_stop: True when Stop is handled while a foreground ``run()`` keeps the cell busy.
         widget: the ``ipywidgets.VBox`` shown in notebooks.
     """
 
@@ -115,8 +121,9 @@ class TrainingDashboard(DisplayMixin):
         self.stop_button = W.Button(description="Stop", icon="stop", button_style="danger")
         self.resume_button = W.Button(description="Resume", icon="play", button_style="success")
         self.status = W.HTML()
-        self.sample_image = W.Image(format="png")
+        self.sample_image = W.Image(value=placeholder_png(), format="png")
         self.stop_button.on_click(lambda _button: self.stop())
+        self.live_stop = handle_during_cells(self.stop_button)
         self.resume_button.on_click(lambda _button: self.resume())
         self.widget = W.VBox([
             W.HTML(f"<b>{html.escape(stage.run)}/{html.escape(stage.name)}</b>"),
@@ -127,6 +134,7 @@ class TrainingDashboard(DisplayMixin):
 
         trainer.callbacks["on_step"].append(self._on_step)
         trainer.callbacks["on_samples"].append(self._on_samples)
+        trainer.callbacks["on_end"].append(self._on_end)
         self.refresh()
 
     # ---------------------------------------------------------------- trainer callbacks
@@ -137,6 +145,10 @@ class TrainingDashboard(DisplayMixin):
             self._watch(current)
         if time.monotonic() - self._last_refresh >= self.throttle_s or metrics["step"] >= trainer.stage.steps:
             self.refresh()
+
+    def _on_end(self, trainer, history) -> None:
+        self._stopping = False
+        self.refresh()
 
     def _on_samples(self, trainer, path) -> None:
         self._show_sample(Path(path))
@@ -210,7 +222,7 @@ class TrainingDashboard(DisplayMixin):
 
     # ---------------------------------------------------------------- buttons
     def stop(self) -> None:
-        """Ask the background run to end at the next step boundary (the Stop button); does not wait."""
+        """Ask the run to end at the next step boundary, with a checkpoint (the Stop button); does not wait."""
         self._stopping = True
         self.trainer.stop(wait=False)
         self._sync_controls()
@@ -251,7 +263,7 @@ class TrainingDashboard(DisplayMixin):
 
     def close(self) -> None:
         """Unregister the trainer callbacks and close the widgets."""
-        for key, fn in (("on_step", self._on_step), ("on_samples", self._on_samples)):
+        for key, fn in (("on_step", self._on_step), ("on_samples", self._on_samples), ("on_end", self._on_end)):
             if fn in self.trainer.callbacks[key]:
                 self.trainer.callbacks[key].remove(fn)
         self.widget.close()
