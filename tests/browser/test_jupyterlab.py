@@ -3,9 +3,12 @@
 JupyterLab is started on 127.0.0.1 with a random token, a free port, and its own settings, workspace and
 runtime folders. The tour notebook is parameterised for speed with papermill (``prepare_only``: the injected
 parameters cell, nothing executed) into a scratch root folder, opened at ``/lab/tree/00_tour.ipynb``,
-and run with *Run → Run All Cells*. The test then checks that no cell errored, that the widgets' sliders
-and the training dashboard's plotly figure are in the DOM, and saves a screenshot to
-``test-artifacts/jupyterlab_00_tour.png``.
+and run with *Run → Run All Cells*. The test checks that opening the notebook does not mark it modified,
+that no cell errored, that the widgets' sliders and the training dashboard's plotly figure are in the DOM,
+that the reference model's samples show a red object for "a red circle" (the evaluation's detector, as the
+tour prints it), and that no Markdown or HTML output was typeset as maths. It saves a screenshot of the
+page to ``test-artifacts/jupyterlab_00_tour.png`` and one of each widget to
+``test-artifacts/widget_<name>.png``.
 
 Without ``/usr/bin/chromium`` (``apt-get install chromium``) the test is skipped with that reason.
 Playwright's own browser downloads are never used.
@@ -13,8 +16,10 @@ Playwright's own browser downloads are never used.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import platform
 import re
 import secrets
 import socket
@@ -79,7 +84,7 @@ def lab(tmp_path):
                         kernel_name="workbench", progress_bar=False,
                         parameters={"workdir": str(root), "threads": 1, "steps": 3, "data": str(tmp_path / "tour_data"),
                                     "limit": 32, "resolution": 16, "runs_dir": str(tmp_path / "runs"),
-                                    "sample_steps": 2})
+                                    "sample_steps": 12})
     settings = tmp_path / "settings" / "@jupyterlab" / "notebook-extension"
     settings.mkdir(parents=True)
     # every cell in the DOM (no windowing), so the widgets' outputs can be found without scrolling
@@ -123,6 +128,16 @@ def accept_kernel_dialog(page, wait_ms: int = 3000) -> None:
     dialog.locator(".jp-Dialog-button.jp-mod-accept").click()
 
 
+# each widget of the tour, by a line of the cell that shows it
+WIDGETS = {"mask_explorer": "explorer = MaskExplorer(", "training_dashboard": "dashboard = TrainingDashboard(",
+           "sampler_panel": "panel = SamplerPanel("}
+
+
+def cell_output(page, code: str) -> str:
+    """The text of the output of the code cell whose source contains ``code``."""
+    return page.locator(".jp-CodeCell", has_text=code).locator(".jp-OutputArea-output").last.inner_text()
+
+
 def test_the_tour_runs_in_jupyterlab_with_live_widgets(lab):
     from playwright.sync_api import sync_playwright
 
@@ -138,6 +153,10 @@ def test_the_tour_runs_in_jupyterlab_with_live_widgets(lab):
             accept_kernel_dialog(page)
             # the notebook's own kernel (kernelspec "workbench") has started and is idle
             page.get_by_text(re.compile(r"MicroDiT Workbench \| Idle")).first.wait_for(timeout=120_000)
+            page.wait_for_timeout(2000)
+            stored = json.loads((root / "00_tour.ipynb").read_text())["metadata"]["language_info"]["version"]
+            if stored == platform.python_version():     # another patch release of Python rewrites language_info
+                assert page.locator(".jp-mod-dirty").count() == 0, "opening the notebook marked it modified"
 
             page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
             page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
@@ -154,7 +173,11 @@ def test_the_tour_runs_in_jupyterlab_with_live_widgets(lab):
                                   ".jp-RenderedText[data-mime-type='application/vnd.jupyter.stderr']")
             tracebacks = [t for t in errors.all_inner_texts() if "Traceback" in t or "Error" in t]
             assert not tracebacks, f"cells errored:\n{tracebacks[0][:3000]}"
-            assert page.get_by_text("workbench-result:").count() == 1          # the last cell ran
+            assert page.get_by_text("workbench-result").count() == 0           # the record is a table, not a dump
+            assert page.locator(".jp-OutputArea-output table", has_text="final_loss").count() == 1   # the last cell
+            assert page.locator("mjx-container, .MathJax, .MathJax_Display").count() == 0, "text typeset as maths"
+            seen = ast.literal_eval(cell_output(page, "describe_detections(found)"))
+            assert len(seen) == 4 and all("red" in s for s in seen), seen      # the reference model draws red objects
 
             sliders = page.locator(".jupyter-widgets.widget-slider, .widget-hslider")
             sliders.first.wait_for(timeout=60_000)
@@ -164,6 +187,11 @@ def test_the_tour_runs_in_jupyterlab_with_live_widgets(lab):
             assert plot.count() >= 2                                          # dashboard curves, loss per σ bin
             assert page.locator(".jp-OutputArea-output .jupyter-widgets img").count() >= 5   # explorer + panel views
 
+            for name, code in WIDGETS.items():
+                output = page.locator(".jp-CodeCell", has_text=code).locator(".jp-OutputArea-output").last
+                output.scroll_into_view_if_needed()
+                page.wait_for_timeout(500)
+                output.screenshot(path=str(ARTIFACTS / f"widget_{name}.png"))
             plot.first.scroll_into_view_if_needed()
             page.wait_for_timeout(1000)
             page.screenshot(path=str(SCREENSHOT))
@@ -173,3 +201,4 @@ def test_the_tour_runs_in_jupyterlab_with_live_widgets(lab):
         finally:
             browser.close()
     assert SCREENSHOT.stat().st_size > 10_000
+    assert all((ARTIFACTS / f"widget_{name}.png").stat().st_size > 2_000 for name in WIDGETS)

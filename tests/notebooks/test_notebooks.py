@@ -52,6 +52,21 @@ def test_notebook_is_valid_v4_with_the_workbench_kernel_and_one_parameters_cell(
 
 
 @pytest.mark.parametrize("name", EXPECTED)
+def test_notebook_is_stored_as_jupyterlab_saves_it(name):
+    """Opening a notebook changes nothing: nbformat's layout, cell ids, and the kernel's full language_info
+    (JupyterLab writes the kernel's language_info into the notebook when it differs, which marks it modified)."""
+    from ipykernel.ipkernel import IPythonKernel
+
+    text = (NOTEBOOKS / name).read_text()
+    nb = nbformat.reads(text, as_version=4)
+    assert text == nbformat.writes(nb) + "\n", "normalise with nbformat.write"
+    assert nb.nbformat_minor == nbformat.current_nbformat_minor and all(c.get("id") for c in nb.cells)
+    stored, kernel = dict(nb.metadata["language_info"]), dict(IPythonKernel.language_info)
+    assert {k: v for k, v in stored.items() if k != "version"} == {k: v for k, v in kernel.items() if k != "version"}
+    assert stored["version"].split(".")[:2] == kernel["version"].split(".")[:2]
+
+
+@pytest.mark.parametrize("name", EXPECTED)
 def test_notebook_code_has_no_logic_of_its_own(name):
     """Cells call the package: no function or class definitions, no loops, no imports beyond workbench/IPython."""
     nb = nbformat.read(str(NOTEBOOKS / name), as_version=4)
@@ -155,8 +170,10 @@ def test_00_tour_builds_masks_trains_and_samples(workspace):
                          resolution=16, runs_dir=str(workspace / "runs"), sample_steps=2)
     assert result["step"] == 2
     assert all(isinstance(result[k], float) and result[k] > 0 for k in ("first_loss", "final_loss"))
-    assert result["patches"] == 64 and result["kept_patches"] == 16          # 16 px / patch 2; 75 % masked
-    assert result["samples_shape"] == [4, 16, 16, 3]
+    assert result["resumed_from"] is None                                    # fresh=True: the tour's own run
+    assert result["patches"] == 256 and result["kept_patches"] == 64         # the reference model: 32 px, 75 % masked
+    assert result["samples_shape"] == [4, 32, 32, 3]                         # sampled from the reference model
+    assert len(result["samples_seen"]) == 4 and all(isinstance(s, str) for s in result["samples_seen"])
     assert result["parameters"]["params"] > 1_000_000
     assert mimetypes(nb).count(WIDGET_VIEW) >= 3                              # explorer, dashboard, sampler panel
     assert (workspace / "runs" / "tour" / "tour" / "samples" / "step_0000002.png").is_file()
@@ -215,6 +232,18 @@ def test_04_masking_explorer_compares_models_with_and_without_the_mixer(workspac
         assert errors["patches"] == 64 and errors["kept_patches"] == 16
         assert all(errors[k] >= 0 for k in ("mse_unmasked", "mse_masked", "mse_masked_dropped"))
     assert mimetypes(nb).count(WIDGET_VIEW) >= 2
+    assert result["resumed_from"] == [None, None] and result["steps"] == [2, 2]
+
+    # run again with more steps: fresh=True starts both runs over instead of mixing them with the first
+    nb, again = execute("04_masking_explorer.ipynb", workspace / "out04b", data=str(prepared[2]), resolution=16,
+                        steps=3, runs_dir=str(workspace / "runs"))
+    assert again["resumed_from"] == [None, None] and again["steps"] == [3, 3]
+    for name in ("with_mixer", "without_mixer"):
+        records = [json.loads(line) for line in (workspace / "runs" / "masking" / name / "metrics.jsonl").read_text()
+                   .splitlines()]
+        assert [r["step"] for r in records] == [1, 3]                    # log_every 10: the first and last step
+    logs = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []) if o.get("name") == "stdout")
+    assert "starting over (fresh=True removed the earlier run" in logs
 
 
 @pytest.mark.slow
