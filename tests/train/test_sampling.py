@@ -68,6 +68,17 @@ def test_a_missing_vae_says_how_to_point_at_it(make_stage, tmp_path):
     with pytest.raises(FileNotFoundError, match="vae="):
         load_for_sampling(path)
 
+    # what the message says: point at the VAE's copy on this machine (here a tiny 3-channel one)
+    from tests.data.tiny_models import save_tiny_vae
+    from workbench.widgets import SamplerPanel
+
+    here = save_tiny_vae(tmp_path / "vae-here", latent_channels=3)
+    bundle = load_for_sampling(path, vae=here)
+    assert type(bundle.codec).__name__ == "VAECodec" and bundle.codec.channels == 3
+    panel = SamplerPanel(path, vae=here, steps=1, batch_size=1)
+    panel.generate(wait=True)
+    assert panel.images.shape == (1, 16, 16, 3)
+
 
 def rewrite_config(path, config):
     """Replace a checkpoint's config.json and its checksum in the manifest (as another version would have written it)."""

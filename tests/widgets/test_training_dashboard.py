@@ -108,6 +108,25 @@ def test_throttled_curves_redraw_at_most_every_throttle_s_but_always_at_the_end(
     assert seen == [(1, 1, 0), (2, 2, 0), (3, 3, 0), (4, 4, 4)]      # progress every step, curves at the end
 
 
+def test_during_a_foreground_run_the_status_says_running_and_stop_works(data, tmp_path):
+    """The tour's pattern, trainer.run() in the cell: the status is true at every step and "done" at the end."""
+    trainer = make_trainer(data, tmp_path, steps=8, sample_every=0)
+    dashboard = TrainingDashboard(trainer, throttle_s=0)
+    states = []
+    trainer.callbacks["on_step"].append(lambda t, m: states.append((dashboard.status.value, dashboard.stop_button.disabled)))
+    trainer.callbacks["on_step"].append(lambda t, m: m["step"] == 5 and dashboard.stop_button.click())
+    trainer.run()
+    assert trainer.step_count == 5 and not trainer.running
+    assert all("running" in status or "stopping" in status for status, _ in states)
+    assert not any(disabled for _, disabled in states[:4])          # Stop is live while the run is
+    assert dashboard.status.value.startswith("step 5/8") and dashboard.status.value.endswith("stopped")
+    assert dashboard.stop_button.disabled and not dashboard.resume_button.disabled
+    assert list_checkpoints(trainer.stage.checkpoint_dir)[-1].name == "step_0000005"
+    trainer.run()
+    assert dashboard.status.value.startswith("step 8/8") and dashboard.status.value.endswith("done")
+    assert dashboard.progress.value == dashboard.progress.max == 8
+
+
 def test_refresh_shows_a_finished_run_and_a_resumed_trainer(data, tmp_path):
     trainer = make_trainer(data, tmp_path)
     trainer.run()

@@ -40,8 +40,8 @@ class SamplerPanel(DisplayMixin):
             its text encoder and codec then default to the ones it records).
         text_encoder: None (the default above, or the embedded MiniLM-L6 for a bare model), a
             ``TextEncoder`` or folder path, or False for all-zero captions.
-        codec: None (the checkpoint's codec, or the pixel codec for a bare model), "vae:PATH" or a codec
-            (``vae="..."`` for a checkpoint whose VAE lives elsewhere on this machine).
+        codec: None (the checkpoint's codec, or the pixel codec for a bare model), "vae:PATH" or a codec.
+        vae: for a checkpoint whose VAE lives elsewhere on this machine, the VAE folder's path here.
         use_ema: load the EMA weights of a checkpoint when it has them.
         resolution: image side in pixels (default: the checkpoint's training resolution, or
             ``model.config.sample_size`` x the codec's downsample).
@@ -57,7 +57,8 @@ class SamplerPanel(DisplayMixin):
         preview_updates (count of preview refreshes in the last run); error (of the last run, or None).
     """
 
-    def __init__(self, model_or_checkpoint, text_encoder=None, codec=None, *, use_ema: bool = True,
+    def __init__(self, model_or_checkpoint, text_encoder=None, codec=None, *, vae: str | Path | None = None,
+                 use_ema: bool = True,
                  resolution: int | None = None, edm: EDMConfig | None = None, prompt: str = "a red circle",
                  steps: int = 20, cfg_scale: float = 3.0, sampler: str = "heun", seed: int = 0, batch_size: int = 4,
                  out_dir: str | Path = ".", preview_every: int = 1):
@@ -68,7 +69,8 @@ class SamplerPanel(DisplayMixin):
             from ..train.sampling import load_for_sampling
 
             bundle = load_for_sampling(model_or_checkpoint, use_ema=use_ema, device="cpu",
-                                       vae=codec[4:] if isinstance(codec, str) and codec.startswith("vae:") else None,
+                                       vae=vae or (codec[4:] if isinstance(codec, str) and codec.startswith("vae:")
+                                                   else None),
                                        text_encoder=text_encoder if isinstance(text_encoder, (str, Path)) else None)
             self.checkpoint = bundle.checkpoint
             model = bundle.model
