@@ -45,6 +45,7 @@ def test_paper_stage_configs_are_the_papers_recipe(n):
     assert {k: getattr(stage, k) for k in expected} == expected
     assert stage.global_batch % stage.micro_batch == 0
     assert stage.model_overrides == ({} if n <= 2 else {"pos_interp_scale": 2.0, "sample_size": 64})
+    assert (stage.edm.sigma_data, stage.edm.p_mean, stage.edm.p_std) == (0.9, RECIPE[n]["p_mean"], RECIPE[n]["p_std"])
 
 
 def test_paper_stage1_lr_schedule_warms_up_then_decays_to_7_9e_5():

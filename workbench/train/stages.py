@@ -18,6 +18,7 @@ import torch
 
 from ..config import check_known_keys, dump_yaml, from_dict, load_yaml, require, to_dict
 from ..data.prepared import PreparedInfo
+from ..diffusion import EDMConfig
 from ..model import preset_config
 from . import checkpoint as ckpt
 
@@ -137,6 +138,11 @@ class Stage:
         return to_dict(preset_config(self.model, **self.model_overrides))
 
     # ------------------------------------------------------------------ paths
+    @property
+    def edm(self) -> EDMConfig:
+        """The stage's EDM constants (σ_data, P_mean, P_std) as the loss and samplers take them."""
+        return EDMConfig(sigma_data=self.sigma_data, p_mean=self.p_mean, p_std=self.p_std)
+
     @property
     def stage_dir(self) -> Path:
         """``<runs_dir>/<run>/<name>``: checkpoints/, samples/, metrics.jsonl, stage.yaml."""

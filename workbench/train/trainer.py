@@ -132,7 +132,7 @@ class Trainer:
         acc.wait_for_everyone()
 
         model = MicroDiT.from_preset(stage.model, **stage.model_overrides)
-        self.edm = EDMConfig(sigma_data=stage.sigma_data, p_mean=stage.p_mean, p_std=stage.p_std)
+        self.edm = stage.edm
         self.loss_fn = EDMLoss(self.edm)
         self.ema = None
         if stage.ema_decay > 0:
