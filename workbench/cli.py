@@ -126,7 +126,7 @@ def cmd_train(args) -> int:
     stage = Stage.from_yaml(args.config, **parse_overrides(args.set))
     from .eval.compositional import evaluator_for
 
-    trainer = Trainer(stage, resume=args.resume, evaluator=evaluator_for(stage))
+    trainer = Trainer(stage, resume=args.resume, fresh=args.fresh, evaluator=evaluator_for(stage))
     main = trainer.accelerator.is_main_process     # under `accelerate launch`, one report, not one per rank
     trainer.run()                                  # Ctrl-C: ends the step, checkpoints, prints one line
     if trainer.interrupted:
@@ -236,6 +236,7 @@ def cmd_tour(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``workbench`` command."""
     parser = argparse.ArgumentParser(prog="workbench", description="MicroDiT Workbench: micro-budget diffusion training")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks (also WORKBENCH_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     prep = sub.add_parser("prepare", help="precompute latents and caption embeddings (resumable)")
@@ -271,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", required=True, help="a stage YAML, e.g. configs/demo/stage1.yaml")
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a Stage field")
     train.add_argument("--resume", default="auto", help="auto (default), never, or a checkpoint path")
+    train.add_argument("--fresh", action="store_true", help="delete this stage's earlier run and start over")
     train.set_defaults(fn=cmd_train)
 
     from .pipeline import add_pipeline_arguments, run_pipeline_cli
@@ -334,16 +336,47 @@ def build_parser() -> argparse.ArgumentParser:
                                        "(make demo runs the pipeline)")
     tour.add_argument("--steps", type=int, default=200)
     tour.set_defaults(fn=cmd_tour)
+    for command in sub.choices.values():            # `workbench train ... --debug` works as well
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
+def one_line(err: BaseException) -> str | None:
+    """The one-line message for a failure a user can act on; None for a bug (which keeps its traceback)."""
+    import pickle
+
+    import torch
+
+    from .errors import WorkbenchError, write_failure
+
+    if isinstance(err, torch.OutOfMemoryError):
+        return f"out of memory: {str(err).splitlines()[0]}; lower micro_batch (--set micro_batch=...)"
+    if isinstance(err, pickle.UnpicklingError):
+        return f"refused to unpickle a file ({str(err).splitlines()[0][:160]}); it was not loaded"
+    if isinstance(err, (WorkbenchError, ValueError, FileNotFoundError)):
+        return str(err)
+    if isinstance(err, OSError):
+        friendly = write_failure(err, "output", getattr(err, "filename", None) or ".")
+        return str(friendly if friendly is not None else err)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``workbench`` console script."""
+    """Entry point of the ``workbench`` console script.
+
+    A failure the user can act on prints one ``error: ...`` line (exit 2); ``--debug`` or
+    ``WORKBENCH_DEBUG=1`` shows its traceback instead. Ctrl-C exits with 130.
+    """
+    from .errors import debug_enabled
+
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except Exception as err:
+        message = None if (args.debug or debug_enabled()) else one_line(err)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"interrupted: workbench {args.command} stopped (a rerun resumes where it can)", file=sys.stderr)

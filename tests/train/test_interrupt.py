@@ -94,6 +94,7 @@ def test_resuming_says_so_and_fresh_starts_over(make_stage, capsys):
     resumed = Trainer(longer, progress=False)
     assert resumed.step_count == 2 and resumed.resumed_from
     assert capsys.readouterr().out.splitlines() == [
+        "t/s1: applied on resume: steps 2 -> 4",
         f"t/s1: resuming at step 2 of 4 from {resumed.resumed_from} (fresh=True or another run name starts over)"]
 
     fresh = Trainer(longer, progress=False, fresh=True)

@@ -46,8 +46,12 @@ class MetricsLog:
         return records
 
     def truncate_after(self, step: int) -> None:
-        """Drop records of steps after ``step`` (a resumed run rewrites them)."""
-        kept = [r for r in self.read() if r.get("step", 0) <= step]
+        """Drop records of steps after ``step`` (a resumed run rewrites them); writes nothing when none are."""
+        records = self.read()
+        kept = [r for r in records if r.get("step", 0) <= step]
+        torn = self.path.is_file() and len(records) != len(self.path.read_text().splitlines())
+        if len(kept) == len(records) and not torn:
+            return                      # nothing to drop: do not rewrite (the disk may be full)
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
 

@@ -28,15 +28,17 @@ from tqdm.auto import tqdm
 from ..config import RESOLUTION_FIELDS, architecture_diff, format_diff, to_dict
 from ..data.loader import PreparedLoader
 from ..diffusion import EDMConfig, EDMLoss, loss_per_sigma_bin, sample_sigmas
+from ..errors import WorkbenchError
 from ..model import MicroDiT, null_caption, trim_caption_padding
 from ..model.moe import ExpertChoiceMoE
 from . import checkpoint as ckpt
 from .accelerator import make_accelerator
 from .interrupt import StopOnInterrupt
+from .lock import StageLock
 from .monitor import MetricsLog, PromptGrid
+from .resume import check_resume, resumable_checkpoint
 from .sampling import sampling_record
 from .stages import Stage, check_stage
-
 
 
 class TrainingDiverged(RuntimeError):
@@ -125,11 +127,7 @@ class Trainer:
         self.interrupted = False
         self.error: BaseException | None = None
         set_seed(stage.seed)
-        if fresh and acc.is_main_process and stage.stage_dir.exists():
-            shutil.rmtree(stage.stage_dir)
-            print(f"{stage.run}/{stage.name}: starting over (fresh=True removed the earlier run in "
-                  f"{stage.stage_dir})", flush=True)
-        acc.wait_for_everyone()
+        self._lock = None
 
         model = MicroDiT.from_preset(stage.model, **stage.model_overrides)
         self.edm = stage.edm
@@ -156,12 +154,25 @@ class Trainer:
             self.ema.to(acc.device)
         if stage.compile:
             self.model = torch.compile(self.model)
-        self.metrics = MetricsLog(stage.stage_dir / "metrics.jsonl")
         self.grid = PromptGrid(self.info, stage.sample_prompts, stage.sample_steps, stage.sample_cfg_scale, seed=stage.seed,
                                edm=self.edm, resolution=stage.resolution)
-        self.resumed_from = self._resume(resume)
-        if acc.is_main_process:
-            stage.to_yaml(stage.stage_dir / "stage.yaml")
+        if acc.is_main_process:                 # validated: from here on this Trainer writes the stage folder
+            self._lock = StageLock.acquire(stage.stage_dir, owner=self)        # one writer, for the Trainer's life
+        try:
+            if acc.is_main_process:
+                ckpt.remove_stale_temps(stage.checkpoint_dir)                   # half-written by dead writers
+                if fresh and stage.stage_dir.exists():
+                    shutil.rmtree(stage.stage_dir)
+                    print(f"{stage.run}/{stage.name}: starting over (fresh=True removed the earlier run in "
+                          f"{stage.stage_dir})", flush=True)
+            acc.wait_for_everyone()
+            self.metrics = MetricsLog(stage.stage_dir / "metrics.jsonl")
+            self.resumed_from = self._resume(resume)
+            if acc.is_main_process:
+                stage.to_yaml(stage.stage_dir / "stage.yaml")
+        except BaseException:
+            self.close()
+            raise
         if stage.tensorboard:
             acc.init_trackers(stage.run, config={k: v for k, v in stage.to_dict().items()
                                                  if isinstance(v, (int, float, str, bool))})
@@ -206,7 +217,16 @@ class Trainer:
                 raise ValueError(f"{root} already has checkpoints; resume with resume='auto' (--resume auto) or "
                                  f"choose another run/stage name")
             return None
-        path = ckpt.latest_valid_checkpoint(root) if resume == "auto" else ckpt.resolve_checkpoint(resume)
+        def load(path):
+            check_resume(path, self.stage)       # a changed LR, batch, model... cannot apply: refused
+            return ckpt.load_checkpoint(path, model=self.raw_model, optimizer=self.optimizer, scheduler=self.scheduler,
+                                        ema=self.ema, map_location=self.accelerator.device, verify=resume != "auto")
+
+        if resume == "auto":                     # the newest usable one; all unusable: an error, not step 0
+            path, state = resumable_checkpoint(root, load)
+        else:
+            path = ckpt.resolve_checkpoint(resume)
+            state = load(path)
         if path is None:
             if self.accelerator.is_main_process:   # a fresh start: drop metrics of an earlier run that never checkpointed
                 if self.metrics.read():
@@ -214,9 +234,6 @@ class Trainer:
                           f"{self.stage.stage_dir} left no valid checkpoint)", flush=True)
                 self.metrics.truncate_after(0)
             return None
-        state = ckpt.load_checkpoint(path, model=self.raw_model, optimizer=self.optimizer,
-                                     scheduler=self.scheduler, ema=self.ema, map_location=self.accelerator.device,
-                                     verify=resume != "auto")   # "auto" verified it while choosing it
         ckpt.restore_rng(state.rng)
         self.step_count = self._checkpointed_step = state.step
         self.loader.load_state_dict(state.loader)
@@ -346,7 +363,14 @@ class Trainer:
         try:
             with StopOnInterrupt(self._stop) as interrupt:
                 while self.step_count < target and not self._stop.is_set():
-                    metrics = self.step()
+                    try:
+                        metrics = self.step()
+                    except torch.OutOfMemoryError:
+                        raise WorkbenchError(
+                            f"out of GPU memory in a step of {stage.micro_batch} samples ({stage.model}, "
+                            f"{stage.resolution} px, mask {stage.mask_ratio}): lower micro_batch (--set micro_batch="
+                            f"{max(1, stage.micro_batch // 2)}; accumulation keeps global_batch {stage.global_batch}), "
+                            f"or use mixed_precision bf16") from None
                     bar.update(1)
                     bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{metrics['img_per_s']:.1f}")
                     self._after_step(metrics)
@@ -457,6 +481,12 @@ class Trainer:
         self._stop.set()
         if wait and self._thread is not None and self._thread is not threading.current_thread():  # (a callback)
             self._thread.join(timeout)
+
+    def close(self) -> None:
+        """Release the stage folder's lock, so that another process may train it (the process's exit does too)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     @property
     def running(self) -> bool:

@@ -35,7 +35,7 @@ current model's, naming every differing field. Example::
 
 from .files import (CONFIG_FILE, EMA_FILE, FORMAT, MANIFEST, MODEL_FILE, OPTIMIZER_FILE, REQUIRED_FILES, SCHEDULER_FILE,
                     STATE_FILE, CheckpointError, apply_retention, is_final, latest_valid_checkpoint, list_checkpoints,
-                    read_config, read_manifest, resolve_checkpoint, verify_checkpoint)
+                    read_config, read_manifest, remove_stale_temps, resolve_checkpoint, verify_checkpoint)
 from .load import (check_model_config, has_ema, load_checkpoint, load_model, load_model_weights, load_optimizer_state,
                    model_config, unwrap_model)
 from .save import save_checkpoint
@@ -45,4 +45,4 @@ __all__ = ["CONFIG_FILE", "CheckpointError", "EMA_FILE", "FORMAT", "MANIFEST", "
            "REQUIRED_FILES", "SCHEDULER_FILE", "STATE_FILE", "TrainingState", "apply_retention", "capture_rng",
            "check_model_config", "has_ema", "is_final", "latest_valid_checkpoint", "list_checkpoints", "load_checkpoint",
            "load_model", "load_model_weights", "load_optimizer_state", "model_config", "read_config", "read_manifest",
-           "resolve_checkpoint", "restore_rng", "save_checkpoint", "unwrap_model", "verify_checkpoint"]
+           "remove_stale_temps", "resolve_checkpoint", "restore_rng", "save_checkpoint", "unwrap_model", "verify_checkpoint"]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.config import RETIRED_MODEL_FIELDS
+from workbench.errors import WorkbenchError
 
 FORMAT = 1                                       # manifest format version
 MANIFEST = "manifest.json"
@@ -32,7 +33,7 @@ _IN_FLIGHT_LOCK = threading.Lock()
 
 
 
-class CheckpointError(ValueError):
+class CheckpointError(WorkbenchError, ValueError):
     """A checkpoint is partial, corrupt, or lacks a part the caller asked to load."""
 
 
@@ -191,7 +192,7 @@ def apply_retention(root: str | Path, keep_last: int | None, log: Callable[[str]
     if keep_last is not None and (not isinstance(keep_last, int) or keep_last < 1):
         raise ValueError(f"keep_last: expected an integer >= 1 or None (keep all), got {keep_last!r}")
     root = Path(root)
-    deleted = _remove_stale_temps(root)
+    deleted = remove_stale_temps(root)
     if keep_last is None:
         return deleted
     checkpoints = list_checkpoints(root)
@@ -206,8 +207,9 @@ def apply_retention(root: str | Path, keep_last: int | None, log: Callable[[str]
     return deleted
 
 
-def _remove_stale_temps(root: Path) -> list[Path]:
+def remove_stale_temps(root: str | Path) -> list[Path]:
     """Remove ``.tmp-*`` folders whose writer is gone (dead pid, or this pid but not in flight)."""
+    root = Path(root)
     if not root.is_dir():
         return []
     removed = []

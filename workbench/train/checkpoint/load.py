@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -16,6 +17,15 @@ from workbench.config import config_diff, format_diff, to_dict
 from .files import (CONFIG_FILE, EMA_FILE, MODEL_FILE, OPTIMIZER_FILE, SCHEDULER_FILE, STATE_FILE, CheckpointError,
                     read_config, read_manifest, resolve_checkpoint, verify_checkpoint)
 from .state import TrainingState
+
+
+def safe_torch_load(file: Path, map_location="cpu"):
+    """``torch.load(weights_only=True)``; a file holding other objects is refused with ``CheckpointError``."""
+    try:
+        return torch.load(file, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"refused to unpickle {file}: it holds objects other than tensors (possibly "
+                              f"malicious); it was not loaded") from None
 
 
 def load_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer=None, scheduler=None, ema=None,
@@ -45,8 +55,7 @@ def load_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer=None,
     device = str(map_location)
     weights = load_file(str(path / MODEL_FILE), device=device)
     ema_weights = load_file(str(path / EMA_FILE), device=device) if ema is not None else None
-    loaded = {name: torch.load(path / name, map_location="cpu" if name == STATE_FILE else map_location,
-                               weights_only=True)      # RNG states must stay CPU byte tensors
+    loaded = {name: safe_torch_load(path / name, "cpu" if name == STATE_FILE else map_location)  # RNG stays on CPU
               for name in (STATE_FILE, OPTIMIZER_FILE, SCHEDULER_FILE) if name in needed}
     training_state = TrainingState.from_dict(loaded[STATE_FILE])
     model.load_state_dict(weights)
@@ -86,7 +95,7 @@ def load_optimizer_state(path: str | Path, optimizer: torch.optim.Optimizer, *,
     """
     path = resolve_checkpoint(path)
     _check_files(path, [OPTIMIZER_FILE], verify)
-    saved = torch.load(path / OPTIMIZER_FILE, map_location=map_location, weights_only=True)
+    saved = safe_torch_load(path / OPTIMIZER_FILE, map_location)
     ours = optimizer.state_dict()
     names = lambda sd: [g.get("name") for g in sd["param_groups"]]  # noqa: E731
     if names(saved) != names(ours):

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from workbench.config import to_dict
+from workbench.errors import free_bytes, no_space, write_failure
 
 from .files import (CONFIG_FILE, EMA_FILE, FORMAT, MANIFEST, MODEL_FILE, OPTIMIZER_FILE, SCHEDULER_FILE, STATE_FILE,
                     _fsync_dir, _in_flight, _sha256, _write_file)
@@ -59,20 +60,43 @@ def save_checkpoint(root: str | Path, step: int, *, model: torch.nn.Module, opti
     for name, obj in parts.items():
         _check_weights_only_loadable(obj, name)
 
-    root.mkdir(parents=True, exist_ok=True)
+    what = f"checkpoint step_{step:07d}"
+    needed = _tensor_bytes([model.state_dict(), _ema_state_dict(ema) if ema is not None else None, parts])
+    free = free_bytes(root)
+    if free is not None and free < needed * 1.05 + (1 << 20):       # before writing anything
+        raise no_space(what, root, needed)
     tmp = root / f".tmp-step_{step:07d}-{os.getpid()}-{secrets.token_hex(4)}"
-    with _in_flight(tmp):
-        tmp.mkdir()
-        metadata = {"format": "pt", "step": str(step), "model_config": json.dumps(arch)}
-        _write_safetensors(tmp / MODEL_FILE, model.state_dict(), metadata)
-        if ema is not None:
-            _write_safetensors(tmp / EMA_FILE, _ema_state_dict(ema), metadata)
-        for name, obj in parts.items():
-            _write_file(tmp / name, lambda f, obj=obj: torch.save(obj, f))
-        _write_file(tmp / CONFIG_FILE, lambda f: f.write(config_text.encode()))
-        _write_manifest(tmp, step, final)
-        _fsync_dir(tmp)
-        return _publish(tmp, root / f"step_{step:07d}")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with _in_flight(tmp):
+            tmp.mkdir()
+            metadata = {"format": "pt", "step": str(step), "model_config": json.dumps(arch)}
+            _write_safetensors(tmp / MODEL_FILE, model.state_dict(), metadata)
+            if ema is not None:
+                _write_safetensors(tmp / EMA_FILE, _ema_state_dict(ema), metadata)
+            for name, obj in parts.items():
+                _write_file(tmp / name, lambda f, obj=obj: torch.save(obj, f))
+            _write_file(tmp / CONFIG_FILE, lambda f: f.write(config_text.encode()))
+            _write_manifest(tmp, step, final)
+            _fsync_dir(tmp)
+            return _publish(tmp, root / f"step_{step:07d}")
+    except BaseException as err:         # nothing half-written stays behind; earlier checkpoints are untouched
+        shutil.rmtree(tmp, ignore_errors=True)
+        friendly = write_failure(err, what, root, needed)
+        if friendly is None:
+            raise
+        raise friendly from None
+
+
+def _tensor_bytes(obj) -> int:
+    """Bytes of every tensor in nested dicts / lists: what a checkpoint of ``obj`` will take on disk, roughly."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, Mapping):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def _write_manifest(folder: Path, step: int, final: bool) -> None:
