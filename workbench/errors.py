@@ -54,10 +54,11 @@ def _mb(n: int | None) -> str:
     return "?" if n is None else f"{n / 1e6:,.0f} MB"
 
 
-def no_space(what: str, folder: str | os.PathLike, needed_bytes: int | None) -> WorkbenchError:
-    """The one-line error for a full disk."""
+def no_space(what: str, folder: str | os.PathLike, needed_bytes: int | None, free: int | None = None) -> WorkbenchError:
+    """The one-line error for a full disk (``free`` measured now when not given)."""
+    free = free_bytes(folder) if free is None else free
     return WorkbenchError(f"no space left on the device writing {what} in {folder} (needs ~{_mb(needed_bytes)}, "
-                          f"{_mb(free_bytes(folder))} free); free some space (or keep fewer checkpoints: keep_last) "
+                          f"{_mb(free)} free); free some space (or keep fewer checkpoints: keep_last) "
                           f"and run again: it resumes from the last complete checkpoint")
 
 

@@ -64,7 +64,7 @@ def save_checkpoint(root: str | Path, step: int, *, model: torch.nn.Module, opti
     needed = _tensor_bytes([model.state_dict(), _ema_state_dict(ema) if ema is not None else None, parts])
     free = free_bytes(root)
     if free is not None and free < needed * 1.05 + (1 << 20):       # before writing anything
-        raise no_space(what, root, needed)
+        raise no_space(what, root, needed, free)
     tmp = root / f".tmp-step_{step:07d}-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         root.mkdir(parents=True, exist_ok=True)
