@@ -218,7 +218,7 @@ def test_a_failing_stage_stops_the_pipeline_and_a_rerun_resumes_without_redoing_
     report = (run / "report.html").read_text()
     assert "<script src=" not in report and "Plotly.newPlot" in report          # plotly.js inline, no CDN
     assert report.count('alt="samples of stage') == 3
-    assert "final_loss" in report and "gpu_hours" in report and "&#36;1,890" in report
+    assert "final_loss" in report and "H100-h" in report and "&#36;1,890" in report
     assert "single-object shape accuracy" in report and "not comparable with published FID" in report
     for name in ("01_prepare", "02_stage1", "02_stage2", "02_stage3", "03_evaluate"):
         assert f'href="notebooks/{name}.ipynb"' in report

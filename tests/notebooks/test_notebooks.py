@@ -218,7 +218,7 @@ def test_03_sample_and_evaluate_compares_the_stages_of_a_run(workspace, trained)
     assert saved["compositional"]["overall"] == scores["overall"]
     assert "application/vnd.plotly.v1+json" in mimetypes(nb)                  # loss curves
     page = html_outputs(nb)
-    assert "data:image/png;base64," in page and "final_loss" in page and "gpu_hours" in page
+    assert "data:image/png;base64," in page and "final_loss" in page and "H100-h" in page
     assert "single-object shape accuracy" in page and "FID-proxy" in page      # the score table
     assert "saw:" in page                                                      # the worst failures
 

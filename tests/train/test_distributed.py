@@ -71,8 +71,9 @@ def test_sigkill_then_resume_repeats_the_uninterrupted_run_bit_for_bit(make_stag
     assert 0 < resume_step <= killed_at and not ckpt.is_final(newest)
 
     resumed = run_worker(worker_command(stage, tmp_path / "out"))  # the very same command
-    start_line = json.loads(resumed.stdout.splitlines()[0])
+    [start_line] = [json.loads(line) for line in resumed.stdout.splitlines() if line.startswith("{")]
     assert start_line["start_step"] == resume_step and start_line["resumed_from"].endswith(newest.name)
+    assert f"t/s1: resuming at step {resume_step} of {stage.steps} from {newest}" in resumed.stdout
 
     # every loss (metrics.jsonl is truncated to the checkpoint and rewritten) and every step's weights
     assert losses(stage) == losses(reference)
