@@ -13,12 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from tests.data.conftest import EXPECTED, MIN_SIDE
 from tests.data.prepare_worker import KWARGS as WORKER_KWARGS
 from tests.data.prepare_worker import run as worker_run
 from tests.data.tiny_models import tiny_clip_dir, tiny_vae_dir  # noqa: F401  (fixtures)
 from workbench.data.codecs import PixelCodec, open_codec
+from workbench.errors import WorkbenchError
 from workbench.cli import build_parser
 from workbench.cli import main as cli_main
 from workbench.data.prepare import _Preparer, prepare
@@ -197,12 +199,48 @@ def test_a_sample_whose_latents_overflow_fp16_is_skipped_not_fatal(tmp_path, cli
     assert report.skipped_keys["non_finite"] == [{"key": "red", "detail": "latents_8 not finite in fp16"}]
 
 
-def test_a_source_without_good_samples_gives_an_empty_dataset(tmp_path, clip, monkeypatch):
-    recs = [SourceRecord("x", None, None, "zero_byte", "x.png: file is empty (0 bytes)")]
+def test_a_source_without_good_samples_is_an_error_naming_the_top_reasons(tmp_path, clip, monkeypatch, capsys):
+    recs = [SourceRecord("x", None, None, "zero_byte", "file is empty (0 bytes)", file="x.png"),
+            SourceRecord("y", None, None, "not_an_image", "cannot identify image file", file="sub/y.jpg"),
+            SourceRecord("z", None, None, "not_an_image", "cannot identify image file", file="z.jpg")]
     monkeypatch.setattr("workbench.data.sources.open_source", lambda *a, **k: _ListSource(recs))
-    report = prepare("shapes", tmp_path / "p", text_encoder=clip, resolutions=(8,), progress=False)
-    assert (report.seen, report.written, report.skipped) == (1, 0, {"zero_byte": 1})
-    assert len(load_prepared(tmp_path / "p")) == 0 and PreparedInfo.read(tmp_path / "p").num_rows == 0
+    with pytest.raises(WorkbenchError) as caught:
+        prepare("shapes", tmp_path / "p", text_encoder=clip, resolutions=(8,), progress=False)
+    message = str(caught.value)
+    assert message.startswith("0 of 3 images usable in ")
+    assert "not_an_image 2 (e.g. sub/y.jpg: cannot identify image file); zero_byte 1 (e.g. x.png:" in message
+    assert not (tmp_path / "p" / INFO_FILE).exists()                    # not a dataset anyone can train on
+    assert json.loads((tmp_path / "p" / REPORT_FILE).read_text())["counts"]["written"] == 0
+
+    # the CLI, even with --no-progress, fails with that one line
+    capsys.readouterr()
+    assert cli_main(["prepare", "--source", "shapes", "--out", str(tmp_path / "q"), "--no-progress",
+                     "--resolutions", "8", "--text-encoder", str(clip.path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 0 of 3 images usable") and err.count("\n") == 1
+
+
+def test_random_bytes_named_jpg_without_a_caption_are_not_an_image_and_named_by_file(tmp_path, clip):
+    folder = tmp_path / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "cut.jpg").write_bytes(os.urandom(500))           # no caption either
+    Image.new("RGB", (32, 32), (200, 0, 0)).save(folder / "red.png")
+    (folder / "red.txt").write_text("a red square")
+    prepare(folder, tmp_path / "p", text_encoder=clip, resolutions=(16,), progress=False)
+    skipped = json.loads((tmp_path / "p" / REPORT_FILE).read_text())["skipped"]
+    assert skipped == {"not_an_image": [{"key": "sub/cut", "detail": skipped["not_an_image"][0]["detail"],
+                                         "file": "sub/cut.jpg"}]}
+
+
+def test_captions_longer_than_the_encoder_are_counted_once(tmp_path, clip, monkeypatch, capsys):
+    long = " ".join(["red"] * (clip.max_length + 5))
+    recs = [SourceRecord(f"k{i}", Image.new("RGB", (16, 16)), long if i < 2 else "red", None) for i in range(4)]
+    monkeypatch.setattr("workbench.data.sources.open_source", lambda *a, **k: _ListSource(recs))
+    prepare("shapes", tmp_path / "p", text_encoder=clip, resolutions=(8,), progress=False)
+    assert json.loads((tmp_path / "p" / REPORT_FILE).read_text())["captions_truncated"] == 1   # one distinct caption
+    lines = [line for line in capsys.readouterr().out.splitlines() if "longer than" in line]
+    assert lines == [f"1 distinct caption(s) were longer than the text encoder's {clip.max_length} tokens and were "
+                     f"cut there (report.json: captions_truncated)"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from ..errors import WorkbenchError
 from ..io import atomic_write_json, fingerprint
 from .prepared import (FORMAT_VERSION, INFO_FILE, REPORT_FILE, SETTINGS_FILE, SHARDS_DIR, PrepareReport, PreparedInfo,
                        _quiet_datasets, _read_json, from_arrow, parse_resolutions, to_arrow)
@@ -95,8 +96,11 @@ class _Skips:
     def __init__(self, items: Mapping[str, list] | None = None):
         self.items: dict[str, list[dict]] = {k: list(v) for k, v in (items or {}).items()}
 
-    def add(self, reason: str, key: str, detail: str | None) -> None:
-        self.items.setdefault(reason, []).append({"key": key, "detail": detail})
+    def add(self, reason: str, key: str, detail: str | None, file: str | None = None) -> None:
+        entry = {"key": key, "detail": detail}
+        if file:                                      # the file itself, relative to the source: "cut.png"
+            entry["file"] = file
+        self.items.setdefault(reason, []).append(entry)
 
     def merge(self, other: Mapping[str, list]) -> None:
         for reason, entries in other.items():
@@ -157,7 +161,7 @@ class _Preparer:
 
     # -- encoding --------------------------------------------------------------------------------
 
-    def _encode_fn(self, generator, cache: dict, dropped: list):
+    def _encode_fn(self, generator, cache: dict, dropped: list, truncated: list):
         """The batched ``Dataset.map`` function: an Arrow batch of pixels -> an Arrow batch of latents."""
         import pyarrow as pa
 
@@ -175,6 +179,8 @@ class _Preparer:
             captions = batch.column("caption").to_pylist()
             new = [c for c in dict.fromkeys(captions) if c not in cache]                  # dedupe
             if new:
+                if hasattr(self.encoder, "count_truncated"):
+                    truncated[0] += self.encoder.count_truncated(new)
                 states, masks = self.encoder.encode(new)                                  # (u, L, D), (u, L)
                 with np.errstate(over="ignore"):
                     states16 = states.numpy().astype(np.float16)                          # (u, L, D)
@@ -219,7 +225,7 @@ class _Preparer:
         final = self.shards / f"shard_{start:010d}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        written = 0
+        written, truncated = 0, [0]
         if rows:
             table = {f"pixels_{r}": to_arrow(np.stack([row[2][r] for row in rows])) for r in self.resolutions}
             table["caption"] = pa.array([row[1] for row in rows], pa.string())
@@ -228,7 +234,7 @@ class _Preparer:
             generator = torch.Generator().manual_seed(_shard_seed(self.seed, start))
             dropped: list = []
             with _quiet_datasets():
-                encoded = ds.map(self._encode_fn(generator, {}, dropped), batched=True, batch_size=self.batch_size,
+                encoded = ds.map(self._encode_fn(generator, {}, dropped, truncated), batched=True, batch_size=self.batch_size,
                                  remove_columns=ds.column_names, keep_in_memory=True, load_from_cache_file=False,
                                  new_fingerprint=f"workbench-prepare-{self.settings['fingerprint']}-{start}")
                 for key, detail in dropped:
@@ -237,7 +243,8 @@ class _Preparer:
                 if written:
                     encoded.with_format(None).save_to_disk(str(tmp))
         meta = {"fingerprint": self.settings["fingerprint"], "start": start, "end": end, "seen": end - start,
-                "written": written, "skipped": skips.items, "elapsed_s": round(time.perf_counter() - t0, 4)}
+                "written": written, "skipped": skips.items, "captions_truncated": truncated[0],
+                "elapsed_s": round(time.perf_counter() - t0, 4)}
         atomic_write_json(tmp / SHARD_META, meta)
         os.replace(tmp, final)                                       # the shard is complete now
         return meta
@@ -263,7 +270,7 @@ class _Preparer:
             index += 1
             bar.update(1)
             if not rec.ok:
-                skips.add(rec.skip_reason, rec.key, rec.detail)
+                skips.add(rec.skip_reason, rec.key, rec.detail, rec.file)
             elif rec.key in keys:
                 skips.add("duplicate_key", rec.key, "key already written earlier in this prepared dataset")
             else:
@@ -303,6 +310,7 @@ class _Preparer:
         for m in metas:
             skips.merge(m["skipped"])
         seen, written = sum(m["seen"] for m in metas), sum(m["written"] for m in metas)
+        truncated = sum(m.get("captions_truncated", 0) for m in metas)
         elapsed = elapsed_loop + (time.perf_counter() - t0)
         report = {
             "complete": True,
@@ -311,6 +319,7 @@ class _Preparer:
             "counts": {"seen": seen, "written": written, "skipped": seen - written,
                        "skipped_by_reason": skips.counts()},
             "skipped": skips.items,
+            "captions_truncated": truncated,
             "resolutions": list(self.resolutions),
             "latent_shapes": {str(r): list(s) for r, s in self.latent_shapes.items()},
             "caption_shape": [self.L, self.D],
@@ -328,6 +337,16 @@ class _Preparer:
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         atomic_write_json(self.out / REPORT_FILE, report)
+        if truncated:
+            print(f"{truncated} distinct caption(s) were longer than the text encoder's {self.L} tokens and were "
+                  f"cut there (report.json: captions_truncated)", flush=True)
+        if written == 0:                  # no dataset to train on: an error, not an empty success
+            top = sorted(skips.items.items(), key=lambda kv: -len(kv[1]))[:3]
+            reasons = "; ".join(f"{reason} {len(items)} (e.g. {items[0].get('file') or items[0]['key']}: "
+                                f"{items[0]['detail']})"
+                                for reason, items in top) or "none recorded"
+            raise WorkbenchError(f"0 of {seen} images usable in {self.settings['source'].get('path', 'the source')}: "
+                                 f"{reasons}; every skip is listed in {self.out / REPORT_FILE}")
         info = PreparedInfo(
             path=str(self.out), num_rows=written, resolutions=self.resolutions, latent_shapes=self.latent_shapes,
             channels=self.codec.channels, caption_length=self.L, caption_dim=self.D, codec=self.settings["codec"],

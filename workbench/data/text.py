@@ -208,6 +208,11 @@ class TextEncoder:
             return torch.empty(0, L, self.dim), torch.empty(0, L, dtype=torch.bool)
         return torch.cat(states), torch.cat(masks)  # (B, L, D), (B, L)
 
+    def count_truncated(self, captions: list[str]) -> int:
+        """How many of ``captions`` are longer than ``max_length`` tokens (``encode`` cuts them there)."""
+        lengths = self.tokenizer(list(captions), truncation=False)["input_ids"]
+        return sum(len(ids) > self.max_length for ids in lengths)
+
     def config_hash(self) -> str:
         """Short sha256 over config.json and the tokenizer files (weights are not hashed)."""
         folders = dict.fromkeys((self.path, self.tokenizer_path))   # one pass when they coincide

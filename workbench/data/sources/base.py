@@ -51,6 +51,7 @@ class SourceRecord:
     skip_reason: str | None
     detail: str | None = None
     meta: Mapping[str, Any] | None = field(default=None, compare=False)
+    file: str | None = field(default=None, compare=False)   # the file, relative to the source (reports name it)
 
     @property
     def ok(self) -> bool:
@@ -58,8 +59,8 @@ class SourceRecord:
         return self.skip_reason is None
 
 
-def _skip(key: str, reason: str, detail: str | None = None) -> SourceRecord:
-    return SourceRecord(key, None, None, reason, detail)
+def _skip(key: str, reason: str, detail: str | None = None, file: str | None = None) -> SourceRecord:
+    return SourceRecord(key, None, None, reason, detail, file=file)
 
 
 class Source(ABC):
@@ -180,18 +181,21 @@ def _pick_field(row: Mapping[str, Any], caption_column: str | None) -> Any:
     return next((row[f] for f in CAPTION_FIELDS if f in row), None)
 
 
-def _image_record(key: str, caption: Caption, read: Callable[[], bytes], min_side: int) -> SourceRecord:
-    """Validate caption then image; ``read`` returns the encoded image bytes."""
-    text, reason, detail = caption
-    if reason:
-        return _skip(key, reason, detail)
+def _image_record(key: str, caption: Caption, read: Callable[[], bytes], min_side: int,
+                  name: str | None = None) -> SourceRecord:
+    """Decode the image, then check the caption (random bytes named .jpg are ``not_an_image``, whatever the
+    caption); ``read`` returns the encoded image bytes. ``name`` is the file's path relative to the
+    source, which a skip carries as ``file`` for the report."""
     try:
         data = read()
     except OSError as err:
-        return _skip(key, "read_error", f"{type(err).__name__}: {err}")
+        return _skip(key, "read_error", f"{type(err).__name__}: {err}", name)
     decoded = decode_image(data, min_side=min_side)
     if decoded.image is None:
-        return _skip(key, decoded.reason, decoded.detail)
+        return _skip(key, decoded.reason, decoded.detail, name)
+    text, reason, detail = caption
+    if reason:
+        return _skip(key, reason, detail, name)
     return SourceRecord(key, decoded.image, text, None)
 
 

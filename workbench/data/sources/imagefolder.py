@@ -96,7 +96,8 @@ class ImageFolderSource(Source):
         for rel, path in images:
             key = _strip_ext(rel)
             if key in first:
-                entries.append(_Entry(key, reason="duplicate_key", detail=f"{rel} has the same key as {first[key]}"))
+                entries.append(_Entry(key, path, reason="duplicate_key",
+                                      detail=f"{rel} has the same key as {first[key]}"))
                 continue
             first[key] = rel
             entries.append(_Entry(key, path, captions.get(rel)))
@@ -144,9 +145,11 @@ class ImageFolderSource(Source):
     def _iter_records(self, start: int) -> Iterator[SourceRecord]:
         for entry in self._entries[start:self.size_hint]:
             if entry.reason:
-                yield _skip(entry.key, entry.reason, entry.detail)
+                yield _skip(entry.key, entry.reason, entry.detail,
+                            entry.path.relative_to(self.root).as_posix() if entry.path else None)
             else:
-                yield _image_record(entry.key, self._caption(entry), entry.path.read_bytes, self.min_side)
+                yield _image_record(entry.key, self._caption(entry), entry.path.read_bytes, self.min_side,
+                                    name=entry.path.relative_to(self.root).as_posix())
 
     def describe(self) -> dict:
         return {"kind": self.kind, "version": SOURCES_VERSION, "path": str(self.root),

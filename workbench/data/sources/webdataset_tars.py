@@ -123,7 +123,7 @@ class WebDatasetSource(Source):
         if image_ext is None:
             return _skip(key, "missing_image", f"sample {key!r} in {shard.name} has {sorted(files)}, no image")
         return _image_record(key, self._caption(files, f"{key} in {shard.name}"),
-                             lambda: files[image_ext], self.min_side)
+                             lambda: files[image_ext], self.min_side, name=f"{shard.name}:{key}.{image_ext}")
 
     def _caption(self, files: dict, where: str) -> Caption:
         if "txt" in files:
