@@ -102,14 +102,18 @@ def cmd_bench(args) -> int:
     if args.what == "model":
         from .bench.model import bench_model
 
-        report = bench_model(presets=args.presets, batch=args.batch, latent_size=args.latent_size,
+        report = bench_model(presets=args.presets or ("nano", "micro"), batch=args.batch, latent_size=args.latent_size,
                              repeats=args.repeats, bf16=args.bf16, compile=args.compile)
     elif args.what == "train":
         from .bench.train import bench_train
 
-        report = bench_train(presets=args.presets, batch=args.batch, resolution=args.resolution,
-                             steps=args.steps, mixed_precision="bf16" if args.bf16 else "no", compile=args.compile,
+        report = bench_train(presets=args.presets or ("nano", "micro"), batch=args.batch, resolution=args.resolution,
+                             steps=args.steps or 6, mixed_precision="bf16" if args.bf16 else "no", compile=args.compile,
                              data=args.data)
+    elif args.what == "memory":
+        from .bench.memory import bench_memory
+
+        report = bench_memory(preset=(args.presets or ("micro",))[0], steps=args.steps or 1000, batch=args.batch)
     else:
         from .bench.data import bench_data
 
@@ -251,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(fn=cmd_info)
 
     bench = sub.add_parser("bench", help="performance benchmarks (JSON)")
-    bench.add_argument("what", choices=["model", "data", "train"])
+    bench.add_argument("what", choices=["model", "data", "train", "memory"])
     bench.add_argument("--json", metavar="PATH", default=None, help="also write the report here")
     bench.add_argument("--batch", type=int, default=16)
     bench.add_argument("--resolution", type=int, default=32, help="image side in pixels (data, train)")
@@ -259,9 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=5)
     bench.add_argument("--bf16", action="store_true", help="bf16 autocast (model, train)")
     bench.add_argument("--compile", action="store_true", help="torch.compile the model (model, train)")
-    bench.add_argument("--presets", type=lambda s: tuple(s.split(",")), default=("nano", "micro"), metavar="A,B",
-                       help="MicroDiT presets (model, train; default nano,micro), e.g. xl_2 on a GPU")
-    bench.add_argument("--steps", type=int, default=6, help="timed steps per round (train)")
+    bench.add_argument("--presets", type=lambda s: tuple(s.split(",")), default=None, metavar="A,B",
+                       help="MicroDiT presets (model, train: default nano,micro, e.g. xl_2 on a GPU; memory: the "
+                            "first, default micro)")
+    bench.add_argument("--steps", type=int, default=None, help="timed steps per round (train, default 6); "
+                                                               "training steps (memory, default 1000)")
     bench.add_argument("--data", default=None, help="a prepared dataset to train on (train; default: a temporary "
                        "shapes set)")
     bench.add_argument("--n", type=int, default=512, help="images to prepare (data)")

@@ -83,7 +83,11 @@ def load_yaml(cls: type[T], path: str | Path, **overrides: Any) -> T:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{cls.__name__} config file not found: {path}")
-    values = parse_yaml(path.read_text()) or {}
+    try:
+        values = parse_yaml(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        problem = " ".join(str(err).split())
+        raise ValueError(f"{path} is not valid YAML ({problem}); fix the file, or start from configs/demo") from None
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a YAML mapping of {cls.__name__} fields, got {type(values).__name__}")
     check_known_keys(cls, values, what=f"{cls.__name__} config {path}")

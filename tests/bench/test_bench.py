@@ -39,3 +39,16 @@ def test_bench_cli_presets_and_json(tmp_path, capsys, one_thread):  # noqa: F811
     report = json.loads(out.read_text())
     assert {r["preset"] for r in report["results"]} == {"nano"} and report["batch"] == 2
     assert '"benchmark": "model"' in capsys.readouterr().out             # the report is printed too
+
+
+def test_bench_memory_reports_rss_growth_after_warmup_within_its_bound(one_thread):  # noqa: F811
+    """The quick variant of docs/benchmarks.md's 1,000-step run: nano, 60 steps with checkpoints and grids."""
+    from workbench.bench.memory import bench_memory
+
+    report = bench_memory(preset="nano", steps=60, warmup=20, every=5, batch=4, checkpoint_every=20,
+                          sample_every=20, bound_mb=64, progress=lambda _: None)
+    steps = [step for step, _ in report["samples"]]
+    assert steps[0] == 1 and steps[-1] == 60 and all(rss > 50 for _, rss in report["samples"])
+    assert report["rss_mb_after_warmup"] == dict(report["samples"])[20]
+    assert report["growth_mb"] == pytest.approx(report["rss_mb_final"] - report["rss_mb_after_warmup"], abs=0.11)
+    assert report["within_bound"], report["samples"]

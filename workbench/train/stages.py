@@ -9,6 +9,7 @@ unmasked); each stage starts from the previous one's final checkpoint (``init_fr
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,11 @@ DEFAULT_PROMPTS = ("a red circle", "a blue square", "a green triangle", "a yello
 SCHEDULES = ("cosine", "constant")
 PRECISIONS = ("no", "bf16", "fp16")
 INIT_MODES = ("weights", "full")
+
+
+# the Python types each annotation accepts (an int is a fine float; a bool is never a number)
+_FIELD_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "list": (list, tuple),
+                "dict": (dict,), "str | None": (str, type(None)), "tuple[float, float]": (list, tuple)}
 
 
 @dataclass
@@ -81,6 +87,12 @@ class Stage:
 
     def __post_init__(self) -> None:
         own = "Stage"
+        for f in dataclasses.fields(self):             # types first, so the range checks below cannot TypeError
+            value, allowed = getattr(self, f.name), _FIELD_TYPES[str(f.type)]
+            require(isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed), own, f.name,
+                    f"a value of type {f.type}", value)
+        require(all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in self.betas), own, "betas",
+                "two numbers", self.betas)
         self.betas = tuple(float(b) for b in self.betas)
         self.sample_prompts = [str(p) for p in self.sample_prompts]
         for name in ("steps", "global_batch", "micro_batch", "resolution", "sample_steps"):
