@@ -126,3 +126,37 @@ def test_prepare_train_resume_and_sample_from_the_command_line(tmp_path, capsys)
 def test_eval_without_a_checkpoint_says_which_flag_is_missing(capsys):
     assert main(["eval", "compositional"]) == 2
     assert "--checkpoint" in capsys.readouterr().err
+
+
+def test_actionable_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    missing = tmp_path / "nope.yaml"
+    assert main(["train", "--config", str(missing)]) == 2
+    assert capsys.readouterr().err == f"error: Stage config file not found: {missing}\n"
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps: [1, 2\n")
+    assert main(["train", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bad} is not valid YAML (") and err.count("\n") == 1
+
+    with pytest.raises(FileNotFoundError):                       # --debug: the traceback, for a bug report
+        main(["--debug", "train", "--config", str(missing)])
+    with pytest.raises(FileNotFoundError):
+        main(["train", "--config", str(missing), "--debug"])
+    monkeypatch.setenv("WORKBENCH_DEBUG", "1")
+    with pytest.raises(FileNotFoundError):
+        main(["train", "--config", str(missing)])
+
+
+def test_an_os_error_is_one_line(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from workbench import cli
+
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out.png"))
+    monkeypatch.setattr(cli, "cmd_sample", full)
+    assert main(["sample", "--checkpoint", "x", "--prompt", "a red circle"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: no space left on the device writing output in {tmp_path / 'out.png'}")
+    assert err.count("\n") == 1

@@ -99,3 +99,17 @@ def test_write_failure_finds_the_os_error_in_the_chain_and_ignores_other_errors(
         friendly = write_failure(outer, "a file", "/tmp", needed_bytes=5_000_000)
     assert str(friendly).startswith("no space left on the device writing a file in /tmp (needs ~5 MB,")
     assert write_failure(RuntimeError("a bug"), "a file", "/tmp") is None
+
+
+def test_out_of_memory_in_a_step_names_the_batch_and_the_fix(make_stage, monkeypatch):
+    stage = make_stage(steps=2, global_batch=8, micro_batch=8)
+    trainer = Trainer(stage, progress=False)
+
+    def oom():
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    monkeypatch.setattr(trainer, "step", oom)
+    with pytest.raises(WorkbenchError) as caught:
+        trainer.run()
+    message = str(caught.value)
+    assert "out of GPU memory in a step of 8 samples (nano, 16 px, mask 0.5)" in message
+    assert "--set micro_batch=4; accumulation keeps global_batch 8" in message and not trainer.running
