@@ -97,10 +97,8 @@ class _Skips:
         self.items: dict[str, list[dict]] = {k: list(v) for k, v in (items or {}).items()}
 
     def add(self, reason: str, key: str, detail: str | None, file: str | None = None) -> None:
-        entry = {"key": key, "detail": detail}
-        if file:                                      # the file itself, relative to the source: "cut.png"
-            entry["file"] = file
-        self.items.setdefault(reason, []).append(entry)
+        """One skip; ``file`` is the file itself, relative to the source ("sub/cut.png")."""
+        self.items.setdefault(reason, []).append({"key": key, "detail": detail, **({"file": file} if file else {})})
 
     def merge(self, other: Mapping[str, list]) -> None:
         for reason, entries in other.items():
@@ -179,8 +177,7 @@ class _Preparer:
             captions = batch.column("caption").to_pylist()
             new = [c for c in dict.fromkeys(captions) if c not in cache]                  # dedupe
             if new:
-                if hasattr(self.encoder, "count_truncated"):
-                    truncated[0] += self.encoder.count_truncated(new)
+                truncated[0] += self.encoder.count_truncated(new) if hasattr(self.encoder, "count_truncated") else 0
                 states, masks = self.encoder.encode(new)                                  # (u, L, D), (u, L)
                 with np.errstate(over="ignore"):
                     states16 = states.numpy().astype(np.float16)                          # (u, L, D)
@@ -341,10 +338,9 @@ class _Preparer:
             print(f"{truncated} distinct caption(s) were longer than the text encoder's {self.L} tokens and were "
                   f"cut there (report.json: captions_truncated)", flush=True)
         if written == 0:                  # no dataset to train on: an error, not an empty success
-            top = sorted(skips.items.items(), key=lambda kv: -len(kv[1]))[:3]
             reasons = "; ".join(f"{reason} {len(items)} (e.g. {items[0].get('file') or items[0]['key']}: "
-                                f"{items[0]['detail']})"
-                                for reason, items in top) or "none recorded"
+                                f"{items[0]['detail']})" for reason, items in
+                                sorted(skips.items.items(), key=lambda kv: -len(kv[1]))[:3]) or "none recorded"
             raise WorkbenchError(f"0 of {seen} images usable in {self.settings['source'].get('path', 'the source')}: "
                                  f"{reasons}; every skip is listed in {self.out / REPORT_FILE}")
         info = PreparedInfo(
