@@ -27,6 +27,8 @@ _EXPORTS = {
     "load_for_sampling": "workbench.train.sampling",
     "Detector": "workbench.eval.detector",
     "describe_detections": "workbench.eval.compositional",
+    "MicroDiTPipeline": "workbench.interop",
+    "MicroDiTHeunScheduler": "workbench.interop",
     "MaskExplorer": "workbench.widgets",
     "SamplerPanel": "workbench.widgets",
     "TrainingDashboard": "workbench.widgets",

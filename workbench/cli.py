@@ -10,7 +10,8 @@
     workbench eval detector --json detector.json  the detector's accuracy on ground truth, clean and degraded
     workbench train-detector                      retrain the shipped detector / FID-proxy feature weights
     workbench train-codec --out DIR               train a latent codec (AutoencoderKL) on the shapes data
-    workbench bench model|data|train [--json PATH]     speed benchmarks (JSON)
+    workbench bench model|data|train|memory [--json PATH]   speed and memory benchmarks (JSON)
+    workbench export runs/demo/stage4 --out exports/demo   a diffusers pipeline folder (MicroDiTPipeline)
     workbench kernel install                     the Jupyter kernel for this venv
     workbench tour                               a 1-minute model tour (make demo runs `workbench pipeline`)
 """
@@ -223,6 +224,14 @@ def cmd_train_codec(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .interop import export_pipeline
+
+    out = export_pipeline(args.checkpoint, args.out, use_ema=not args.raw)
+    print(f"wrote a diffusers pipeline to {out}; load it with MicroDiTPipeline.from_pretrained({str(out)!r})")
+    return 0
+
+
 def cmd_kernel(args) -> int:
     from .kernel import install_kernel
 
@@ -280,6 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", default="auto", help="auto (default), never, or a checkpoint path")
     train.add_argument("--fresh", action="store_true", help="delete this stage's earlier run and start over")
     train.set_defaults(fn=cmd_train)
+
+    export = sub.add_parser("export", help="write a checkpoint or stage folder as a diffusers pipeline folder")
+    export.add_argument("checkpoint", help="a checkpoint or stage folder, or 'reference'")
+    export.add_argument("--out", required=True, help="the pipeline folder to write")
+    export.add_argument("--raw", action="store_true", help="the raw weights instead of the EMA")
+    export.set_defaults(fn=cmd_export)
 
     from .pipeline import add_pipeline_arguments, run_pipeline_cli
 

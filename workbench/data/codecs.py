@@ -208,6 +208,19 @@ class VAECodec(_Codec):
         self.channels = int(cfg.latent_channels)
         self.downsample = 2 ** (len(cfg.block_out_channels) - 1)
 
+    @classmethod
+    def from_module(cls, vae, sample_posterior: bool = False, batch_size: int = 32) -> "VAECodec":
+        """A codec over an already loaded ``AutoencoderKL`` (e.g. a diffusers pipeline's ``vae``)."""
+        self = cls.__new__(cls)
+        self.path, self.sample_posterior, self.batch_size = None, bool(sample_posterior), int(batch_size)
+        param = next(vae.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self.vae = vae.eval().requires_grad_(False)
+        cfg = vae.config
+        self.scaling_factor, self.shift_factor = float(cfg.scaling_factor), float(cfg.shift_factor or 0.0)
+        self.channels, self.downsample = int(cfg.latent_channels), 2 ** (len(cfg.block_out_channels) - 1)
+        return self
+
     def _autocast(self):
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)

@@ -175,6 +175,23 @@ class TextEncoder:
                 f"{str(self.path)!r}; use max_length <= {positions}"
             )
 
+    @classmethod
+    def from_modules(cls, model, tokenizer, max_length: int = 77, trim_padding: bool = False,
+                     batch_size: int = 64) -> "TextEncoder":
+        """A TextEncoder over an already loaded transformers model and tokenizer (e.g. a diffusers pipeline's
+        ``text_encoder`` and ``tokenizer``): the same ``encode`` as one loaded from a folder."""
+        self = cls.__new__(cls)
+        self.path = self.tokenizer_path = None
+        self.max_length, self.batch_size, self.trim_padding = int(max_length), int(batch_size), bool(trim_padding)
+        self.model, self.tokenizer = model.eval().requires_grad_(False), tokenizer
+        self.device = next(model.parameters()).device
+        self.model_type = getattr(model.config, "model_type", "") or ""
+        self.kind, self.name = self.model_type or "auto", None
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer.padding_side = "right"
+        return self
+
     @property
     def dim(self) -> int:
         """Width D of the token states."""

@@ -95,11 +95,12 @@ def _cat_masks(mask: torch.Tensor | None, null_mask: torch.Tensor | None, batch:
 
 
 def cfg_denoiser(model, caption: torch.Tensor, caption_mask: torch.Tensor | None = None, cfg_scale: float = 5.0,
-                 sigma_data: float = 0.9):
-    """A denoiser with classifier-free guidance: uncond + s·(cond − uncond), the null caption being all zeros.
+                 sigma_data: float = 0.9, uncond: tuple[torch.Tensor, torch.Tensor | None] | None = None):
+    """A denoiser with classifier-free guidance: uncond + s·(cond − uncond).
 
-    Conditional and unconditional halves run in one batched forward pass; ``cfg_scale == 1``
-    runs the conditional model alone.
+    The unconditional caption is the null caption (all zeros), or ``uncond = (states, mask)`` of a
+    negative prompt, shaped like ``caption``. Conditional and unconditional halves run in one
+    batched forward pass; ``cfg_scale == 1`` runs the conditional model alone.
     """
     if cfg_scale == 1:
         def denoise(x, sigma):
@@ -107,7 +108,7 @@ def cfg_denoiser(model, caption: torch.Tensor, caption_mask: torch.Tensor | None
         return denoise
 
     batch, length = caption.shape[:2]
-    null, null_mask = null_caption(caption, caption_mask)
+    null, null_mask = uncond if uncond is not None else null_caption(caption, caption_mask)
     both_caption = torch.cat([caption, null])                                # (2B, L, D)
     both_mask = _cat_masks(caption_mask, null_mask, batch, length)          # (2B, L) or None
 
@@ -131,7 +132,8 @@ def model_device(model) -> torch.device:
 
 def sample(model, caption: torch.Tensor, caption_mask: torch.Tensor | None = None, *, steps: int = 30,
            cfg_scale: float = 5.0, seed: int = 0, sampler: str = "heun", latent_size=None,
-           edm: EDMConfig | None = None, callback=None, device=None, noise: torch.Tensor | None = None) -> torch.Tensor:
+           edm: EDMConfig | None = None, callback=None, device=None, noise: torch.Tensor | None = None,
+           negative: torch.Tensor | None = None, negative_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Generate one sample per caption with EDM sampling and classifier-free guidance.
 
     Args:
@@ -148,6 +150,8 @@ def sample(model, caption: torch.Tensor, caption_mask: torch.Tensor | None = Non
         edm: EDM constants (σ_data and the σ schedule); defaults to ``EDMConfig()``.
         callback: ``callback(step, sigma, x, denoised)`` after each step.
         device: where to sample; defaults to the model's device.
+        negative, negative_mask: (B, L, D) / (B, L) embeddings of negative prompts, the unconditional side of
+            CFG instead of the null caption.
 
     Returns:
         (B, C, H, W) float32 samples (latents).
@@ -164,14 +168,24 @@ def sample(model, caption: torch.Tensor, caption_mask: torch.Tensor | None = Non
     h, w = (latent_size, latent_size) if isinstance(latent_size, int) else latent_size
     caption = caption.to(device, _param_dtype(model) or torch.float32)               # (B, L, D)
     caption_mask = caption_mask.to(device) if caption_mask is not None else None       # (B, L)
+    batch = caption.shape[0]
+    if negative is not None:                                                           # trimmed together below
+        ones = torch.ones(caption.shape[:2], dtype=torch.bool, device=device)          # (B, L)
+        caption = torch.cat([caption, negative.to(caption)])                           # (2B, L, D)
+        caption_mask = torch.cat([ones if caption_mask is None else caption_mask.bool(),
+                                  ones if negative_mask is None else negative_mask.to(device).bool()])  # (2B, L)
     if not getattr(model.config, "caption_mask_compat", False):                        # same samples, less work
         caption, caption_mask = trim_caption_padding(caption, caption_mask)            # (B, l, D), (B, l)
+    uncond = None
+    if negative is not None:
+        uncond = (caption[batch:], caption_mask[batch:])
+        caption, caption_mask = caption[:batch], caption_mask[:batch]
     shape = (caption.shape[0], model.config.in_channels, h, w)
     if noise is None:
         noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))     # (B, C, H, W)
     elif tuple(noise.shape) != shape:
         raise ValueError(f"noise must have shape {shape} (captions, channels, latent side), got {tuple(noise.shape)}")
-    denoiser = cfg_denoiser(model, caption, caption_mask, cfg_scale, edm.sigma_data)
+    denoiser = cfg_denoiser(model, caption, caption_mask, cfg_scale, edm.sigma_data, uncond)
 
     was_training = model.training
     model.eval()
