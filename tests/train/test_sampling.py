@@ -106,3 +106,25 @@ def test_an_export_for_sampling_is_slim_half_precision_and_samples_like_the_chec
     a = load_for_sampling(stage.stage_dir).sample(["a red circle"], steps=3, seeds=[1])
     b = load_for_sampling(tmp_path / "export").sample(["a red circle"], steps=3, seeds=[1])
     assert np.abs(a.astype(int) - b).mean() < 2                    # fp16 rounding only
+
+
+def test_a_16_channel_vae_like_the_ostris_one_trains_and_samples(tmp_path, one_thread):
+    """The paper's second latent space (Ostris VAE, 16 channels) through diffusers' AutoencoderKL by local path;
+    a tiny random one stands in for it (the SDXL VAE's 4 channels are tests/data/test_prepare.py's)."""
+    from tests.data.tiny_models import save_tiny_vae
+    from workbench.data.prepare import prepare
+    from workbench.train import Stage
+
+    vae = save_tiny_vae(tmp_path / "vae16", latent_channels=16)
+    data = tmp_path / "data"
+    prepare("shapes", data, codec=f"vae:{vae}", resolutions=(16,), limit=8, progress=False,
+            text_encoder_options={"trim_padding": True})
+    stage = Stage(name="s16", run="t", runs_dir=str(tmp_path / "runs"), data=str(data), resolution=16, model="nano",
+                  model_overrides={"depth": 2, "width": 64, "mixer_width": 64, "in_channels": 16, "patch_size": 1,
+                                   "sample_size": 8},
+                  steps=1, global_batch=4, micro_batch=4, sample_steps=1, sample_prompts=["a red circle"])
+    Trainer(stage, progress=False).run()
+    bundle = load_for_sampling(stage.stage_dir)
+    assert bundle.codec.channels == 16 and bundle.codec.path == vae.resolve()
+    images = bundle.sample(["a red circle"], steps=2)
+    assert images.shape == (1, 16, 16, 3)
