@@ -81,13 +81,22 @@ def wait_for_steps(stage_dir, n: int, timeout: float = 120) -> None:
         time.sleep(0.2)
 
 
-def start_foreground_run(client, data, tmp_path) -> str:
+def start_foreground_run(client, tmp_path) -> tuple[str, str, object]:
+    """The tour's pattern on 8 scenes: a dashboard in one cell, then ``trainer.run()`` in the next, running.
+
+    Returns (the Stop button's comm id, the running cell's msg id, the stage folder)."""
+    data = tmp_path / "data"
+    prepare(source="shapes", out=data, resolutions=(16,), limit=8, text_encoder_options={"trim_padding": True},
+            progress=False)
     out, errors = collect(client, client.execute(SETUP.format(runs=str(tmp_path / "runs"), data=str(data),
                                                               steps=STEPS)))
     assert not errors, errors[0]
     comm_id, live, disabled = out.split("STOP-COMM")[1].split()[:3]
     assert live == "True" and disabled == "True"            # not running yet: Stop is greyed out
-    return comm_id
+    run_id = client.execute("trainer.run()")
+    stage_dir = tmp_path / "runs" / "kernel" / "fg"
+    wait_for_steps(stage_dir, 3)
+    return comm_id, run_id, stage_dir
 
 
 def report(client) -> dict:
@@ -98,14 +107,8 @@ def report(client) -> dict:
 
 @pytest.mark.slow
 def test_stop_ends_a_foreground_run_with_a_checkpoint(kernel, tmp_path):
-    data = tmp_path / "data"
-    prepare(source="shapes", out=data, resolutions=(16,), limit=8, text_encoder_options={"trim_padding": True},
-            progress=False)
     _, client = kernel
-    comm_id = start_foreground_run(client, data, tmp_path)
-    run_id = client.execute("trainer.run()")
-    stage_dir = tmp_path / "runs" / "kernel" / "fg"
-    wait_for_steps(stage_dir, 3)
+    comm_id, run_id, stage_dir = start_foreground_run(client, tmp_path)
     click = client.session.msg("comm_msg", {"comm_id": comm_id,
                                             "data": {"method": "custom", "content": {"event": "click"}}})
     client.shell_channel.send(click)                        # what the browser sends for a Button click
@@ -120,14 +123,8 @@ def test_stop_ends_a_foreground_run_with_a_checkpoint(kernel, tmp_path):
 
 @pytest.mark.slow
 def test_kernel_interrupt_ends_a_foreground_run_with_a_checkpoint_and_no_traceback(kernel, tmp_path):
-    data = tmp_path / "data"
-    prepare(source="shapes", out=data, resolutions=(16,), limit=8, text_encoder_options={"trim_padding": True},
-            progress=False)
     manager, client = kernel
-    start_foreground_run(client, data, tmp_path)
-    run_id = client.execute("trainer.run()")
-    stage_dir = tmp_path / "runs" / "kernel" / "fg"
-    wait_for_steps(stage_dir, 3)
+    _, run_id, stage_dir = start_foreground_run(client, tmp_path)
     manager.interrupt_kernel()                              # Kernel › Interrupt: SIGINT to the kernel
     out, errors = collect(client, run_id)
     assert errors == [] and "KeyboardInterrupt" not in out and "Traceback" not in out
