@@ -75,6 +75,18 @@ def to_dict(config: Any) -> dict[str, Any]:
     return {k: plain(v) for k, v in dataclasses.asdict(config).items()}
 
 
+def read_yaml_mapping(path: Path, what: str, error: type[Exception] = ValueError) -> dict:
+    """The mapping in a YAML file (empty file: ``{}``); ``error`` with one line for invalid YAML or another type."""
+    try:
+        values = parse_yaml(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        problem = " ".join(str(err).split())
+        raise error(f"{path} is not valid YAML ({problem}); fix the file, or start from configs/demo") from None
+    if not isinstance(values, dict):
+        raise error(f"{path}: expected a YAML mapping of {what}, got {type(values).__name__}")
+    return values
+
+
 def load_yaml(cls: type[T], path: str | Path, **overrides: Any) -> T:
     """Load dataclass ``cls`` from a YAML file (a mapping of field names to values), then apply overrides.
 
@@ -83,13 +95,7 @@ def load_yaml(cls: type[T], path: str | Path, **overrides: Any) -> T:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{cls.__name__} config file not found: {path}")
-    try:
-        values = parse_yaml(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        problem = " ".join(str(err).split())
-        raise ValueError(f"{path} is not valid YAML ({problem}); fix the file, or start from configs/demo") from None
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a YAML mapping of {cls.__name__} fields, got {type(values).__name__}")
+    values = read_yaml_mapping(path, f"{cls.__name__} fields")
     check_known_keys(cls, values, what=f"{cls.__name__} config {path}")
     check_known_keys(cls, overrides)
     return cls(**{**values, **overrides})

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from ..config import did_you_mean, parse_yaml
+from ..config import did_you_mean, parse_yaml, read_yaml_mapping
 
 KERNEL_NAME = "workbench"
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]     # .../workbench
@@ -82,12 +82,7 @@ class PipelineConfig:
         path = resolve_config_path(path)
         if not path.is_file():
             raise PipelineConfigError(f"--config: pipeline config {str(path)!r} not found")
-        try:
-            values = parse_yaml(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise PipelineConfigError(f"--config: {path} is not valid YAML: {err}") from None
-        if not isinstance(values, dict):
-            raise PipelineConfigError(f"--config: {path} must be a mapping of pipeline settings")
+        values = read_yaml_mapping(path, "pipeline settings", PipelineConfigError)
         for pair in sets or []:
             apply_set(values, pair)
         if isinstance(values.get("stages"), list):
