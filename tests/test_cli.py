@@ -158,5 +158,5 @@ def test_an_os_error_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(cli, "cmd_sample", full)
     assert main(["sample", "--checkpoint", "x", "--prompt", "a red circle"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: no space left on the device writing output in {tmp_path / 'out.png'}")
+    assert err.startswith(f"error: [Errno 28] No space left on device: '{tmp_path / 'out.png'}'")
     assert err.count("\n") == 1

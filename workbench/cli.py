@@ -114,7 +114,9 @@ def cmd_bench(args) -> int:
     elif args.what == "memory":
         from .bench.memory import bench_memory
 
-        report = bench_memory(preset=(args.presets or ("micro",))[0], steps=args.steps or 1000, batch=args.batch)
+        steps = args.steps or 1000
+        report = bench_memory(preset=(args.presets or ("micro",))[0], steps=steps, batch=args.batch,
+                              warmup=max(1, min(100, steps // 5)))
     else:
         from .bench.data import bench_data
 
@@ -133,7 +135,10 @@ def cmd_train(args) -> int:
 
     trainer = Trainer(stage, resume=args.resume, fresh=args.fresh, evaluator=evaluator_for(stage))
     main = trainer.accelerator.is_main_process     # under `accelerate launch`, one report, not one per rank
-    trainer.run()                                  # Ctrl-C: ends the step, checkpoints, prints one line
+    try:
+        trainer.run()                              # Ctrl-C: ends the step, checkpoints, prints one line
+    finally:
+        trainer.close()                            # the stage folder's lock
     if trainer.interrupted:
         return 130
     last = trainer.history[-1] if trainer.history else {}
@@ -368,7 +373,7 @@ def one_line(err: BaseException) -> str | None:
 
     import torch
 
-    from .errors import WorkbenchError, write_failure
+    from .errors import WorkbenchError
 
     if isinstance(err, torch.OutOfMemoryError):
         return f"out of memory: {str(err).splitlines()[0]}; lower micro_batch (--set micro_batch=...)"
@@ -376,9 +381,8 @@ def one_line(err: BaseException) -> str | None:
         return f"refused to unpickle a file ({str(err).splitlines()[0][:160]}); it was not loaded"
     if isinstance(err, (WorkbenchError, ValueError, FileNotFoundError)):
         return str(err)
-    if isinstance(err, OSError):
-        friendly = write_failure(err, "output", getattr(err, "filename", None) or ".")
-        return str(friendly if friendly is not None else err)
+    if isinstance(err, OSError):                  # errno, text and the file name, e.g. a full disk
+        return str(err)
     return None
 
 

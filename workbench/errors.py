@@ -80,3 +80,12 @@ def write_failure(err: BaseException, what: str, folder: str | os.PathLike,
         return WorkbenchError(f"cannot write {what}: the folder {folder} vanished while the run was writing it; "
                               f"restore it (or choose another runs_dir) and run again")
     return WorkbenchError(f"cannot write {what} in {folder}: {os_err.strerror or os_err}")
+
+
+def out_of_memory(stage) -> WorkbenchError:
+    """The one-line error for a training step that ran out of GPU memory (``stage``: a ``train.Stage``)."""
+    bf16 = "" if stage.mixed_precision != "no" else ", or mixed_precision bf16"
+    return WorkbenchError(f"out of GPU memory in a step of {stage.micro_batch} samples ({stage.model}, "
+                          f"{stage.resolution} px, mask {stage.mask_ratio}): start this stage over (--fresh) with a "
+                          f"lower micro_batch (--set micro_batch={max(1, stage.micro_batch // 2)}; accumulation keeps "
+                          f"global_batch {stage.global_batch}){bf16}")

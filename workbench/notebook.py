@@ -119,9 +119,10 @@ def record(**values: Any) -> None:
     """Show ``values`` as a small table and keep them, as JSON, for ``read_results`` (tests, the pipeline).
 
     In a notebook the record is a display output with the MIME type ``RESULT_MIME`` (JupyterLab shows
-    the table); outside a kernel it is one printed line after ``RESULT_PREFIX``.
+    the table); outside a kernel it is one printed line after ``RESULT_PREFIX``. NaN and infinities
+    (a diverged loss) are recorded as None, which JSON can carry.
     """
-    clean = json.loads(json.dumps(values, default=str))
+    clean = json.loads(json.dumps(values, default=str), parse_constant=lambda name: None)   # NaN/inf -> None
     shell = _kernel_shell()
     if shell is None:
         print(RESULT_PREFIX + json.dumps(clean), flush=True)

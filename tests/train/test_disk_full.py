@@ -45,7 +45,7 @@ def test_a_full_disk_mid_checkpoint_is_one_line_leaves_nothing_and_resumes_after
     message = str(caught.value)
     assert message.startswith(f"no space left on the device writing checkpoint step_0000004 in {stage.checkpoint_dir} "
                               f"(needs ~") and " MB free)" in message and "\n" not in message
-    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+    assert caught.value.__cause__ is not None                  # kept for --debug; the message is the one line
     assert [p.name for p in stage.checkpoint_dir.iterdir()] == ["step_0000002"]       # no .tmp-* left behind
     assert ckpt.verify_checkpoint(previous[0]) == []
     trainer.close()

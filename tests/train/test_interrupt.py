@@ -58,11 +58,11 @@ def test_off_the_main_thread_it_changes_nothing():
 
     def target():
         with StopOnInterrupt(threading.Event()) as interrupt:
-            seen.append(interrupt._previous)
+            seen.append(interrupt._installed)
     thread = threading.Thread(target=target)
     thread.start()
     thread.join()
-    assert seen == [None] and signal.getsignal(signal.SIGINT) is before
+    assert seen == [False] and signal.getsignal(signal.SIGINT) is before
 
 
 @pytest.mark.slow

@@ -101,3 +101,43 @@ def test_a_trainer_that_fails_to_build_holds_no_lock(make_stage):
         Trainer(stage, progress=False)
     lock = StageLock.acquire(stage.stage_dir)            # another process could take it: nothing is held
     lock.release()
+
+
+def other_process_can_lock(stage_dir) -> bool:
+    """Whether a separate process could take the stage's lock right now."""
+    code = ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+            "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); print('free')\n"
+            "except BlockingIOError:\n    print('held')")
+    out = subprocess.run([sys.executable, "-c", code, str(lock_path(stage_dir))], capture_output=True, text=True)
+    return out.stdout.strip() == "free"
+
+
+def test_trainers_of_one_process_share_the_lock_until_the_last_lets_go(make_stage, monkeypatch):
+    import gc
+
+    stage = make_stage(steps=2)
+    first = Trainer(stage, progress=False)
+    first.run()
+    second = Trainer(stage, progress=False)             # a re-run notebook cell
+    first.close()                                        # the old one letting go must not free the new one's
+    assert not other_process_can_lock(stage.stage_dir)
+    with pytest.raises(WorkbenchError, match="cannot resume"):
+        Trainer(make_stage(steps=2, lr=5e-3), progress=False)    # a failed third one must not free it either
+    assert not other_process_can_lock(stage.stage_dir)
+    monkeypatch.chdir(stage.stage_dir.parent)            # notebooks change folders between cells
+    del second
+    gc.collect()                                         # the last owner is gone: the lock is free
+    assert other_process_can_lock(stage.stage_dir) and read_holder(stage.stage_dir) == {}
+
+
+def test_a_failed_lock_write_leaves_nothing_held(make_stage, monkeypatch):
+    stage = make_stage(steps=1)
+
+    def full(fd, length):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "ftruncate", full)
+    with pytest.raises(OSError):
+        StageLock.acquire(stage.stage_dir)
+    monkeypatch.undo()
+    assert other_process_can_lock(stage.stage_dir)
+    StageLock.acquire(stage.stage_dir).release()

@@ -197,3 +197,15 @@ def test_stage_with_resolution_change_starts_from_weights_with_a_fresh_optimiser
     assert set(seen) == {(8, 3, 32, 32)}                               # the model trained at 32 px
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
     assert ckpt.read_config(ckpt.resolve_checkpoint(stage.stage_dir))["model"]["pos_interp_scale"] == 2.0
+
+
+def test_paths_and_numpy_numbers_are_accepted_as_their_plain_types(tmp_path):
+    import numpy as np
+
+    stage = Stage(runs_dir=tmp_path / "runs", data=tmp_path / "data", init_from=tmp_path / "s1",
+                  steps=np.int64(10), lr=np.float32(1e-3), mask_ratio=np.float64(0.5))
+    assert (stage.runs_dir, stage.data, stage.init_from) == (str(tmp_path / "runs"), str(tmp_path / "data"),
+                                                             str(tmp_path / "s1"))
+    assert type(stage.steps) is int and type(stage.lr) is float and stage.mask_ratio == 0.5
+    with pytest.raises(ValueError, match="Stage.steps: expected a value of type int"):
+        Stage(steps=True)

@@ -23,11 +23,11 @@ class StopOnInterrupt:
     def __init__(self, stop: threading.Event):
         self.stop = stop
         self.hit = False
-        self._previous = None
+        self._installed, self._previous = False, None
 
     def _handle(self, signum, frame) -> None:
         if self.hit:                                   # the second Ctrl-C: give up waiting for the step
-            signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+            self.__exit__()
             raise KeyboardInterrupt
         self.hit = True
         self.stop.set()
@@ -35,9 +35,11 @@ class StopOnInterrupt:
     def __enter__(self) -> "StopOnInterrupt":
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        if self._installed:                            # put back exactly what was there (SIG_IGN, SIG_DFL, ...)
+            previous = self._previous if self._previous is not None else signal.default_int_handler
+            signal.signal(signal.SIGINT, previous)
+            self._installed = False

@@ -19,8 +19,9 @@ from typing import Callable
 from ..errors import WorkbenchError
 from . import checkpoint as ckpt
 
-# take effect from the resumed step on (``steps`` also stretches a cosine schedule from there)
-APPLICABLE = ("steps", "micro_batch", "compile", "sample_prompts", "sample_every", "sample_steps", "sample_cfg_scale",
+# take effect from the resumed step on (``steps`` also re-spans a cosine schedule, so its LR changes from there);
+# micro_batch is not here: the data loader's saved position is counted in micro-batches
+APPLICABLE = ("steps", "compile", "sample_prompts", "sample_every", "sample_steps", "sample_cfg_scale",
               "eval_every", "eval_samples_per_prompt", "checkpoint_every", "keep_last", "log_every", "max_nonfinite",
               "tensorboard")
 # where the run lives and how it started, not how it trains: a rerun from another folder may spell them differently
@@ -53,8 +54,10 @@ def check_resume(path: Path, stage, log: Callable[[str], object] = print) -> lis
                              f"Resume with the old values (they are in {path / ckpt.CONFIG_FILE}), or start over "
                              f"on purpose: fresh=True (--fresh) or another run name")
     if applicable:
+        stretched = " (the LR schedule now spans the new total from this step)" if any(
+            k == "steps" for k, _, _ in applicable) and stage.schedule == "cosine" else ""
         log(f"{stage.run}/{stage.name}: applied on resume: " +
-            ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in applicable))
+            ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in applicable) + stretched)
     return applicable
 
 

@@ -10,6 +10,8 @@ unmasked); each stage starts from the previous one's final checkpoint (``init_fr
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,17 @@ INIT_MODES = ("weights", "full")
 # the Python types each annotation accepts (an int is a fine float; a bool is never a number)
 _FIELD_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "list": (list, tuple),
                 "dict": (dict,), "str | None": (str, type(None)), "tuple[float, float]": (list, tuple)}
+
+
+def _coerce(value: Any, annotation: str) -> Any:
+    """Paths to str, numpy / other numbers to int or float, for the fields that take them; others unchanged."""
+    if annotation in ("str", "str | None") and isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if annotation == "int" and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if annotation == "float" and isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value) if not isinstance(value, int) else value
+    return value
 
 
 @dataclass
@@ -88,9 +101,10 @@ class Stage:
     def __post_init__(self) -> None:
         own = "Stage"
         for f in dataclasses.fields(self):             # types first, so the range checks below cannot TypeError
-            value, allowed = getattr(self, f.name), _FIELD_TYPES[str(f.type)]
+            value, allowed = _coerce(getattr(self, f.name), str(f.type)), _FIELD_TYPES[str(f.type)]
             require(isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed), own, f.name,
                     f"a value of type {f.type}", value)
+            setattr(self, f.name, value)
         require(all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in self.betas), own, "betas",
                 "two numbers", self.betas)
         self.betas = tuple(float(b) for b in self.betas)

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from ..config import RESOLUTION_FIELDS, architecture_diff, format_diff, to_dict
 from ..data.loader import PreparedLoader
 from ..diffusion import EDMConfig, EDMLoss, loss_per_sigma_bin, sample_sigmas
-from ..errors import WorkbenchError
+from ..errors import out_of_memory
 from ..model import MicroDiT, null_caption, trim_caption_padding
 from ..model.moe import ExpertChoiceMoE
 from . import checkpoint as ckpt
@@ -170,12 +170,12 @@ class Trainer:
             self.resumed_from = self._resume(resume)
             if acc.is_main_process:
                 stage.to_yaml(stage.stage_dir / "stage.yaml")
+            if stage.tensorboard:
+                acc.init_trackers(stage.run, config={k: v for k, v in stage.to_dict().items()
+                                                     if isinstance(v, (int, float, str, bool))})
         except BaseException:
             self.close()
             raise
-        if stage.tensorboard:
-            acc.init_trackers(stage.run, config={k: v for k, v in stage.to_dict().items()
-                                                 if isinstance(v, (int, float, str, bool))})
 
     # ------------------------------------------------------------------ set-up
     def param_groups(self, model: MicroDiT) -> list[dict]:
@@ -218,7 +218,7 @@ class Trainer:
                                  f"choose another run/stage name")
             return None
         def load(path):
-            check_resume(path, self.stage)       # a changed LR, batch, model... cannot apply: refused
+            check_resume(path, self.stage, log=print if self.accelerator.is_main_process else lambda _: None)
             return ckpt.load_checkpoint(path, model=self.raw_model, optimizer=self.optimizer, scheduler=self.scheduler,
                                         ema=self.ema, map_location=self.accelerator.device, verify=resume != "auto")
 
@@ -359,21 +359,24 @@ class Trainer:
             return self.history
         bar = tqdm(total=stage.steps, initial=self.step_count, desc=f"{stage.run}/{stage.name}",
                    disable=not (self.progress and acc.is_main_process), dynamic_ncols=True)
+        if self._lock is not None:
+            self._lock.check_exclusive(self)    # another Trainer of this process is training this folder
+        self._stop.clear()                      # a stop request ends the run that is running
         self._active, self.interrupted = True, False
         try:
             with StopOnInterrupt(self._stop) as interrupt:
                 while self.step_count < target and not self._stop.is_set():
                     try:
                         metrics = self.step()
-                    except torch.OutOfMemoryError:
-                        raise WorkbenchError(
-                            f"out of GPU memory in a step of {stage.micro_batch} samples ({stage.model}, "
-                            f"{stage.resolution} px, mask {stage.mask_ratio}): lower micro_batch (--set micro_batch="
-                            f"{max(1, stage.micro_batch // 2)}; accumulation keeps global_batch {stage.global_batch}), "
-                            f"or use mixed_precision bf16") from None
+                    except torch.OutOfMemoryError as err:
+                        raise out_of_memory(stage) from err
                     bar.update(1)
                     bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{metrics['img_per_s']:.1f}")
                     self._after_step(metrics)
+                    if acc.num_processes > 1:   # every rank stops at the same step, or the collectives hang
+                        wanted = torch.tensor([float(self._stop.is_set())], device=acc.device)
+                        if acc.reduce(wanted, reduction="sum").item() > 0:
+                            self._stop.set()
                 self.interrupted = interrupt.hit
                 if self._checkpointed_step != self.step_count:
                     self.save_checkpoint()
@@ -485,7 +488,7 @@ class Trainer:
     def close(self) -> None:
         """Release the stage folder's lock, so that another process may train it (the process's exit does too)."""
         if self._lock is not None:
-            self._lock.release()
+            self._lock.release(owner=self)
             self._lock = None
 
     @property

@@ -85,7 +85,7 @@ def save_checkpoint(root: str | Path, step: int, *, model: torch.nn.Module, opti
         friendly = write_failure(err, what, root, needed)
         if friendly is None:
             raise
-        raise friendly from None
+        raise friendly from err              # the CLI prints one line; --debug shows the OSError too
 
 
 def _tensor_bytes(obj) -> int:
