@@ -21,6 +21,16 @@ KERNEL_SPEC = {                      # the same as the repository's kernels/work
 }
 
 
+def running_kernel():
+    """The ipykernel this code runs in (a notebook, papermill), or None in a plain Python process."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    shell = get_ipython()
+    return getattr(shell, "kernel", None) if shell is not None else None
+
+
 def kernel_spec() -> dict:
     """The kernel spec with ``argv[0]`` set to the running interpreter (works from a wheel: no file needed)."""
     spec = json.loads(json.dumps(KERNEL_SPEC))

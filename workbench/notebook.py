@@ -18,6 +18,7 @@ from typing import Any, Callable
 import yaml
 
 from .config import parse_yaml
+from .kernel import running_kernel
 
 RESULT_MIME = "application/vnd.workbench.result+json"    # record()'s display output in a notebook
 RESULT_PREFIX = "workbench-result: "           # outside a kernel record() prints one JSON line after it
@@ -123,23 +124,13 @@ def record(**values: Any) -> None:
     (a diverged loss) are recorded as None, which JSON can carry.
     """
     clean = json.loads(json.dumps(values, default=str), parse_constant=lambda name: None)   # NaN/inf -> None
-    shell = _kernel_shell()
-    if shell is None:
+    if running_kernel() is None:
         print(RESULT_PREFIX + json.dumps(clean), flush=True)
         return
     from IPython.display import display
 
     display({RESULT_MIME: clean, "text/html": result_table_html(clean),
              "text/plain": ", ".join(f"{k}={_short(v, 30)}" for k, v in _flat(clean)[:8])}, raw=True)
-
-
-def _kernel_shell():
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return None
-    shell = get_ipython()
-    return shell if shell is not None and getattr(shell, "kernel", None) is not None else None
 
 
 def read_results(notebook: str | os.PathLike) -> list[dict]:

@@ -9,7 +9,7 @@ from workbench.train import Stage, Trainer
 from workbench.train.checkpoint import list_checkpoints
 from workbench.widgets import SamplerPanel, TrainingDashboard
 from workbench.images import png_size
-from workbench.widgets.common import placeholder_png
+from workbench.widgets.common import blank_png
 from workbench.widgets.training_dashboard import sigma_bin_names, thin
 
 from . import one_torch_thread  # noqa: F401
@@ -48,7 +48,7 @@ def test_dashboard_follows_a_background_run_to_the_end(data, tmp_path):
     trainer = make_trainer(data, tmp_path)
     dashboard = TrainingDashboard(trainer, throttle_s=0)
     assert [t.name for t in dashboard.curves.data] == ["loss", "learning rate", "img/s"]
-    assert all(len(t.x) == 0 for t in dashboard.curves.data) and dashboard.sample_image.value == placeholder_png()
+    assert all(len(t.x) == 0 for t in dashboard.curves.data) and dashboard.sample_image.value == blank_png()
     assert dashboard.progress.value == 0 and dashboard.progress.max == STEPS and dashboard.stop_button.disabled
     seen = recorder(trainer, dashboard)
     samples = []

@@ -357,11 +357,10 @@ class Trainer:
         target = stage.steps if steps is None else min(stage.steps, self.step_count + steps)
         if self.step_count >= target:
             return self.history
-        bar = tqdm(total=stage.steps, initial=self.step_count, desc=f"{stage.run}/{stage.name}",
-                   disable=not (self.progress and acc.is_main_process), dynamic_ncols=True)
         if self._lock is not None:
             self._lock.check_exclusive(self)    # another Trainer of this process is training this folder
-        self._stop.clear()                      # a stop request ends the run that is running
+        bar = tqdm(total=stage.steps, initial=self.step_count, desc=f"{stage.run}/{stage.name}",
+                   disable=not (self.progress and acc.is_main_process), dynamic_ncols=True)
         self._active, self.interrupted = True, False
         try:
             with StopOnInterrupt(self._stop) as interrupt:

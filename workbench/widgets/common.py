@@ -123,7 +123,7 @@ def embed_captions(text_encoder, captions: list[str], caption_dim: int,
 #  Notebook display
 # ---------------------------------------------------------------------------------------------
 
-def placeholder_png(side: int = 128) -> bytes:
+def blank_png(side: int = 128) -> bytes:
     """A light-grey square PNG for an image widget before its first picture (an empty one shows a broken icon)."""
     from ..images import png_bytes
 

@@ -18,24 +18,16 @@ from __future__ import annotations
 
 import threading
 
+from ..kernel import running_kernel
+
 _SUBSHELL: str | None = None
 _SUBSHELL_LOCK = threading.Lock()
-
-
-def _kernel():
-    """The running ipykernel, or None outside one."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return None
-    shell = get_ipython()
-    return getattr(shell, "kernel", None) if shell is not None else None
 
 
 def event_subshell(timeout: float = 5.0) -> str | None:
     """The id of this process's widget-event subshell (made on first use); None where subshells are not supported."""
     global _SUBSHELL
-    kernel = _kernel()
+    kernel = running_kernel()
     channel = getattr(kernel, "shell_channel_thread", None)
     manager = getattr(channel, "manager", None)
     if kernel is None or channel is None or not hasattr(manager, "_create_subshell"):

@@ -25,7 +25,7 @@ import torch
 
 from ..diffusion import EDMConfig, SAMPLER_NAMES, sample
 from ..images import display_scale, grid_png, image_grid, save_png
-from .common import DisplayMixin, check_codec, embed_captions, placeholder_png, resolve_codec, resolve_text_encoder
+from .common import DisplayMixin, blank_png, check_codec, embed_captions, resolve_codec, resolve_text_encoder
 
 
 def _slug(text: str, limit: int = 40) -> str:
@@ -109,8 +109,8 @@ class SamplerPanel(DisplayMixin):
         # ------------------------------------------------------------ outputs
         self.progress = W.IntProgress(value=0, min=0, max=steps, description="step")
         self.status = W.HTML()
-        self.preview = W.Image(value=placeholder_png(), format="png")
-        self.grid = W.Image(value=placeholder_png(), format="png")
+        self.preview = W.Image(value=blank_png(), format="png")
+        self.grid = W.Image(value=blank_png(), format="png")
         self.widget = W.VBox([
             self.prompt,
             W.HBox([self.cfg_scale, self.steps]),

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from ..diffusion.edm import DEFAULT_SIGMA_BIN_EDGES
-from .common import DisplayMixin, placeholder_png
+from .common import DisplayMixin, blank_png
 from .kernel_events import handle_during_cells
 
 # (history key, subplot title) of the three curves, left to right
@@ -121,7 +121,7 @@ class TrainingDashboard(DisplayMixin):
         self.stop_button = W.Button(description="Stop", icon="stop", button_style="danger")
         self.resume_button = W.Button(description="Resume", icon="play", button_style="success")
         self.status = W.HTML()
-        self.sample_image = W.Image(value=placeholder_png(), format="png")
+        self.sample_image = W.Image(value=blank_png(), format="png")
         self.stop_button.on_click(lambda _button: self.stop())
         self.live_stop = handle_during_cells(self.stop_button)
         self.resume_button.on_click(lambda _button: self.resume())

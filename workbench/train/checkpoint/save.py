@@ -61,7 +61,8 @@ def save_checkpoint(root: str | Path, step: int, *, model: torch.nn.Module, opti
         _check_weights_only_loadable(obj, name)
 
     what = f"checkpoint step_{step:07d}"
-    needed = _tensor_bytes([model.state_dict(), _ema_state_dict(ema) if ema is not None else None, parts])
+    weights, ema_weights = model.state_dict(), (_ema_state_dict(ema) if ema is not None else None)
+    needed = _tensor_bytes([weights, ema_weights, parts])
     free = free_bytes(root)
     if free is not None and free < needed * 1.05 + (1 << 20):       # before writing anything
         raise no_space(what, root, needed, free)
@@ -71,9 +72,9 @@ def save_checkpoint(root: str | Path, step: int, *, model: torch.nn.Module, opti
         with _in_flight(tmp):
             tmp.mkdir()
             metadata = {"format": "pt", "step": str(step), "model_config": json.dumps(arch)}
-            _write_safetensors(tmp / MODEL_FILE, model.state_dict(), metadata)
-            if ema is not None:
-                _write_safetensors(tmp / EMA_FILE, _ema_state_dict(ema), metadata)
+            _write_safetensors(tmp / MODEL_FILE, weights, metadata)
+            if ema_weights is not None:
+                _write_safetensors(tmp / EMA_FILE, ema_weights, metadata)
             for name, obj in parts.items():
                 _write_file(tmp / name, lambda f, obj=obj: torch.save(obj, f))
             _write_file(tmp / CONFIG_FILE, lambda f: f.write(config_text.encode()))
