@@ -379,9 +379,7 @@ def one_line(err: BaseException) -> str | None:
         return f"out of memory: {str(err).splitlines()[0]}; lower micro_batch (--set micro_batch=...)"
     if isinstance(err, pickle.UnpicklingError):
         return f"refused to unpickle a file ({str(err).splitlines()[0][:160]}); it was not loaded"
-    if isinstance(err, (WorkbenchError, ValueError, FileNotFoundError)):
-        return str(err)
-    if isinstance(err, OSError):                  # errno, text and the file name, e.g. a full disk
+    if isinstance(err, (WorkbenchError, ValueError, OSError)):   # an OSError: errno, text and the file name
         return str(err)
     return None
 

@@ -9,7 +9,6 @@ Notebooks call these and add no logic of their own::
 
 from __future__ import annotations
 
-import html
 import json
 import os
 from pathlib import Path
@@ -108,12 +107,12 @@ def _short(value: Any, limit: int = 60) -> str:
 
 
 def result_table_html(values: dict, max_rows: int = 24) -> str:
-    """A small two-column HTML table of a record (nested keys dotted, long values cut)."""
-    rows = _flat(values)
-    shown = "".join(f"<tr><td style='text-align:left'>{html.escape(k)}</td>"
-                    f"<td style='text-align:left'>{html.escape(_short(v))}</td></tr>" for k, v in rows[:max_rows])
-    more = f"<tr><td colspan='2'><i>… {len(rows) - max_rows} more</i></td></tr>" if len(rows) > max_rows else ""
-    return f"<table><tr><th style='text-align:left'>result</th><th></th></tr>{shown}{more}</table>"
+    """A small two-column HTML table of a record (nested keys dotted, long values cut): ``report.table_html``."""
+    from .report import table_html
+
+    rows = [{"result": key, "value": _short(value)} for key, value in _flat(values)]
+    more = f"<p><i>… {len(rows) - max_rows} more</i></p>" if len(rows) > max_rows else ""
+    return table_html(rows[:max_rows]) + more
 
 
 def record(**values: Any) -> None:

@@ -201,12 +201,7 @@ class VAECodec(_Codec):
             vae = AutoencoderKL.from_pretrained(self.path, torch_dtype=dtype)
         except Exception as e:  # wrong class, corrupt weights, ...
             raise ValueError(f"could not load an AutoencoderKL from {str(self.path)!r}: {e}; {VAE_EXPECTED}") from e
-        self.vae = vae.to(self.device).eval().requires_grad_(False)
-        cfg = self.vae.config
-        self.scaling_factor = float(cfg.scaling_factor)
-        self.shift_factor = float(cfg.shift_factor or 0.0)
-        self.channels = int(cfg.latent_channels)
-        self.downsample = 2 ** (len(cfg.block_out_channels) - 1)
+        self._use(vae.to(self.device))
 
     @classmethod
     def from_module(cls, vae, sample_posterior: bool = False, batch_size: int = 32) -> "VAECodec":
@@ -215,11 +210,15 @@ class VAECodec(_Codec):
         self.path, self.sample_posterior, self.batch_size = None, bool(sample_posterior), int(batch_size)
         param = next(vae.parameters())
         self.device, self.dtype = param.device, param.dtype
+        self._use(vae)
+        return self
+
+    def _use(self, vae) -> None:
+        """Take ``vae`` (frozen, eval) and read its scaling, shift, latent channels and downsample factor."""
         self.vae = vae.eval().requires_grad_(False)
         cfg = vae.config
         self.scaling_factor, self.shift_factor = float(cfg.scaling_factor), float(cfg.shift_factor or 0.0)
         self.channels, self.downsample = int(cfg.latent_channels), 2 ** (len(cfg.block_out_channels) - 1)
-        return self
 
     def _autocast(self):
         if self.device.type == "cuda":

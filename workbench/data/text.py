@@ -103,6 +103,13 @@ def _quiet_transformers():
 #  Text encoder
 # ---------------------------------------------------------------------------------------------
 
+def _pad_right(tokenizer) -> None:
+    """Pad on the right, with EOS where the tokenizer has no pad token (e.g. GPT-style ones)."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+
+
 class TextEncoder:
     """Captions -> last-hidden-state token states and attention mask, from a local transformers folder.
 
@@ -165,9 +172,7 @@ class TextEncoder:
         self.kind = self.model_type or "auto"
         self.name: str | None = None             # "default" for the embedded MiniLM (open_text_encoder sets it)
 
-        if self.tokenizer.pad_token is None:  # e.g. GPT-style tokenizers
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.tokenizer.padding_side = "right"
+        _pad_right(self.tokenizer)
         positions = getattr(self.model.config, "max_position_embeddings", None)
         if self.model_type not in ("t5", "mt5", "umt5") and positions and self.max_length > positions:
             raise ValueError(
@@ -187,9 +192,7 @@ class TextEncoder:
         self.device = next(model.parameters()).device
         self.model_type = getattr(model.config, "model_type", "") or ""
         self.kind, self.name = self.model_type or "auto", None
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.tokenizer.padding_side = "right"
+        _pad_right(self.tokenizer)
         return self
 
     @property
