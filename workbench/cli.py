@@ -12,6 +12,7 @@
     workbench train-codec --out DIR               train a latent codec (AutoencoderKL) on the shapes data
     workbench bench model|data|train|memory [--json PATH]   speed and memory benchmarks (JSON)
     workbench export runs/demo/stage4 --out exports/demo   a diffusers pipeline folder (MicroDiTPipeline)
+    workbench convert-official MicroDiT_XL_2.pt --out models/xl2   the paper's released weights as a checkpoint
     workbench kernel install                     the Jupyter kernel for this venv
     workbench tour                               a 1-minute model tour (make demo runs `workbench pipeline`)
 """
@@ -237,6 +238,17 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_convert_official(args) -> int:
+    from .interop.official import convert_official
+
+    path = convert_official(args.checkpoint, args.out, arch=None if args.arch == "custom" else args.arch,
+                            in_channels=args.in_channels, config=args.config, vae=args.vae,
+                            text_encoder=args.text_encoder, allow_pickle=args.allow_pickle)
+    print(f"wrote {path}; sample it with SamplerPanel({str(args.out)!r}) or `workbench sample --checkpoint "
+          f"{args.out}`, fine-tune it with init_from: {args.out}")
+    return 0
+
+
 def cmd_kernel(args) -> int:
     from .kernel import install_kernel
 
@@ -300,6 +312,21 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="the pipeline folder to write")
     export.add_argument("--raw", action="store_true", help="the raw weights instead of the EMA")
     export.set_defaults(fn=cmd_export)
+
+    conv = sub.add_parser("convert-official", help="convert one of the paper's released checkpoints into a "
+                                                   "workbench checkpoint (docs/interop.md)")
+    conv.add_argument("checkpoint", help="the official .pt (state dict or Composer checkpoint) or .safetensors")
+    conv.add_argument("--arch", choices=["xl_2", "tiny_2", "custom"], default="xl_2",
+                      help="the official model (custom: all sizes from --config)")
+    conv.add_argument("--in-channels", type=int, choices=[4, 16], default=None,
+                      help="latent channels: 4 (SDXL VAE, the default) or 16 (Ostris VAE)")
+    conv.add_argument("--config", default=None, help="a YAML of MicroDiTConfig fields for sizes that match no preset")
+    conv.add_argument("--vae", default=None, help="the local VAE folder the model was trained with (for sampling)")
+    conv.add_argument("--text-encoder", default=None, help="the local DFN5B CLIP folder (for sampling)")
+    conv.add_argument("--allow-pickle", action="store_true", help="load a .pt that pickles Python objects "
+                                                                  "(a Composer checkpoint); only files you trust")
+    conv.add_argument("--out", required=True, help="the checkpoint folder to write")
+    conv.set_defaults(fn=cmd_convert_official)
 
     from .pipeline import add_pipeline_arguments, run_pipeline_cli
 
