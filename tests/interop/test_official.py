@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.data.tiny_models import save_tiny_clip, save_tiny_vae
+from tests.data.tiny_models import save_tiny_vae
 from workbench.cli import main
 from workbench.diffusion import EDMConfig, EDMLoss, sample
 from workbench.interop import OfficialCheckpointError, convert_official, export_pipeline
@@ -26,6 +26,7 @@ from workbench.train.sampling import load_checkpoint_model, load_for_sampling
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "official_dit"
 STATE = FIXTURE / "official_state_dict.safetensors"
 CONFIG = FIXTURE / "microdit.yaml"
+OPENCLIP_FIXTURE = FIXTURE.parent / "openclip_text"
 TOL = dict(rtol=1e-5, atol=1e-5)
 
 
@@ -130,9 +131,11 @@ def test_every_tensor_of_the_paper_presets_has_an_official_name():
 
 
 def test_a_converted_model_samples_exports_and_opens_in_the_widgets(tmp_path):
-    clip, vae = save_tiny_clip(tmp_path / "clip"), save_tiny_vae(tmp_path / "vae")
+    """With the paper's kind of encoders by local path: an open_clip text tower (32-d) and an AutoencoderKL."""
+    clip, vae = OPENCLIP_FIXTURE, save_tiny_vae(tmp_path / "vae")
     path = convert_official(STATE, tmp_path / "xl", arch=None, config=CONFIG, vae=vae, text_encoder=clip)
     bundle = load_for_sampling(tmp_path / "xl", device="cpu")
+    assert bundle.text_encoder.kind == "open_clip"
     assert bundle.model.config.caption_mask_compat and bundle.resolution == 16 and bundle.edm.sigma_data == 0.9
     images = bundle.sample(["a red circle"], steps=2, cfg_scale=5.0)
     assert images.shape == (1, 16, 16, 3) and images.dtype == np.uint8   # tiny VAE: f=2, 8x8 latents

