@@ -29,6 +29,8 @@ _EXPORTS = {
     "describe_detections": "workbench.eval.compositional",
     "MicroDiTPipeline": "workbench.interop",
     "MicroDiTHeunScheduler": "workbench.interop",
+    "convert_official": "workbench.interop",
+    "import_mds": "workbench.data.mds",
     "MaskExplorer": "workbench.widgets",
     "SamplerPanel": "workbench.widgets",
     "TrainingDashboard": "workbench.widgets",

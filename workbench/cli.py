@@ -13,6 +13,7 @@
     workbench bench model|data|train|memory [--json PATH]   speed and memory benchmarks (JSON)
     workbench export runs/demo/stage4 --out exports/demo   a diffusers pipeline folder (MicroDiTPipeline)
     workbench convert-official MicroDiT_XL_2.pt --out models/xl2   the paper's released weights as a checkpoint
+    workbench import-mds coco/mds --out data/prepared/coco --vae V --text-encoder T   the paper's precomputed data
     workbench kernel install                     the Jupyter kernel for this venv
     workbench tour                               a 1-minute model tour (make demo runs `workbench pipeline`)
 """
@@ -249,6 +250,15 @@ def cmd_convert_official(args) -> int:
     return 0
 
 
+def cmd_import_mds(args) -> int:
+    from .data.mds import import_mds
+
+    info = import_mds(args.source, args.out, vae=args.vae, text_encoder=args.text_encoder,
+                      caption_key=args.caption_key)
+    print(f"train on it with data: {args.out} (resolutions {', '.join(map(str, info.resolutions))})")
+    return 0
+
+
 def cmd_kernel(args) -> int:
     from .kernel import install_kernel
 
@@ -327,6 +337,16 @@ def build_parser() -> argparse.ArgumentParser:
                                                                   "(a Composer checkpoint); only files you trust")
     conv.add_argument("--out", required=True, help="the checkpoint folder to write")
     conv.set_defaults(fn=cmd_convert_official)
+
+    mds = sub.add_parser("import-mds", help="import the paper's precomputed MDS shards as a prepared dataset "
+                                            "(resumable; docs/interop.md)")
+    mds.add_argument("source", help="an MDS folder (index.json + shards, or one sub-folder per process)")
+    mds.add_argument("--out", required=True, help="the prepared dataset folder to write")
+    mds.add_argument("--vae", required=True, help="the local VAE folder the latents were made with (SDXL VAE)")
+    mds.add_argument("--text-encoder", required=True, help="the local text encoder folder the caption states were "
+                                                           "made with (DFN5B CLIP, an open_clip folder)")
+    mds.add_argument("--caption-key", default="caption", help="the caption column (its states: <key>_latents)")
+    mds.set_defaults(fn=cmd_import_mds)
 
     from .pipeline import add_pipeline_arguments, run_pipeline_cli
 

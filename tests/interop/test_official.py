@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests.data.tiny_models import save_tiny_vae
+from tests.train.conftest import one_thread  # noqa: F401  (fixture)
 from workbench.cli import main
 from workbench.diffusion import EDMConfig, EDMLoss, sample
 from workbench.interop import OfficialCheckpointError, convert_official, export_pipeline
@@ -181,3 +182,30 @@ def _official_names(model: MicroDiT) -> list[str]:
                 .replace(".cross_attn.kv.", ".cross_attn.kv_linear.").replace(".ffn.", ".mlp."))
         out.append(name)
     return out
+
+
+def test_fine_tuning_a_converted_model_on_imported_official_data(tmp_path, one_thread):  # noqa: F811
+    """The docs/interop.md path: convert-official, import-mds, then a stage with init_from."""
+    import yaml
+
+    from tests.data.mds_writer import write_mds
+    from tests.data.test_mds import COLUMNS, as_mds, fixture_rows
+    from tests.train.conftest import BASE
+    from workbench.data.mds import import_mds
+    from workbench.train import Stage, Trainer
+
+    vae = save_tiny_vae(tmp_path / "vae")
+    convert_official(STATE, tmp_path / "xl", arch=None, config=CONFIG, vae=vae, text_encoder=OPENCLIP_FIXTURE)
+    src = write_mds(tmp_path / "mds", COLUMNS, as_mds(fixture_rows()))
+    import_mds(src, tmp_path / "data", vae=vae, text_encoder=OPENCLIP_FIXTURE, progress=False)
+    overrides = {**yaml.safe_load(CONFIG.read_text()), "caption_mask_compat": True}
+    stage = Stage(**{**BASE, "data": str(tmp_path / "data"), "runs_dir": str(tmp_path / "runs"), "resolution": 32,
+                     "model_overrides": overrides, "sigma_data": 0.9, "global_batch": 4, "micro_batch": 4,
+                     "steps": 2, "init_from": str(tmp_path / "xl")})
+    trainer = Trainer(stage, progress=False)
+    assert trainer.init_info["path"] == str(ckpt.resolve_checkpoint(tmp_path / "xl"))
+    start = {k: v.clone() for k, v in trainer.raw_model.state_dict().items()}
+    converted = load_file(str(ckpt.resolve_checkpoint(tmp_path / "xl") / ckpt.MODEL_FILE))
+    assert all(torch.equal(start[k], converted[k]) for k in converted)   # it starts from the official weights
+    history = trainer.run()
+    assert len(history) == 2 and all(np.isfinite(h["loss"]) for h in history)
