@@ -18,7 +18,7 @@ from tests.data.tiny_models import save_tiny_vae
 from tests.train.conftest import one_thread  # noqa: F401  (fixture)
 from workbench.cli import main
 from workbench.diffusion import EDMConfig, EDMLoss, sample
-from workbench.interop import OfficialCheckpointError, convert_official, export_pipeline
+from workbench.interop import MicroDiTPipeline, OfficialCheckpointError, convert_official, export_pipeline
 from workbench.interop.official import official_config, workbench_name
 from workbench.model import MicroDiT
 from workbench.train import checkpoint as ckpt
@@ -141,7 +141,16 @@ def test_a_converted_model_samples_exports_and_opens_in_the_widgets(tmp_path):
     images = bundle.sample(["a red circle"], steps=2, cfg_scale=5.0)
     assert images.shape == (1, 16, 16, 3) and images.dtype == np.uint8   # tiny VAE: f=2, 8x8 latents
     export_pipeline(path, tmp_path / "pipe")
-    assert (tmp_path / "pipe" / "transformer" / "config.json").is_file()
+    pipe = MicroDiTPipeline.from_pretrained(tmp_path / "pipe")
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.config.text_open_clip and type(pipe.transformer) is MicroDiT
+    out = pipe(["a red circle", "two blue squares"], num_inference_steps=3, guidance_scale=5.0,
+               generator=torch.Generator().manual_seed(3), output_type="np").images
+    caption, mask = bundle.encode_prompts(["a red circle", "two blue squares"])
+    noise = torch.randn((2, 4, 8, 8), generator=torch.Generator().manual_seed(3))
+    expected = bundle.codec.decode(sample(bundle.model, caption, mask, steps=3, cfg_scale=5.0, edm=bundle.edm,
+                                          noise=noise))
+    assert np.array_equal(out, expected)                      # the pipeline encodes captions the open_clip way
 
     from workbench.widgets import MaskExplorer, SamplerPanel
 

@@ -198,17 +198,18 @@ class TextEncoder:
 
     @classmethod
     def from_modules(cls, model, tokenizer, max_length: int = 77, trim_padding: bool = False,
-                     batch_size: int = 64) -> "TextEncoder":
+                     batch_size: int = 64, open_clip: bool = False) -> "TextEncoder":
         """A TextEncoder over an already loaded transformers model and tokenizer (e.g. a diffusers pipeline's
-        ``text_encoder`` and ``tokenizer``): the same ``encode`` as one loaded from a folder."""
+        ``text_encoder`` and ``tokenizer``): the same ``encode`` as one loaded from a folder. ``open_clip``: the
+        model is an open_clip text tower (``workbench.data.openclip``), encoded the way open_clip does."""
         self = cls.__new__(cls)
         self.path = self.tokenizer_path = None
         self.max_length, self.batch_size, self.trim_padding = int(max_length), int(batch_size), bool(trim_padding)
         self.model, self.tokenizer = model.eval().requires_grad_(False), tokenizer
         self.device = next(model.parameters()).device
-        self.model_type = getattr(model.config, "model_type", "") or ""
+        self.model_type = "open_clip" if open_clip else getattr(model.config, "model_type", "") or ""
         self.kind, self.name = self.model_type or "auto", None
-        self.pad_id = _pad_right(self.tokenizer)
+        self.pad_id = openclip.PAD_ID if open_clip else _pad_right(self.tokenizer)
         return self
 
     @property

@@ -53,6 +53,8 @@ class MicroDiTPipeline(DiffusionPipeline):
     Args (beyond the components):
         text_max_length: tokens per caption, as the model was trained (77).
         text_trim_padding: the captions were embedded with ``trim_padding`` (zeros at padding).
+        text_open_clip: the text encoder is an open_clip text tower (the paper's DFN5B CLIP): captions are
+            cleaned, padded with id 0 and encoded with causal attention only, as open_clip does.
         resolution: default image side in pixels (the training resolution).
     """
 
@@ -60,14 +62,14 @@ class MicroDiTPipeline(DiffusionPipeline):
     _optional_components = ["vae"]                   # None: the pixel codec
 
     def __init__(self, transformer, scheduler, text_encoder, tokenizer, vae=None, text_max_length: int = 77,
-                 text_trim_padding: bool = False, resolution: int | None = None):
+                 text_trim_padding: bool = False, text_open_clip: bool = False, resolution: int | None = None):
         super().__init__()
         if type(scheduler).__name__ not in SCHEDULER_SAMPLERS:
             raise ValueError(f"scheduler must be one of {sorted(SCHEDULER_SAMPLERS)}, got {type(scheduler).__name__}")
         self.register_modules(transformer=transformer, scheduler=scheduler, text_encoder=text_encoder,
                               tokenizer=tokenizer, vae=vae)
         self.register_to_config(text_max_length=int(text_max_length), text_trim_padding=bool(text_trim_padding),
-                                resolution=resolution)
+                                text_open_clip=bool(text_open_clip), resolution=resolution)
 
     @property
     def edm(self) -> EDMConfig:
@@ -83,7 +85,8 @@ class MicroDiTPipeline(DiffusionPipeline):
     def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Caption token states (B, L, D) and mask (B, L), exactly as ``workbench prepare`` embeds captions."""
         return TextEncoder.from_modules(self.text_encoder, self.tokenizer, self.config.text_max_length,
-                                        self.config.text_trim_padding).encode(prompts)
+                                        self.config.text_trim_padding,
+                                        open_clip=self.config.get("text_open_clip", False)).encode(prompts)
 
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], negative_prompt: str | list[str] | None = None,
@@ -147,6 +150,7 @@ def export_pipeline(spec: str | Path, out: str | Path, use_ema: bool = True) -> 
     vae = bundle.codec.vae if isinstance(bundle.codec, VAECodec) else None
     pipe = MicroDiTPipeline(transformer=bundle.model, scheduler=scheduler, text_encoder=encoder.model,
                             tokenizer=encoder.tokenizer, vae=vae, text_max_length=encoder.max_length,
-                            text_trim_padding=encoder.trim_padding, resolution=bundle.resolution)
+                            text_trim_padding=encoder.trim_padding, text_open_clip=encoder.kind == "open_clip",
+                            resolution=bundle.resolution)
     pipe.save_pretrained(str(out))
     return Path(out)
