@@ -1,4 +1,4 @@
-"""A minimal MDS writer for tests (uncompressed 'str' / 'bytes' / 'int' columns), byte-identical to
+"""A minimal MDS writer for tests (uncompressed 'str' / 'bytes' / 'int' / 'jpeg' / 'png' columns), byte-identical to
 mosaicml-streaming's MDSWriter for those columns: tests/data/test_mds.py checks it against the fixture
 that MDSWriter itself wrote (tests/fixtures/mds)."""
 
@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-ENCODE = {"str": lambda v: v.encode("utf-8"), "bytes": lambda v: v, "int": lambda v: np.int64(v).tobytes()}
+# jpeg / png: the encoded file's bytes, which is what MDSWriter stores for a PIL image
+ENCODE = {"str": lambda v: v.encode("utf-8"), "bytes": lambda v: v, "int": lambda v: np.int64(v).tobytes(),
+          "jpeg": lambda v: v, "png": lambda v: v}
 
 
 def write_mds(out, columns: dict[str, str], rows: list[dict], per_shard: int = 2, size_limit: int = 1 << 26) -> Path:

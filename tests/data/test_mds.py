@@ -149,3 +149,36 @@ def test_the_cli_imports(tmp_path, vae, capsys):
     assert main(["import-mds", str(tmp_path / "mds"), "--out", str(tmp_path / "out"), "--vae", str(vae),
                  "--text-encoder", str(OPENCLIP)]) == 0
     assert "train on it with data:" in capsys.readouterr().out and PreparedInfo.read(tmp_path / "out").num_rows == 6
+
+
+def _jpeg(color, size=40) -> bytes:
+    from io import BytesIO
+
+    from PIL import Image
+
+    buf = BytesIO()
+    Image.new("RGB", (size, size), color).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def test_an_mds_folder_of_images_is_a_prepare_source(tmp_path):
+    from workbench.data.prepare import prepare
+    from workbench.data.sources import open_source
+
+    rows = [{"jpg": _jpeg("red"), "caption": "a red square", "id": 0},
+            {"jpg": b"not a jpeg at all", "caption": "broken", "id": 1},
+            {"jpg": _jpeg("blue"), "caption": "   ", "id": 2},
+            {"jpg": _jpeg("green", 8), "caption": "a tiny green square", "id": 3},
+            {"jpg": _jpeg("white"), "caption": "a white square", "id": 4}]
+    src = write_mds(tmp_path / "images" / "0", {"jpg": "jpeg", "caption": "str", "id": "int"}, rows)
+    source = open_source(tmp_path / "images", min_side=16)
+    assert source.describe()["kind"] == "mds" and source.size_hint == 5
+    records = list(source.records())
+    assert [r.skip_reason for r in records] == [None, "not_an_image", "empty_caption", "too_small", None]
+    assert records[0].key == "0/shard.00000.mds:0" and records[0].image.size == (40, 40)
+    assert [r.key for r in source.records(start=4)] == ["0/shard.00002.mds:0"]       # resume without decoding
+    report = prepare(source=str(tmp_path / "images"), out=tmp_path / "prepared", resolutions=(16,), min_side=16,
+                     progress=False)
+    assert report.written == 2 and report.skipped == {"not_an_image": 1, "empty_caption": 1, "too_small": 1}
+    with pytest.raises(ValueError, match=r"image_column: .* not 'photo'"):
+        open_source(tmp_path / "images", image_column="photo")

@@ -224,8 +224,8 @@ def test_open_source_fails_fast_naming_problem_and_fix(tmp_path):
         open_source(f"webdataset:{tmp_path / 'missing'}")
     with pytest.raises(ValueError, match="unsupported source kind 's3'.*download"):
         open_source("s3://bucket/shards")
-    with pytest.raises(ValueError, match="unsupported source kind 'mds'"):
-        open_source("mds:/data/shards")
+    with pytest.raises(ValueError, match="unsupported source kind 'parquet'"):
+        open_source("parquet:/data/shards")
     with pytest.raises(ValueError, match="no images found.*metadata.jsonl"):
         open_source(tmp_path)
     (tmp_path / "notes.csv").write_text("x")

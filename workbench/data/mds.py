@@ -5,7 +5,8 @@ with the columns ``caption`` (str), ``caption_latents`` (fp16 bytes, 77 x 1024 D
 and ``latents_256`` / ``latents_512`` (fp16 bytes, SDXL-VAE latents already multiplied by the VAE's
 scaling factor). ``MDSReader`` reads that format without the ``mosaicml-streaming`` package (which
 pulls torchvision and cloud SDKs); ``import_mds`` turns it into a prepared dataset that training
-reads like any other (``workbench import-mds``)::
+reads like any other (``workbench import-mds``). MDS folders of images and captions are also a
+``workbench prepare`` source (``workbench.data.sources.MDSSource``)::
 
     rows = MDSReader("coco2014/mds_latents_sdxl1_dfnclipH14")
     rows[0]["caption"], len(rows)
@@ -118,7 +119,7 @@ class MDSReader:
             self._cache = (k, data)
         return self._cache[1]
 
-    def _decode(self, shard: dict, data: bytes) -> dict[str, Any]:
+    def _decode(self, shard: dict, data: bytes, raw: frozenset = frozenset()) -> dict[str, Any]:
         sizes, pos = [], 0
         for size in shard["column_sizes"]:
             if size is None:
@@ -127,21 +128,31 @@ class MDSReader:
             sizes.append(size)
         row = {}
         for name, encoding, size in zip(shard["column_names"], shard["column_encodings"], sizes):
-            row[name] = DECODERS[encoding](data[pos: pos + size])
+            value = data[pos: pos + size]
+            row[name] = value if name in raw else DECODERS[encoding](value)
             pos += size
         return row
 
-    def _row(self, k: int, i: int) -> dict[str, Any]:
+    def _row(self, k: int, i: int, raw: frozenset = frozenset()) -> dict[str, Any]:
         data = self._shard_bytes(k)
         begin, end = np.frombuffer(data[4 * (1 + i): 4 * (3 + i)], np.uint32).tolist()
-        return self._decode(self.shard_info[k], data[begin:end])
+        return self._decode(self.shard_info[k], data[begin:end], raw)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.get(index)
+
+    def get(self, index: int, raw: frozenset | set = frozenset()) -> dict[str, Any]:
+        """Sample ``index`` (negative counts from the end); columns named in ``raw`` stay undecoded bytes."""
         if not -len(self) <= index < len(self):
             raise IndexError(f"sample {index} of an MDS dataset with {len(self)} samples")
         index %= len(self)
         k = bisect_right(self._starts, index) - 1
-        return self._row(k, index - self._starts[k])
+        return self._row(k, index - self._starts[k], frozenset(raw))
+
+    def shard_name(self, index: int) -> str:
+        """``<shard file>:<row>`` of sample ``index``: a stable key."""
+        k = bisect_right(self._starts, index) - 1
+        return f"{self.shard_info[k]['file'].relative_to(self.path)}:{index - self._starts[k]}"
 
     def shards(self) -> Iterator[tuple[str, list[dict[str, Any]]]]:
         """``(shard name, decoded rows)`` for every shard in order."""

@@ -1,4 +1,4 @@
-"""Image-caption sources: the embedded shapes set, image folders, WebDataset tars, saved datasets.
+"""Image-caption sources: the embedded shapes set, image folders, WebDataset tars, saved datasets, MDS shards.
 
 Open any of them with one string and iterate validated records::
 
@@ -42,24 +42,26 @@ from .base import (CAPTION_FIELDS, KEY_FIELDS, METADATA_FILES, SKIP_REASONS, SOU
                    Caption, Source, SourceRecord, caption_from_bytes, caption_from_value)
 from .hf_disk import HFDiskSource
 from .imagefolder import ImageFolderSource
+from .mds_shards import MDSSource
 from .procedural import ShapesSource
 from .webdataset_tars import WebDatasetSource
 
-__all__ = ["CAPTION_FIELDS", "Caption", "HFDiskSource", "ImageFolderSource", "KEY_FIELDS", "METADATA_FILES",
-           "SKIP_REASONS", "SOURCES_VERSION", "SOURCE_KINDS", "ShapesSource", "Source", "SourceRecord", "TAR_SUFFIXES",
+__all__ = ["CAPTION_FIELDS", "Caption", "HFDiskSource", "ImageFolderSource", "KEY_FIELDS", "MDSSource",
+           "METADATA_FILES", "SKIP_REASONS", "SOURCES_VERSION", "SOURCE_KINDS", "ShapesSource", "Source", "SourceRecord", "TAR_SUFFIXES",
            "WebDatasetSource", "caption_from_bytes", "caption_from_value", "open_source", "parse_source_spec",
            "preprocess"]
 
 
 _KIND_PREFIX = re.compile(r"^([A-Za-z][\w+.-]*):(.*)$")
 _SPEC_HELP = ("Use 'shapes' (or 'shapes:train' / 'shapes:val'), an image folder, a .tar shard or a folder "
-              "of shards, or a folder written by Dataset.save_to_disk; force a kind with a prefix, e.g. "
-              "'imagefolder:PATH', 'webdataset:PATH', 'hf_disk:PATH'.")
+              "of shards, a folder written by Dataset.save_to_disk, or an MDS folder (index.json); force a kind "
+              "with a prefix, e.g. 'imagefolder:PATH', 'webdataset:PATH', 'hf_disk:PATH', 'mds:PATH'.")
 _OPTIONS = {
     "shapes": {"n", "resolution", "split", "seed", "template_weights"},
     "imagefolder": set(),
     "webdataset": set(),
     "hf_disk": {"key_column", "split"},
+    "mds": set(),
 }
 
 
@@ -102,6 +104,8 @@ def _infer_kind(path: Path) -> str:
     saved_dataset = (path / "state.json").exists() and (path / "dataset_info.json").exists()
     if saved_dataset or (path / "dataset_dict.json").exists():
         return "hf_disk"
+    if (path / "index.json").is_file() or any(path.glob("*/index.json")):
+        return "mds"
     names = [p.name.lower() for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
     has_tars = any(n.endswith(TAR_SUFFIXES) for n in names)
     has_images = any(os.path.splitext(n)[1] in IMAGE_EXTENSIONS for n in names)
@@ -117,9 +121,10 @@ def open_source(spec: str | os.PathLike, *, image_column: str = "image", caption
 
     Args:
         spec: ``"shapes"``, ``"shapes:train"``, ``"shapes:val"``; an image folder; a ``.tar`` shard
-            or a folder of shards; a folder written by ``Dataset.save_to_disk``. Prefix a path
-            with ``imagefolder:``, ``webdataset:`` or ``hf_disk:`` to force the kind.
-        image_column: image column of a saved dataset (``hf_disk``).
+            or a folder of shards; a folder written by ``Dataset.save_to_disk``; an MDS folder. Prefix a
+            path with ``imagefolder:``, ``webdataset:``, ``hf_disk:`` or ``mds:`` to force the kind.
+        image_column: image column of a saved dataset (``hf_disk``) or of MDS shards (default there: the
+            first of jpg, jpeg, png, image, webp).
         caption_column: caption column / metadata or json field; None tries ``CAPTION_FIELDS``.
         min_side: skip images whose short side is smaller (``too_small``); 0 keeps all.
         limit: yield at most this many records (skipped ones count).
@@ -154,5 +159,8 @@ def open_source(spec: str | os.PathLike, *, image_column: str = "image", caption
         return ImageFolderSource(target, caption_column=caption_column, min_side=min_side, limit=limit)
     if kind == "webdataset":
         return WebDatasetSource(target, caption_column=caption_column, min_side=min_side, limit=limit)
+    if kind == "mds":
+        return MDSSource(target, image_column=None if image_column == "image" else image_column,
+                         caption_column=caption_column, min_side=min_side, limit=limit)
     return HFDiskSource(target, image_column=image_column, caption_column=caption_column,
                         min_side=min_side, limit=limit, **options)

@@ -15,7 +15,7 @@ from ...io import fingerprint
 from ..images import decode_image
 
 SOURCES_VERSION = 1                          # bump when validation rules change record contents
-SOURCE_KINDS = ("shapes", "imagefolder", "webdataset", "hf_disk")
+SOURCE_KINDS = ("shapes", "imagefolder", "webdataset", "hf_disk", "mds")
 CAPTION_FIELDS = ("text", "caption", "txt", "prompt")   # tried in order when caption_column is None
 KEY_FIELDS = ("__key__", "key")              # hf_disk: tried in order when key_column is None
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
