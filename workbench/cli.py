@@ -28,7 +28,7 @@ import sys
 def _add_prepare_arguments(parser) -> None:
     """The ``workbench prepare`` options."""
     parser.add_argument("--source", default="shapes",
-                        help="shapes | shapes:val | image folder | tar shard(s) | save_to_disk folder (default shapes)")
+                        help="shapes | shapes:val | image folder | tar shard(s) | save_to_disk folder | MDS folder (default shapes)")
     parser.add_argument("--out", required=True, help="output folder, e.g. data/prepared/NAME")
     parser.add_argument("--codec", default="pixel", help="pixel | vae:PATH (a local AutoencoderKL folder)")
     parser.add_argument("--text-encoder", default="default",
@@ -39,7 +39,7 @@ def _add_prepare_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="rows per encode batch")
     parser.add_argument("--shard-size", type=int, default=512, help="source records per resumable shard")
     parser.add_argument("--seed", type=int, default=0, help="seed of the VAE posterior noise")
-    parser.add_argument("--image-column", default="image", help="image column of a saved dataset")
+    parser.add_argument("--image-column", default="image", help="image column of a saved dataset or MDS shards (MDS default: jpg, jpeg, png, image or webp)")
     parser.add_argument("--caption-column", default=None, help="caption column / metadata field")
     parser.add_argument("--max-length", type=int, default=None, help="caption tokens (text encoder default 77)")
     parser.add_argument("--trim-padding", action="store_true",
