@@ -32,14 +32,16 @@ def _add_prepare_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="output folder, e.g. data/prepared/NAME")
     parser.add_argument("--codec", default="pixel", help="pixel | vae:PATH (a local AutoencoderKL folder)")
     parser.add_argument("--text-encoder", default="default",
-                        help="default (embedded MiniLM-L6) | PATH (a local transformers folder)")
+                        help="default (embedded MiniLM-L6) | PATH (a local transformers folder, or an open_clip "
+                             "folder such as the paper's DFN5B CLIP)")
     parser.add_argument("--resolutions", default="32", help="comma-separated square sizes, e.g. 32,64")
     parser.add_argument("--limit", type=int, default=None, help="at most N source records")
     parser.add_argument("--min-side", type=int, default=0, help="skip images whose short side is smaller")
     parser.add_argument("--batch-size", type=int, default=64, help="rows per encode batch")
     parser.add_argument("--shard-size", type=int, default=512, help="source records per resumable shard")
     parser.add_argument("--seed", type=int, default=0, help="seed of the VAE posterior noise")
-    parser.add_argument("--image-column", default="image", help="image column of a saved dataset or MDS shards (MDS default: jpg, jpeg, png, image or webp)")
+    parser.add_argument("--image-column", default="image",
+                        help="image column of a saved dataset or MDS shards (MDS default: jpg, jpeg, png, image, webp)")
     parser.add_argument("--caption-column", default=None, help="caption column / metadata field")
     parser.add_argument("--max-length", type=int, default=None, help="caption tokens (text encoder default 77)")
     parser.add_argument("--trim-padding", action="store_true",
