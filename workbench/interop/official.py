@@ -248,8 +248,10 @@ def convert_official(path: str | Path, out: str | Path, arch: str | None = "xl_2
     state, notes = read_official_state_dict(path, allow_pickle)
     cfg = official_config(arch, in_channels, config)
     weights, cfg = convert_state_dict(state, cfg)
-    model = MicroDiT(**to_dict(cfg))
-    model.load_state_dict(weights, strict=True)
+    with torch.device("meta"):                      # no second copy of the weights, no init time
+        model = MicroDiT(**to_dict(cfg))
+    model.load_state_dict(weights, strict=True, assign=True)
+    model.mask_token = torch.zeros_like(model.mask_token, device="cpu")      # the one non-persistent buffer
     local = lambda p: str(Path(p).expanduser().resolve()) if Path(p).expanduser().exists() else str(p)  # noqa: E731
     codec = local(vae or DEFAULT_VAES.get(cfg.in_channels, DEFAULT_VAES[4]))
     record = {
