@@ -158,6 +158,9 @@ def test_a_converted_model_samples_exports_and_opens_in_the_widgets(tmp_path):
     assert panel.latent_side == 8
     explorer = MaskExplorer(bundle.model, text_encoder=bundle.text_encoder, codec=bundle.codec, caption="a red circle")
     assert explorer.num_tokens == 16
+    import ipywidgets
+
+    ipywidgets.Widget.close_all()          # closed now, not by the garbage collector at interpreter exit
 
 
 def _yaml() -> dict:
