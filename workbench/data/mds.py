@@ -79,7 +79,8 @@ class MDSReader:
             except (OSError, ValueError, KeyError, TypeError) as err:
                 raise MDSError(f"{index} is not an MDS index ({err}); copy it again from the source") from err
             for shard in shards:
-                self.shard_info.append({**shard, "file": index.parent / (shard.get("raw_data") or {}).get("basename", "")})
+                basename = (shard.get("raw_data") or {}).get("basename", "")
+                self.shard_info.append({**shard, "file": index.parent / basename})
         self._check_shards()
         first = self.shard_info[0]
         self.columns = dict(zip(first["column_names"], first["column_encodings"]))
@@ -107,6 +108,10 @@ class MDSReader:
 
     def __len__(self) -> int:
         return self._starts[-1]
+
+    def fingerprint(self) -> str:
+        """A hash of the shard list (files, sample counts, byte sizes): "the same data?" in one comparison."""
+        return fingerprint([(str(s["file"]), s["samples"], s["raw_data"]) for s in self.shard_info])
 
     def _shard_bytes(self, k: int) -> bytes:
         if self._cache is None or self._cache[0] != k:
@@ -190,7 +195,7 @@ def import_mds(src: str | os.PathLike, out: str | os.PathLike, *, vae: str | os.
     shapes = {r: (codec.channels, codec.latent_size(r), codec.latent_size(r)) for r in resolutions}
     L, D = encoder.max_length, encoder.dim
     settings = {"source": {"kind": "mds", "path": str(reader.path.resolve()), "samples": len(reader),
-                           "index": fingerprint([(str(s["file"]), s["samples"], s["raw_data"]) for s in reader.shard_info])},
+                           "index": reader.fingerprint()},
                 "codec": codec.describe(), "text_encoder": encoder.describe(), "resolutions": resolutions,
                 "format_version": FORMAT_VERSION}
     settings["fingerprint"] = fingerprint(settings)

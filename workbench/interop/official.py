@@ -258,7 +258,8 @@ def convert_official(path: str | Path, out: str | Path, arch: str | None = "xl_2
         "codec": f"vae:{codec}",
         "text_encoder": {"spec": local(text_encoder or DEFAULT_TEXT_ENCODER), "max_length": 77, "trim_padding": False,
                          "dim": cfg.caption_dim},
-        "resolution": cfg.sample_size * _vae_downsample(codec), "sigma_data": 0.9, "prompts": [], "cfg_scale": 5.0, "steps": 30,
+        "resolution": cfg.sample_size * _vae_downsample(codec), "sigma_data": 0.9, "prompts": [], "cfg_scale": 5.0,
+        "steps": 30,
     }
     extra = {"converted_from": str(Path(path).expanduser().resolve()), "official_arch": arch, **notes}
     return ckpt.save_checkpoint(out, 0, model=model, state=ckpt.TrainingState(step=0, extra=extra),

@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from ...io import fingerprint
 from ..mds import MDSReader
 from .base import CAPTION_FIELDS, SOURCES_VERSION, Source, SourceRecord, _image_record, caption_from_value
 
@@ -55,4 +54,4 @@ class MDSSource(Source):
         return {"kind": self.kind, "version": SOURCES_VERSION, "path": str(self.path),
                 "image_column": self.image_column, "caption_column": self.caption_column, "min_side": self.min_side,
                 "limit": self.limit, "records": len(self.reader),
-                "fingerprint": fingerprint([(str(s["file"]), s["samples"], s["raw_data"]) for s in self.reader.shard_info])}
+                "fingerprint": self.reader.fingerprint()}
