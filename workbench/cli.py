@@ -28,7 +28,8 @@ import sys
 def _add_prepare_arguments(parser) -> None:
     """The ``workbench prepare`` options."""
     parser.add_argument("--source", default="shapes",
-                        help="shapes | shapes:val | image folder | tar shard(s) | save_to_disk folder | MDS folder (default shapes)")
+                        help="shapes | shapes:val | image folder | tar shard(s) | save_to_disk folder | MDS folder "
+                             "(default shapes)")
     parser.add_argument("--out", required=True, help="output folder, e.g. data/prepared/NAME")
     parser.add_argument("--codec", default="pixel", help="pixel | vae:PATH (a local AutoencoderKL folder)")
     parser.add_argument("--text-encoder", default="default",

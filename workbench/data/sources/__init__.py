@@ -47,9 +47,9 @@ from .procedural import ShapesSource
 from .webdataset_tars import WebDatasetSource
 
 __all__ = ["CAPTION_FIELDS", "Caption", "HFDiskSource", "ImageFolderSource", "KEY_FIELDS", "MDSSource",
-           "METADATA_FILES", "SKIP_REASONS", "SOURCES_VERSION", "SOURCE_KINDS", "ShapesSource", "Source", "SourceRecord",
-           "TAR_SUFFIXES", "WebDatasetSource", "caption_from_bytes", "caption_from_value", "open_source", "parse_source_spec",
-           "preprocess"]
+           "METADATA_FILES", "SKIP_REASONS", "SOURCES_VERSION", "SOURCE_KINDS", "ShapesSource", "Source",
+           "SourceRecord", "TAR_SUFFIXES", "WebDatasetSource", "caption_from_bytes", "caption_from_value",
+           "open_source", "parse_source_spec", "preprocess"]
 
 
 _KIND_PREFIX = re.compile(r"^([A-Za-z][\w+.-]*):(.*)$")
