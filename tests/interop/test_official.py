@@ -156,8 +156,9 @@ def test_a_converted_model_samples_exports_and_opens_in_the_widgets(tmp_path):
 
     panel = SamplerPanel(tmp_path / "xl", steps=2, batch_size=1)
     assert panel.latent_side == 8
-    explorer = MaskExplorer(bundle.model, text_encoder=bundle.text_encoder, codec=bundle.codec, caption="a red circle")
-    assert explorer.num_tokens == 16
+    explorer = MaskExplorer(tmp_path / "xl", caption="a red circle")            # its codec, encoder and σ_data
+    assert explorer.num_tokens == 16 and explorer.sigma_data == 0.9 and explorer.text_encoder.kind == "open_clip"
+    assert explorer.checkpoint == path and explorer.keep.sum() == 4               # mask 0.75 of 16 patches
     import ipywidgets
 
     ipywidgets.Widget.close_all()          # closed now, not by the garbage collector at interpreter exit

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -53,6 +54,34 @@ def load_image(image, resolution: int) -> np.ndarray:
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     return preprocess(Image.fromarray(array), resolution)
+
+
+class CheckpointParts(NamedTuple):
+    """What a widget takes from a checkpoint: the model and, unless the caller gave its own, codec and encoder."""
+
+    model: Any
+    text_encoder: Any
+    codec: Any
+    sigma_data: float
+    resolution: int
+    checkpoint: Any
+
+
+def open_checkpoint(spec, text_encoder=None, codec=None, vae=None, use_ema: bool = True) -> CheckpointParts:
+    """A checkpoint (or stage folder, or "reference") for a widget, via ``load_for_sampling``.
+
+    A text encoder or codec given as an object is kept; given as a path (``"vae:PATH"`` for the codec,
+    or ``vae=PATH``) it replaces the recorded one; None takes the checkpoint's own.
+    """
+    from ..train.sampling import load_for_sampling
+
+    vae = vae or (codec[4:] if isinstance(codec, str) and codec.startswith("vae:") else None)
+    bundle = load_for_sampling(spec, use_ema=use_ema, device="cpu", vae=vae,
+                               text_encoder=text_encoder if isinstance(text_encoder, (str, os.PathLike)) else None)
+    keep_encoder = text_encoder is not None and not isinstance(text_encoder, (str, os.PathLike))
+    return CheckpointParts(bundle.model, text_encoder if keep_encoder else bundle.text_encoder,
+                           codec if codec is not None and not isinstance(codec, str) else bundle.codec,
+                           bundle.edm.sigma_data, bundle.resolution, bundle.checkpoint)
 
 
 def resolve_codec(codec):

@@ -17,6 +17,7 @@ network output is the mask token, so there the denoiser returns (almost) only c_
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from ..diffusion.edm import precondition
 from ..model.masking import num_kept
 from ..images import display_scale, png_bytes, upscale
 from ..diffusion.sampling import model_device
-from .common import (DisplayMixin, check_codec, embed_captions, load_image, resolve_codec,
+from .common import (DisplayMixin, check_codec, embed_captions, load_image, open_checkpoint, resolve_codec,
                      resolve_text_encoder)
 
 SIGMA_RANGE = (0.002, 80.0)      # the log slider's σ range (EDM's σ_min .. σ_max)
@@ -66,7 +67,9 @@ class MaskExplorer(DisplayMixin):
     """Explore MicroDiT's deferred masking on one image.
 
     Args:
-        model: a ``MicroDiT`` (any in_channels; for latent models pass their ``codec``).
+        model: a ``MicroDiT`` (any in_channels; for latent models pass their ``codec``), or a checkpoint /
+            stage folder / ``"reference"``, whose codec, text encoder, σ_data and resolution are then the
+            defaults (e.g. a model converted with ``workbench convert-official``).
         image: None (render a shapes scene at the model's resolution), a file path, a PIL image or an
             array (resized and centre-cropped to the resolution).
         text_encoder: None (the embedded MiniLM-L6), a ``TextEncoder`` or a folder path, or False for
@@ -75,7 +78,7 @@ class MaskExplorer(DisplayMixin):
         codec: None / "pixel" (in_channels == 3, pixels in [-1, 1]), "vae:PATH" or a codec object.
         resolution: image side in pixels (default ``model.config.sample_size`` x the codec's downsample).
         mask_ratio, sigma, seed: initial control values (the seed draws both the noise and the mask).
-        sigma_data: the EDM σ_data the model was trained with.
+        sigma_data: the EDM σ_data the model was trained with (default: the checkpoint's, else 0.9).
         scene: index of the shapes scene (``split="val"``) when no image is given.
 
     Attributes:
@@ -84,24 +87,32 @@ class MaskExplorer(DisplayMixin):
         keep: (T,) bool numpy array of the kept patches; ``num_tokens``; ``num_kept``.
         noisy, denoised_unmasked, denoised_masked: (1, C, h, w) float tensors of the last update.
         widget: the ``ipywidgets.VBox`` shown in notebooks.
+        checkpoint: the checkpoint folder the model came from, or None.
 
     Example::
 
         explorer = MaskExplorer(model, "photo.jpg", caption="a cat", codec="vae:/models/sdxl-vae")
+        explorer = MaskExplorer("models/xl2", "photo.jpg", caption="a cat")   # a checkpoint: its codec and encoder
         explorer.sigma.value = 2.0
         explorer.update()
     """
 
     def __init__(self, model, image=None, text_encoder=None, caption: str | None = None, *, codec=None,
                  resolution: int | None = None, mask_ratio: float = 0.75, sigma: float = 1.0, seed: int = 0,
-                 sigma_data: float = 0.9, scene: int = 0):
+                 sigma_data: float | None = None, scene: int = 0):
         import ipywidgets as W
 
+        self.checkpoint = None
+        if isinstance(model, (str, os.PathLike)):
+            parts = open_checkpoint(model, text_encoder, codec)
+            model, text_encoder, codec, self.checkpoint = parts.model, parts.text_encoder, parts.codec, parts.checkpoint
+            sigma_data = parts.sigma_data if sigma_data is None else sigma_data
+            resolution = resolution or parts.resolution
         self.model = model
         self.codec = resolve_codec(codec)
         check_codec(model, self.codec)
         self.text_encoder = resolve_text_encoder(text_encoder, model)
-        self.sigma_data = float(sigma_data)
+        self.sigma_data = 0.9 if sigma_data is None else float(sigma_data)
         self.device = model_device(model)
         down = getattr(self.codec, "downsample", 1)
         self.resolution = int(resolution or model.config.sample_size * down)

@@ -25,7 +25,8 @@ import torch
 
 from ..diffusion import EDMConfig, SAMPLER_NAMES, sample
 from ..images import display_scale, grid_png, image_grid, save_png
-from .common import DisplayMixin, blank_png, check_codec, embed_captions, resolve_codec, resolve_text_encoder
+from .common import (DisplayMixin, blank_png, check_codec, embed_captions, open_checkpoint, resolve_codec,
+                     resolve_text_encoder)
 
 
 def _slug(text: str, limit: int = 40) -> str:
@@ -66,18 +67,9 @@ class SamplerPanel(DisplayMixin):
 
         record = {}
         if isinstance(model_or_checkpoint, (str, Path)):
-            from ..train.sampling import load_for_sampling
-
-            bundle = load_for_sampling(model_or_checkpoint, use_ema=use_ema, device="cpu",
-                                       vae=vae or (codec[4:] if isinstance(codec, str) and codec.startswith("vae:")
-                                                   else None),
-                                       text_encoder=text_encoder if isinstance(text_encoder, (str, Path)) else None)
-            self.checkpoint = bundle.checkpoint
-            model = bundle.model
-            record = {"sigma_data": bundle.edm.sigma_data, "resolution": bundle.resolution}
-            text_encoder = bundle.text_encoder if text_encoder is None or isinstance(text_encoder, (str, Path)) \
-                else text_encoder
-            codec = bundle.codec if codec is None or isinstance(codec, str) else codec
+            parts = open_checkpoint(model_or_checkpoint, text_encoder, codec, vae, use_ema)
+            model, text_encoder, codec, self.checkpoint = parts.model, parts.text_encoder, parts.codec, parts.checkpoint
+            record = {"sigma_data": parts.sigma_data, "resolution": parts.resolution}
         else:
             self.checkpoint = None
             model = model_or_checkpoint
