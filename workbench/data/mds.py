@@ -225,30 +225,29 @@ def _write_part(part: Path, shard: str, rows: list[dict], shapes: dict, caption_
     from .prepared import _quiet_datasets, to_arrow
 
     L, D = caption_shape
-    skipped = []
-    columns = {f"latents_{r}": [] for r in shapes} | {"caption_emb": [], "caption": [], "source_key": []}
+    expected = {f"latents_{r}": s for r, s in shapes.items()} | {"caption_emb": (L, D)}   # column -> row shape
+    sources = {f"latents_{r}": f"latents_{r}" for r in shapes} | {"caption_emb": f"{caption_key}_latents"}
+    skipped, arrays = [], {column: [] for column in expected}
+    captions, keys = [], []
     for i, row in enumerate(rows):
         key = f"{shard}:{i}"
-        arrays = {f"latents_{r}": np.frombuffer(row[f"latents_{r}"], np.float16) for r in shapes}
-        arrays["caption_emb"] = np.frombuffer(row[f"{caption_key}_latents"], np.float16)
-        for column, shape in [(f"latents_{r}", s) for r, s in shapes.items()] + [("caption_emb", (L, D))]:
-            if arrays[column].size != np.prod(shape):
-                raise MDSError(f"{key}: {column} holds {arrays[column].size} fp16 values, the VAE and text encoder "
+        values = {column: np.frombuffer(row[sources[column]], np.float16) for column in expected}
+        for column, shape in expected.items():
+            if values[column].size != np.prod(shape):
+                raise MDSError(f"{key}: {column} holds {values[column].size} fp16 values, the VAE and text encoder "
                                f"given make {shape}; pass the --vae / --text-encoder the data was made with")
-        if not all(np.isfinite(a).all() for a in arrays.values()):
+        if not all(np.isfinite(v).all() for v in values.values()):
             skipped.append({"key": key, "detail": "a latent or caption state is not finite"})
             continue
-        for column, shape in [(f"latents_{r}", s) for r, s in shapes.items()] + [("caption_emb", (L, D))]:
-            columns[column].append(arrays[column].reshape(shape))
-        columns["caption"].append(row[caption_key])
-        columns["source_key"].append(key)
-    table = {c: to_arrow(np.stack(v) if v else np.zeros((0, *shapes[int(c[8:])]), np.float16))
-             for c, v in columns.items() if c.startswith("latents_")}
-    table["caption_emb"] = to_arrow(np.stack(columns["caption_emb"]) if columns["caption_emb"]
-                                    else np.zeros((0, L, D), np.float16))
-    table["caption_mask"] = to_arrow(np.ones((len(columns["caption"]), L), bool))   # the official model sees all L
-    table["caption"] = pa.array(columns["caption"], pa.string())
-    table["source_key"] = pa.array(columns["source_key"], pa.string())
+        for column, shape in expected.items():
+            arrays[column].append(values[column].reshape(shape))
+        captions.append(row[caption_key])
+        keys.append(key)
+    table = {column: to_arrow(np.stack(arrays[column]) if arrays[column] else np.zeros((0, *shape), np.float16))
+             for column, shape in expected.items()}
+    table["caption_mask"] = to_arrow(np.ones((len(captions), L), bool))   # the official model sees all L
+    table["caption"] = pa.array(captions, pa.string())
+    table["source_key"] = pa.array(keys, pa.string())
     tmp = part.with_name(part.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     with _quiet_datasets():
@@ -262,16 +261,11 @@ def _finish(out: Path, parts: list[Path], settings: dict, shapes: dict, caption_
     """Concatenate the parts into ``out``; write report.json, then prepared.json (the completion marker)."""
     import datasets
 
-    from .prepared import INFO_FILE, REPORT_FILE, SHARDS_DIR, PreparedInfo, _quiet_datasets
+    from .prepared import INFO_FILE, REPORT_FILE, SHARDS_DIR, PreparedInfo, _quiet_datasets, save_into
 
-    tmp = out / ".final.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
     with _quiet_datasets():
         final = datasets.concatenate_datasets([datasets.load_from_disk(str(p)) for p in parts])
-        final.save_to_disk(str(tmp))
-    for f in tmp.iterdir():
-        os.replace(f, out / f.name)
-    shutil.rmtree(tmp, ignore_errors=True)
+    save_into(out, final)
     if len(final) == 0:
         raise MDSError(f"0 usable rows in {settings['source']['path']}: {skipped[:3]}")
     atomic_write_json(out / REPORT_FILE, {

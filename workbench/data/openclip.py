@@ -60,15 +60,14 @@ def text_config(path: Path):
     if odd:
         raise ValueError(f"the open_clip text tower in {str(path)!r} uses {odd}, which this reader does not "
                          f"support (it reads plain CLIP text towers such as DFN5B's)")
-    width, heads = int(text.get("width", 512)), int(text.get("heads", 8))
+    width, heads, vocab = int(text.get("width", 512)), int(text.get("heads", 8)), int(text.get("vocab_size", 49408))
     return CLIPTextConfig(
-        vocab_size=int(text.get("vocab_size", 49408)), hidden_size=width, num_attention_heads=heads,
+        vocab_size=vocab, hidden_size=width, num_attention_heads=heads,
         num_hidden_layers=int(text.get("layers", 12)), intermediate_size=int(width * text.get("mlp_ratio", 4.0)),
         max_position_embeddings=int(text.get("context_length", 77)),
         hidden_act="quick_gelu" if model_cfg.get("quick_gelu", False) else "gelu",
         layer_norm_eps=float((text.get("norm_kwargs") or {}).get("eps", 1e-5)),
-        pad_token_id=PAD_ID, bos_token_id=int(text.get("vocab_size", 49408)) - 2,
-        eos_token_id=int(text.get("vocab_size", 49408)) - 1)
+        pad_token_id=PAD_ID, bos_token_id=vocab - 2, eos_token_id=vocab - 1)      # open_clip: SOT, EOT last
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -48,10 +48,9 @@ import numpy as np
 from ..errors import WorkbenchError
 from ..io import atomic_write_json, fingerprint
 from .prepared import (FORMAT_VERSION, INFO_FILE, REPORT_FILE, SETTINGS_FILE, SHARDS_DIR, PrepareReport, PreparedInfo,
-                       _quiet_datasets, _read_json, from_arrow, parse_resolutions, to_arrow)
+                       _quiet_datasets, _read_json, from_arrow, parse_resolutions, save_into, to_arrow)
 
 SHARD_META = "shard.json"
-FINAL_TMP = ".final.tmp"
 PREPARE_SKIP_REASONS = {                # reasons added by prepare on top of sources.SKIP_REASONS
     "duplicate_key": "the key was already written earlier in this prepared dataset",
     "preprocess_error": "resizing / cropping the decoded image failed",
@@ -293,15 +292,10 @@ class _Preparer:
         import datasets
 
         t0 = time.perf_counter()
-        tmp = self.out / FINAL_TMP
-        shutil.rmtree(tmp, ignore_errors=True)
         with _quiet_datasets():
             parts = [datasets.load_from_disk(str(d)) for d, m in zip(dirs, metas) if m["written"]]
             final = datasets.concatenate_datasets(parts) if parts else datasets.Dataset(self.empty_table())
-            final.save_to_disk(str(tmp), num_shards=1 if len(final) == 0 else None)  # 0 rows: still one file
-        for f in tmp.iterdir():                                      # dataset files into OUT itself
-            os.replace(f, self.out / f.name)
-        shutil.rmtree(tmp, ignore_errors=True)
+        save_into(self.out, final)                                   # dataset files into OUT itself
 
         skips = _Skips()
         for m in metas:

@@ -32,6 +32,7 @@ SETTINGS_FILE = "prepare_settings.json"
 REPORT_FILE = "report.json"
 INFO_FILE = "prepared.json"             # completion marker, written last
 SHARDS_DIR = ".shards"
+FINAL_TMP = ".final.tmp"                # the final dataset is saved here, then its files move into the folder
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,6 +83,22 @@ def _quiet_datasets():
     finally:
         if enabled:
             ds_logging.enable_progress_bar()
+
+
+def save_into(out: Path, dataset) -> None:
+    """Save ``dataset`` (a ``datasets.Dataset``) into the folder ``out`` itself, beside the files already there.
+
+    It is saved in ``out/.final.tmp`` and its files are then moved up; a dataset with no rows is still one file.
+    """
+    import shutil
+
+    tmp = out / FINAL_TMP
+    shutil.rmtree(tmp, ignore_errors=True)
+    with _quiet_datasets():
+        dataset.save_to_disk(str(tmp), num_shards=1 if len(dataset) == 0 else None)
+    for f in tmp.iterdir():
+        os.replace(f, out / f.name)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def parse_resolutions(resolutions: int | str | Iterable[int]) -> tuple[int, ...]:
