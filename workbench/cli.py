@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 
 
 def _add_prepare_arguments(parser) -> None:
@@ -144,10 +145,10 @@ def cmd_train(args) -> int:
         trainer.run()                              # Ctrl-C: ends the step, checkpoints, prints one line
     finally:
         trainer.close()                            # the stage folder's lock
-    if trainer.interrupted:
-        return 130
+    if trainer.interrupted:                        # Ctrl-C 130, SIGTERM (preemption) 143, as a shell reports them
+        return 143 if trainer.stop_signal == "SIGTERM" else 130
     last = trainer.history[-1] if trainer.history else {}
-    if main:
+    if main and not trainer.past_steps:            # a stage past its steps said so in its one line
         print(f"{stage.run}/{stage.name}: step {trainer.step_count}/{stage.steps}, "
               f"loss {last.get('loss', float('nan')):.4f} ({trainer.accelerator.num_processes} process(es)); "
               f"outputs in {stage.stage_dir}")
@@ -434,6 +435,11 @@ def one_line(err: BaseException) -> str | None:
     return None
 
 
+def one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """How the CLI prints a warning: ``warning: <message>`` on one line (``--debug`` shows Python's form)."""
+    return f"warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``workbench`` console script.
 
@@ -443,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import debug_enabled
 
     args = build_parser().parse_args(argv)
+    if not (args.debug or debug_enabled()):
+        warnings.formatwarning = one_line_warning      # "warning: ..." without Python's source line
     try:
         return args.fn(args)
     except Exception as err:

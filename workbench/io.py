@@ -59,3 +59,25 @@ def fingerprint(obj: Any) -> str:
     settings?" is one comparison everywhere (prepare, sources, the pipeline, codecs).
     """
     return digest(json.dumps(obj, sort_keys=True, default=str).encode("utf-8", "surrogateescape"))
+
+
+def remove_inside(path: str | os.PathLike, root: str | os.PathLike) -> None:
+    """Delete the file or folder ``path``, but only when it really lies inside ``root`` (symlinks resolved).
+
+    Every deletion the workbench makes (``--fresh``, checkpoint retention, stale temp folders) goes
+    through this, so a hostile name, a symlink or a bug can never delete outside a stage folder::
+
+        remove_inside("runs/demo/stage1/samples", "runs/demo/stage1")
+    """
+    import shutil
+
+    from .errors import WorkbenchError
+
+    target, base = Path(path), Path(root).resolve()
+    resolved = target.parent.resolve() / target.name          # the entry itself, not what a symlink points at
+    if resolved == base or base not in resolved.parents:
+        raise WorkbenchError(f"refused to delete {target}: it is not inside {base} (nothing was deleted)")
+    if target.is_symlink() or not target.is_dir():
+        target.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(target)

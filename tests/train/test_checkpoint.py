@@ -347,6 +347,30 @@ def test_retention_keeps_the_last_n_and_every_final_checkpoint(tmp_path):
         apply_retention(tmp_path, keep_last=0)
 
 
+def test_retention_never_deletes_a_damaged_final_checkpoint_it_moves_it_aside(tmp_path):
+    for step in (10, 20, 30, 40):
+        save_tiny(tmp_path, step, model=tiny(step), final=step == 40)
+    weights = (tmp_path / "step_0000040" / "model.safetensors").read_bytes()
+    os.truncate(tmp_path / "step_0000040" / "model.safetensors", 100)            # damaged, as a full disk leaves it
+    (tmp_path / "step_0000010" / "manifest.json").unlink()                       # incomplete, but not a temp folder
+    lines = []
+    deleted = apply_retention(tmp_path, keep_last=1, log=lines.append)
+    assert deleted == [tmp_path / "step_0000020"]                                # only an older intact one
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_0000030"]
+    damaged = tmp_path / "damaged"
+    assert sorted(p.name for p in damaged.iterdir()) == ["step_0000010", "step_0000040"]
+    assert len((damaged / "step_0000040" / "model.safetensors").read_bytes()) == 100 < len(weights)
+    assert len(lines) == 2 and all("moved to" in line and "nothing was deleted" in line for line in lines)
+    assert "step_0000040 (model.safetensors: size 100 bytes" in lines[1]
+
+
+def test_retention_keeps_keep_last_checkpoints_besides_the_final_one(tmp_path):
+    for step in range(1, 7):
+        save_tiny(tmp_path, step, final=step == 6)
+    apply_retention(tmp_path, keep_last=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_0000004", "step_0000005", "step_0000006"]
+
+
 def test_retention_removes_temp_dirs_of_dead_writers_only(tmp_path):
     save_tiny(tmp_path, 1)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -41,6 +41,27 @@ def test_sigint_during_run_checkpoints_prints_one_line_and_returns(make_stage, c
     assert trainer.done and not trainer.interrupted
 
 
+def test_sigterm_during_run_checkpoints_like_ctrl_c_and_says_which_signal(make_stage, capsys):
+    before = signal.getsignal(signal.SIGTERM)
+    stage = make_stage(steps=50)
+    trainer = Trainer(stage, progress=False,
+                      on_step=lambda t, m: m["step"] == 3 and signal.raise_signal(signal.SIGTERM))
+    trainer.run()                                               # the process is not killed
+    assert trainer.interrupted and trainer.stop_signal == "SIGTERM" and trainer.step_count == 3
+    path = ckpt.latest_valid_checkpoint(stage.checkpoint_dir)
+    assert path.name == "step_0000003" and ckpt.verify_checkpoint(path) == []
+    assert f"stopped by SIGTERM at step 3; checkpoint {path}; resume with" in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_repeated_sigterm_is_ignored_while_stopping():
+    stop = threading.Event()
+    with StopOnInterrupt(stop) as interrupt:
+        signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)                     # torchrun forwards the one its agent got
+        assert interrupt.signal_name == "SIGTERM" and interrupt.exit_code == 143 and stop.is_set()
+
+
 def test_a_second_sigint_raises_keyboard_interrupt():
     before = signal.getsignal(signal.SIGINT)
     stop = threading.Event()
@@ -58,7 +79,7 @@ def test_off_the_main_thread_it_changes_nothing():
 
     def target():
         with StopOnInterrupt(threading.Event()) as interrupt:
-            seen.append(interrupt._installed)
+            seen.append(bool(interrupt._previous))
     thread = threading.Thread(target=target)
     thread.start()
     thread.join()
@@ -88,6 +109,54 @@ def test_ctrl_c_in_workbench_train_checkpoints_and_exits_130_without_a_traceback
     assert [json.loads(r)["step"] for r in metrics.read_text().splitlines()][-1] == step
 
 
+@pytest.mark.slow
+def test_sigterm_to_workbench_train_checkpoints_and_exits_143(make_stage, tmp_path):
+    stage = make_stage(steps=100_000, checkpoint_every=0)
+    config = tmp_path / "stage.yaml"
+    stage.to_yaml(config)
+    proc = subprocess.Popen([sys.executable, "-m", "workbench", "train", "--config", str(config)],
+                            env=worker_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_steps(proc, stage.stage_dir / "metrics.jsonl", 3)
+    proc.send_signal(signal.SIGTERM)                            # what Slurm / Kubernetes send before preempting
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, (out, err)
+    assert "Traceback" not in err, err
+    [line] = [line for line in out.splitlines() if line.startswith("stopped by SIGTERM at step")]
+    step = int(line.split()[5].rstrip(";"))
+    assert ckpt.latest_valid_checkpoint(stage.checkpoint_dir).name == f"step_{step:07d}"
+
+
+@pytest.mark.slow
+def test_sigterm_to_two_gloo_processes_stops_every_rank_at_the_same_step_with_a_checkpoint(make_stage, tmp_path):
+    from tests.train.conftest import BIN, WORKER, read_steps, stage_json
+    from tests.train.test_distributed import free_port
+
+    stage = make_stage(steps=100_000, micro_batch=4, checkpoint_every=0)   # global 8 = 2 ranks x 4
+    out = tmp_path / "out"
+    launch = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--num_cpu_threads_per_process", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(free_port()), str(WORKER), "--stage", stage_json(stage), "--out", str(out)]
+    proc = subprocess.Popen(launch, env=worker_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    wait_for_steps(proc, out / "rank1.jsonl", 3)
+    os.killpg(proc.pid, signal.SIGTERM)                         # a scheduler signals the whole job
+    log, _ = proc.communicate(timeout=180)
+    ranks = [read_steps(out / f"rank{r}.jsonl") for r in (0, 1)]
+    last = ranks[0][-1]["step"]
+    assert ranks[1][-1]["step"] == last, log                    # every rank stopped at the same step
+    path = ckpt.latest_valid_checkpoint(stage.checkpoint_dir)
+    assert path is not None and path.name == f"step_{last:07d}", log
+    assert ckpt.verify_checkpoint(path) == []
+
+
+def wait_for_steps(proc, log, n: int, timeout: float = 180) -> None:
+    """Poll ``log`` (one line per step) until it has ``n`` lines; fail with the process's output if it dies."""
+    deadline = time.monotonic() + timeout
+    while not (log.is_file() and len(log.read_text().splitlines()) >= n):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+
+
 def test_resuming_says_so_and_fresh_starts_over(make_stage, capsys):
     stage = make_stage(steps=2)
     Trainer(stage, progress=False).run()
@@ -103,7 +172,8 @@ def test_resuming_says_so_and_fresh_starts_over(make_stage, capsys):
     fresh = Trainer(longer, progress=False, fresh=True)
     assert fresh.step_count == 0 and fresh.resumed_from is None and fresh.history == []
     assert capsys.readouterr().out.splitlines() == [
-        f"t/s1: starting over (fresh=True removed the earlier run in {longer.stage_dir})"]
+        f"t/s1: starting over (fresh=True removed checkpoints, samples, metrics.jsonl, stage.yaml in "
+        f"{longer.stage_dir})"]
     metrics = longer.stage_dir / "metrics.jsonl"
     assert ckpt.list_checkpoints(longer.checkpoint_dir) == [] and (not metrics.exists() or metrics.read_text() == "")
     fresh.run()

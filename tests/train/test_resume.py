@@ -121,3 +121,70 @@ def test_the_cli_prints_a_refused_pickle_as_one_line(make_stage, capsys):
     err = capsys.readouterr().err
     assert err.strip() == (f"error: refused to unpickle {path / ckpt.STATE_FILE}: it holds objects other than tensors "
                            f"(possibly malicious); it was not loaded")
+
+
+def test_resuming_on_other_data_with_the_same_row_count_is_refused_naming_both(make_stage, shapes_data, tmp_path):
+    from workbench.data.prepare import prepare
+
+    other = tmp_path / "other_shapes"            # same size and settings, other scenes (the val split)
+    prepare(source="shapes", out=other, resolutions=(16, 32), limit=64, text_encoder_options={"trim_padding": True},
+            progress=False, split="val")
+    stage = make_stage(steps=2)
+    Trainer(stage, progress=False).run()
+    with pytest.raises(WorkbenchError) as caught:
+        Trainer(make_stage(steps=4, data=str(other)), progress=False)
+    message = str(caught.value)
+    assert "on other training data" in message and str(shapes_data) in message and str(other) in message
+    assert "init_from=" in message
+    started = Trainer(make_stage(name="s2", steps=1, data=str(other), init_from=str(stage.stage_dir)), progress=False)
+    assert started.step_count == 0 and started.init_info["path"].endswith("step_0000002")   # new data: a new stage
+
+
+def test_a_rerun_of_a_finished_stage_makes_the_sample_grid_a_kill_left_out(make_stage):
+    stage = make_stage(steps=2)
+    Trainer(stage, progress=False).run()
+    grid = stage.stage_dir / "samples" / "step_0000002.png"
+    grid.unlink()                                # as when the process died between the checkpoint and the grid
+    rerun = Trainer(stage, progress=False)
+    rerun.run()
+    assert grid.is_file() and rerun.step_count == 2
+    assert [p.name for p in ckpt.list_checkpoints(stage.checkpoint_dir)] == ["step_0000002"]
+
+
+def test_fewer_steps_than_a_finished_run_says_so_and_does_nothing(make_stage, capsys):
+    stage = make_stage(steps=4)
+    Trainer(stage, progress=False).run()
+    record = (stage.stage_dir / "stage.yaml").read_text()
+    capsys.readouterr()
+    shorter = Trainer(make_stage(steps=3), progress=False)
+    shorter.run()
+    out = capsys.readouterr().out
+    assert "t/s1: already at step 4, past steps=3: nothing to do" in out
+    assert "resuming" not in out and "applied on resume" not in out
+    assert shorter.step_count == 4 and (stage.stage_dir / "stage.yaml").read_text() == record
+    assert [p.name for p in ckpt.list_checkpoints(stage.checkpoint_dir)] == ["step_0000004"]
+
+
+def test_applied_changes_are_said_once_even_when_a_newer_checkpoint_is_refused(make_stage, capsys):
+    stage = make_stage(steps=4, checkpoint_every=2)
+    Trainer(stage, progress=False).run()
+    rewrite_file(stage.checkpoint_dir / "step_0000004", ckpt.STATE_FILE, malicious_pickle())
+    capsys.readouterr()
+    trainer = Trainer(make_stage(steps=6, checkpoint_every=2), progress=False)
+    assert trainer.step_count == 2
+    assert capsys.readouterr().out.count("applied on resume") == 1
+
+
+def test_a_truncated_final_checkpoint_survives_a_shorter_rerun(make_stage):
+    stage = make_stage(steps=4, checkpoint_every=2, keep_last=2)
+    Trainer(stage, progress=False).run()
+    final = stage.checkpoint_dir / "step_0000004"
+    weights = (final / ckpt.MODEL_FILE).read_bytes()
+    with open(final / ckpt.OPTIMIZER_FILE, "r+b") as f:
+        f.truncate(100)
+    with pytest.warns(UserWarning, match="skipping unusable checkpoint .*step_0000004"):
+        rerun = Trainer(make_stage(steps=3, checkpoint_every=2, keep_last=2), progress=False)
+    rerun.run()                                   # resumes at 2, trains to 3, applies retention
+    moved = stage.checkpoint_dir / "damaged" / "step_0000004"
+    assert (moved / ckpt.MODEL_FILE).read_bytes() == weights            # the intact weights were kept
+    assert [p.name for p in ckpt.list_checkpoints(stage.checkpoint_dir)] == ["step_0000002", "step_0000003"]

@@ -270,11 +270,11 @@ def test_consecutive_non_finite_steps_stop_training_and_keep_the_last_good_check
 def test_retention_keeps_the_last_n_and_the_final_checkpoint(make_stage):
     stage = make_stage(steps=5, checkpoint_every=1, keep_last=2)
     Trainer(stage, progress=False).run()
-    assert checkpoint_steps(stage) == [4, 5]
-    assert [ckpt.is_final(p) for p in ckpt.list_checkpoints(stage.checkpoint_dir)] == [False, True]
+    assert checkpoint_steps(stage) == [3, 4, 5]                       # keep_last=2 besides the final one
+    assert [ckpt.is_final(p) for p in ckpt.list_checkpoints(stage.checkpoint_dir)] == [False, False, True]
     longer = stage.replace(steps=8)                                   # the same stage, extended
     Trainer(longer, progress=False).run()
-    assert checkpoint_steps(stage) == [5, 7, 8]                       # step 5 stays: it was a final one
+    assert checkpoint_steps(stage) == [5, 6, 7, 8]                    # step 5 stays: it was a final one
     assert all(ckpt.verify_checkpoint(p) == [] for p in ckpt.list_checkpoints(stage.checkpoint_dir))
 
 

@@ -1,7 +1,7 @@
 """Honest resumes: which checkpoint to resume, and which stage changes a resume can apply.
 
-    path = resumable_checkpoint(stage.checkpoint_dir, load)   # newest one that verifies *and* loads
-    applied = check_resume(saved_stage, stage)                # WorkbenchError for a change that cannot apply
+    path, state = resumable_checkpoint(stage.checkpoint_dir, load)   # newest one that verifies *and* loads
+    applied = check_resume(path, stage, info.fingerprint)             # WorkbenchError for a change that cannot apply
 
 A resume restores the optimiser, the LR scheduler and the RNG, so a changed learning rate, batch,
 schedule, model or noise distribution would silently not apply while the new ``stage.yaml`` said
@@ -43,9 +43,16 @@ def stage_changes(saved: dict, current: dict) -> tuple[list[tuple], list[tuple]]
     return applicable, refused
 
 
-def check_resume(path: Path, stage, log: Callable[[str], object] = print) -> list[tuple]:
-    """Compare ``stage`` with the one checkpoint ``path`` was trained with; log what applies, refuse the rest."""
-    saved = (ckpt.read_config(path) or {}).get("stage") or {}
+def check_resume(path: Path, stage, data_fingerprint: str | None = None) -> list[tuple]:
+    """Compare ``stage`` (and its prepared data) with what checkpoint ``path`` was trained with.
+
+    Returns the applicable changes ``(field, old, new)`` (log them with ``applied_line`` once the resume
+    succeeded); raises ``WorkbenchError`` for changes a resume cannot apply, and for other training data:
+    a resume on a different prepared dataset would silently train on it (a stage that starts from
+    ``init_from`` on new data is the way to do that).
+    """
+    config = ckpt.read_config(path) or {}
+    saved = config.get("stage") or {}
     applicable, refused = stage_changes(saved, stage.to_dict())
     if refused:
         fields = "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in refused)
@@ -53,12 +60,23 @@ def check_resume(path: Path, stage, log: Callable[[str], object] = print) -> lis
                              f"cannot apply ({fields}): the optimiser, LR schedule and RNG come from the checkpoint. "
                              f"Resume with the old values (they are in {path / ckpt.CONFIG_FILE}), or start over "
                              f"on purpose: fresh=True (--fresh) or another run name")
-    if applicable:
-        stretched = " (the LR schedule now spans the new total from this step)" if any(
-            k == "steps" for k, _, _ in applicable) and stage.schedule == "cosine" else ""
-        log(f"{stage.run}/{stage.name}: applied on resume: " +
-            ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in applicable) + stretched)
+    data = (config.get("sampling") or {}).get("data") or {}
+    if data_fingerprint and data.get("fingerprint") and data["fingerprint"] != data_fingerprint:
+        raise WorkbenchError(f"cannot resume {stage.run}/{stage.name} from {path} on other training data: the "
+                             f"checkpoint was trained on {data.get('path')} (fingerprint {data['fingerprint']}), the "
+                             f"stage now names {stage.data} (fingerprint {data_fingerprint}). Resume with "
+                             f"data={data.get('path')}, or train a new stage with init_from={path} on the new data")
     return applicable
+
+
+def applied_line(stage, applicable: list[tuple]) -> str | None:
+    """The one line that says which changes a resume applied (``None`` when there are none)."""
+    if not applicable:
+        return None
+    stretched = " (the LR schedule now spans the new total from this step)" if any(
+        k == "steps" for k, _, _ in applicable) and stage.schedule == "cosine" else ""
+    return (f"{stage.run}/{stage.name}: applied on resume: " +
+            ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in applicable) + stretched)
 
 
 def resumable_checkpoint(root: Path, load: Callable[[Path], object]):

@@ -39,7 +39,8 @@ def sampling_record(info, stage) -> dict:
                              "trim_padding": text.get("trim_padding", False), "dim": text.get("dim"),
                              "config_hash": text.get("config_hash")},
             "resolution": stage.resolution, "sigma_data": stage.sigma_data,
-            "prompts": list(stage.sample_prompts), "cfg_scale": stage.sample_cfg_scale, "steps": stage.sample_steps}
+            "prompts": list(stage.sample_prompts), "cfg_scale": stage.sample_cfg_scale, "steps": stage.sample_steps,
+            "data": {"path": str(info.path), "fingerprint": info.fingerprint}}   # a resume refuses other data
 
 
 def _record_from_prepared(path: Path, stage: dict) -> dict:

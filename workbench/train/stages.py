@@ -10,6 +10,7 @@ unmasked); each stage starts from the previous one's final checkpoint (``init_fr
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 import os
 from dataclasses import dataclass, field
@@ -35,6 +36,16 @@ INIT_MODES = ("weights", "full")
 # the Python types each annotation accepts (an int is a fine float; a bool is never a number)
 _FIELD_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "list": (list, tuple),
                 "dict": (dict,), "str | None": (str, type(None)), "tuple[float, float]": (list, tuple)}
+
+
+def is_single_path_component(name: str) -> bool:
+    """True for a folder name that stays where it is put: ``stage1``, ``demo-2``; never ``..``, ``a/b``, ``.x``.
+
+    ``Stage.name`` and ``Stage.run`` must be one: ``--fresh`` and retention delete inside
+    ``<runs_dir>/<run>/<name>``, so a name that climbs out would delete another run's files.
+    """
+    return (isinstance(name, str) and bool(name) and not name.startswith(".") and "\0" not in name
+            and not any(sep in name for sep in ("/", "\\", os.sep, os.altsep or "/")))
 
 
 def _coerce(value: Any, annotation: str) -> Any:
@@ -151,8 +162,8 @@ class Stage:
                 self.model_overrides)
         for name in ("name", "run"):
             value = getattr(self, name)
-            require(isinstance(value, str) and value and "/" not in value, own, name, "a non-empty name without '/'",
-                    value)
+            require(is_single_path_component(value), own, name,
+                    "one folder name: not empty, no '/' or '\\', not '.' or '..', no leading '.'", value)
         from ..model import preset_config
 
         preset_config(self.model, **self.model_overrides)  # unknown preset or bad override fails here
@@ -225,3 +236,14 @@ def check_stage(stage: Stage, num_processes: int = 1) -> PreparedInfo:
     if stage.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ValueError("Stage.mixed_precision: fp16 on CPU is ~100x slower than fp32; use 'bf16' or 'no'")
     return info
+
+
+def lr_factor(step: int, stage: Stage) -> float:
+    """Learning-rate multiplier at ``step``: linear warmup, then cosine to ``final_lr_fraction`` or constant."""
+    if stage.warmup_steps and step < stage.warmup_steps:
+        return (step + 1) / stage.warmup_steps
+    if stage.schedule == "constant":
+        return 1.0
+    span = max(1, stage.steps - stage.warmup_steps)
+    progress = min(1.0, (step - stage.warmup_steps) / span)
+    return stage.final_lr_fraction + (1 - stage.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import math
-import shutil
 import threading
 import time
 import warnings
@@ -27,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ..config import RESOLUTION_FIELDS, architecture_diff, format_diff, to_dict
 from ..data.loader import PreparedLoader
-from ..diffusion import EDMConfig, EDMLoss, loss_per_sigma_bin, sample_sigmas
+from ..diffusion import EDMLoss, loss_per_sigma_bin
 from ..errors import out_of_memory
 from ..model import MicroDiT, null_caption, trim_caption_padding
 from ..model.moe import ExpertChoiceMoE
@@ -36,41 +35,15 @@ from .accelerator import make_accelerator
 from .interrupt import StopOnInterrupt
 from .lock import StageLock
 from .monitor import MetricsLog, PromptGrid
-from .resume import check_resume, resumable_checkpoint
+from .resume import applied_line, check_resume, resumable_checkpoint
+from .stage_folder import clear_outputs, samples_path, stopped_line
 from .sampling import sampling_record
-from .stages import Stage, check_stage
+from .noise import draw_sample_noise
+from .stages import Stage, check_stage, lr_factor
 
 
 class TrainingDiverged(RuntimeError):
     """Too many consecutive non-finite losses or gradients."""
-
-
-def lr_factor(step: int, stage: Stage) -> float:
-    """Learning-rate multiplier at ``step``: linear warmup, then cosine to ``final_lr_fraction`` or constant."""
-    if stage.warmup_steps and step < stage.warmup_steps:
-        return (step + 1) / stage.warmup_steps
-    if stage.schedule == "constant":
-        return 1.0
-    span = max(1, stage.steps - stage.warmup_steps)
-    progress = min(1.0, (step - stage.warmup_steps) / span)
-    return stage.final_lr_fraction + (1 - stage.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def sample_seed(seed: int, step: int, row: int) -> int:
-    """A 63-bit seed for one training sample, from the stage seed, the step and the dataset row."""
-    return (((seed * 1_000_003 + step) * 2_654_435_761) ^ (row * 40_503 + 0x9E3779B97F4A7C15)) % (2 ** 63)
-
-
-def draw_sample_noise(rows, step: int, stage: Stage, edm: EDMConfig, shape: tuple[int, int, int], tokens: int):
-    """Per-sample sigma (B,), noise (B, C, H, W), mask noise (B, T) and caption-drop flags (B,)."""
-    sigmas, noises, mask_noises, drops = [], [], [], []
-    for row in rows:
-        gen = torch.Generator().manual_seed(sample_seed(stage.seed, step, int(row)))
-        sigmas.append(sample_sigmas(1, edm, gen)[0])                                # EDM's ln σ ~ N(P_mean, P_std²)
-        noises.append(torch.randn(shape, generator=gen))
-        mask_noises.append(torch.rand(tokens, generator=gen))
-        drops.append(torch.rand((), generator=gen) < stage.caption_dropout)
-    return torch.stack(sigmas), torch.stack(noises), torch.stack(mask_noises), torch.stack(drops)
 
 
 class Trainer:
@@ -124,7 +97,7 @@ class Trainer:
         self._checkpointed_step = self._sampled_step = -1
         self._thread: threading.Thread | None = None
         self._active = False
-        self.interrupted = False
+        self.interrupted, self.stop_signal = False, ""      # stop_signal: "SIGINT" / "SIGTERM" when one stopped run()
         self.error: BaseException | None = None
         set_seed(stage.seed)
         self._lock = None
@@ -161,14 +134,14 @@ class Trainer:
         try:
             if acc.is_main_process:
                 ckpt.remove_stale_temps(stage.checkpoint_dir)                   # half-written by dead writers
-                if fresh and stage.stage_dir.exists():
-                    shutil.rmtree(stage.stage_dir)
-                    print(f"{stage.run}/{stage.name}: starting over (fresh=True removed the earlier run in "
-                          f"{stage.stage_dir})", flush=True)
+                removed = clear_outputs(stage) if fresh else []     # only what the workbench wrote there
+                if removed:
+                    print(f"{stage.run}/{stage.name}: starting over (fresh=True removed {', '.join(removed)} "
+                          f"in {stage.stage_dir})", flush=True)
             acc.wait_for_everyone()
             self.metrics = MetricsLog(stage.stage_dir / "metrics.jsonl")
             self.resumed_from = self._resume(resume)
-            if acc.is_main_process:
+            if acc.is_main_process and not self.past_steps:     # a stage past its steps records nothing new
                 stage.to_yaml(stage.stage_dir / "stage.yaml")
             if stage.tensorboard:
                 acc.init_trackers(stage.run, config={k: v for k, v in stage.to_dict().items()
@@ -217,8 +190,10 @@ class Trainer:
                 raise ValueError(f"{root} already has checkpoints; resume with resume='auto' (--resume auto) or "
                                  f"choose another run/stage name")
             return None
+        applied = {}
+
         def load(path):
-            check_resume(path, self.stage, log=print if self.accelerator.is_main_process else lambda _: None)
+            applied[path] = check_resume(path, self.stage, self.info.fingerprint)   # refuses what cannot apply
             return ckpt.load_checkpoint(path, model=self.raw_model, optimizer=self.optimizer, scheduler=self.scheduler,
                                         ema=self.ema, map_location=self.accelerator.device, verify=resume != "auto")
 
@@ -245,15 +220,32 @@ class Trainer:
         self.history = [r for r in self.metrics.read() if r.get("step", 0) <= state.step]
         if self.accelerator.is_main_process:
             self.metrics.truncate_after(state.step)
-            print(f"{self.stage.run}/{self.stage.name}: resuming at step {state.step} of {self.stage.steps} from {path} "
-                  f"(fresh=True or another run name starts over)", flush=True)
+            self._say_resumed(path, state.step, applied[path])
         return str(path)
+
+    def _say_resumed(self, path: Path, step: int, applied: list[tuple]) -> None:
+        """One line (two with applied changes): resuming, finished, or past the stage's steps."""
+        name = f"{self.stage.run}/{self.stage.name}"
+        if step > self.stage.steps:
+            print(f"{name}: already at step {step}, past steps={self.stage.steps}: nothing to do ({path}); "
+                  f"to train a shorter stage, use another run name or fresh=True (--fresh)", flush=True)
+            return
+        if line := applied_line(self.stage, applied):
+            print(line, flush=True)
+        doing = "finished" if step == self.stage.steps else "resuming"
+        print(f"{name}: {doing} at step {step} of {self.stage.steps} from {path} "
+              f"(fresh=True or another run name starts over)", flush=True)
 
     # ------------------------------------------------------------------ training
     @property
     def done(self) -> bool:
         """True once the stage has run all its steps."""
         return self.step_count >= self.stage.steps
+
+    @property
+    def past_steps(self) -> bool:
+        """True when the resumed checkpoint is beyond ``stage.steps`` (the stage was shortened): nothing to do."""
+        return self.step_count > self.stage.steps
 
     def step(self) -> dict:
         """One optimiser step over ``global_batch`` samples; returns its metrics."""
@@ -356,6 +348,8 @@ class Trainer:
         stage, acc = self.stage, self.accelerator
         target = stage.steps if steps is None else min(stage.steps, self.step_count + steps)
         if self.step_count >= target:
+            if self.done and not self.past_steps:
+                self._complete_outputs()           # killed after the final checkpoint: its sample grid
             return self.history
         if self._lock is not None:
             self._lock.check_exclusive(self)    # another Trainer of this process is training this folder
@@ -376,7 +370,7 @@ class Trainer:
                         wanted = torch.tensor([float(self._stop.is_set())], device=acc.device)
                         if acc.reduce(wanted, reduction="sum").item() > 0:
                             self._stop.set()
-                self.interrupted = interrupt.hit
+                self.interrupted, self.stop_signal = interrupt.hit, interrupt.signal_name
                 if self._checkpointed_step != self.step_count:
                     self.save_checkpoint()
                 if self.done and self._sampled_step != self.step_count:
@@ -387,8 +381,7 @@ class Trainer:
             self._active = False
         if self.interrupted and acc.is_main_process:
             saved = ckpt.list_checkpoints(stage.checkpoint_dir)
-            print(f"interrupted at step {self.step_count}; checkpoint {saved[-1] if saved else None}; resume with "
-                  f"trainer.run() or the same command (it resumes automatically)", flush=True)
+            print(stopped_line(self.step_count, saved[-1] if saved else None, self.stop_signal), flush=True)
         if stage.tensorboard:
             acc.end_training()
         for fn in self.callbacks["on_end"]:
@@ -430,7 +423,7 @@ class Trainer:
                                         scheduler=self.scheduler, ema=self.ema, state=state,
                                         stage_config=self.stage.to_dict(),
                                         sampling=sampling_record(self.info, self.stage), final=self.done)
-            ckpt.apply_retention(self.stage.checkpoint_dir, keep_last=self.stage.keep_last)
+            ckpt.apply_retention(self.stage.checkpoint_dir, keep_last=self.stage.keep_last, log=tqdm.write)
             for fn in self.callbacks["on_checkpoint"]:
                 fn(self, path)
         self._checkpointed_step = self.step_count
@@ -444,6 +437,11 @@ class Trainer:
             return None
         return {k: v.item() if torch.is_tensor(v) else v for k, v in scaler.state_dict().items()}
 
+    def _complete_outputs(self) -> None:
+        """A rerun of a finished stage makes what a kill after its final checkpoint left out: the sample grid."""
+        if not samples_path(self.stage.stage_dir, self.step_count).is_file():
+            self.save_samples()
+
     def sampling_model(self) -> MicroDiT:
         """The EMA model when the stage keeps one, else the raw model."""
         return self.ema if self.ema is not None else self.raw_model
@@ -453,7 +451,7 @@ class Trainer:
         self._sampled_step = self.step_count
         if not self.accelerator.is_main_process:
             return None
-        path = self.stage.stage_dir / "samples" / f"step_{self.step_count:07d}.png"
+        path = samples_path(self.stage.stage_dir, self.step_count)
         self.grid.save(self.sampling_model(), path, device=self.accelerator.device)
         for fn in self.callbacks["on_samples"]:
             fn(self, path)

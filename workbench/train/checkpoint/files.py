@@ -8,7 +8,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -18,6 +17,7 @@ from typing import Any
 
 from workbench.config import RETIRED_MODEL_FIELDS
 from workbench.errors import WorkbenchError
+from workbench.io import remove_inside
 
 FORMAT = 1                                       # manifest format version
 MANIFEST = "manifest.json"
@@ -25,6 +25,7 @@ MODEL_FILE, EMA_FILE = "model.safetensors", "ema.safetensors"
 OPTIMIZER_FILE, SCHEDULER_FILE = "optimizer.pt", "scheduler.pt"
 STATE_FILE, CONFIG_FILE = "state.pt", "config.json"
 REQUIRED_FILES = (MODEL_FILE, STATE_FILE, CONFIG_FILE)
+DAMAGED_DIR = "damaged"                          # checkpoints/damaged/: damaged checkpoints, moved aside, never deleted
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _TEMP_DIR = re.compile(r"^\.tmp-(?:old-|del-)?step_\d+-(\d+)-[0-9a-f]+$")
@@ -181,13 +182,14 @@ def is_final(path: str | Path) -> bool:
 
 
 def apply_retention(root: str | Path, keep_last: int | None, log: Callable[[str], Any] = warnings.warn) -> list[Path]:
-    """Delete all but the newest ``keep_last`` complete checkpoints, keeping every final one.
+    """Keep every final checkpoint and the newest ``keep_last`` others; delete the older complete ones.
 
-    Also removes leftover ``.tmp-*`` folders of dead processes (and of this process, except the
-    ones it is writing right now), and ``step_*`` folders that are incomplete (no manifest);
-    those are reported through ``log``. ``keep_last=None`` keeps every checkpoint. Each folder is
-    renamed aside before it is deleted, so an interrupted deletion never leaves a half-deleted
-    ``step_*``. Returns the deleted paths (as they were named).
+    Retention deletes only what it can prove is its own to delete: complete, intact, non-final
+    checkpoints older than the newest ``keep_last`` of them, and ``.tmp-*`` folders whose writer is
+    gone. A damaged ``step_*`` folder (no manifest, a wrong size or checksum) is never deleted: it is
+    moved to ``checkpoints/damaged/`` with one line through ``log``, because its weights may still be
+    intact. ``keep_last=None`` keeps every checkpoint. Each deleted folder is renamed aside first, so an
+    interrupted deletion never leaves a half-deleted ``step_*``. Returns the deleted paths.
     """
     if keep_last is not None and (not isinstance(keep_last, int) or keep_last < 1):
         raise ValueError(f"keep_last: expected an integer >= 1 or None (keep all), got {keep_last!r}")
@@ -195,16 +197,32 @@ def apply_retention(root: str | Path, keep_last: int | None, log: Callable[[str]
     deleted = remove_stale_temps(root)
     if keep_last is None:
         return deleted
-    checkpoints = list_checkpoints(root)
-    complete = [p for p in checkpoints if not verify_checkpoint(p, checksums=False)]
-    keep = set(complete[-keep_last:]) | {p for p in complete if is_final(p)}
-    for path in checkpoints:
-        if path not in keep:
-            if path not in complete:
-                log(f"removing incomplete checkpoint {path}: {'; '.join(verify_checkpoint(path, checksums=False))}")
-            _remove_dir(path)
-            deleted.append(path)
+    intact, finals = [], set()
+    for path in list_checkpoints(root):
+        problems = verify_checkpoint(path, checksums=False)      # sizes and manifest: cheap at every save
+        if problems:
+            moved = move_damaged(path)
+            log(f"damaged checkpoint {path.name} ({'; '.join(problems)}) moved to {moved}; nothing was deleted")
+            continue
+        intact.append(path)
+        if is_final(path):
+            finals.add(path)
+    others = [p for p in intact if p not in finals]
+    for path in others[:-keep_last]:
+        _remove_dir(path)
+        deleted.append(path)
     return deleted
+
+
+def move_damaged(path: Path) -> Path:
+    """Move a damaged checkpoint folder into ``checkpoints/damaged/`` (a new name if one is taken); returns it."""
+    aside = path.parent / DAMAGED_DIR
+    aside.mkdir(exist_ok=True)
+    target = aside / path.name
+    while target.exists():
+        target = aside / f"{path.name}-{secrets.token_hex(2)}"
+    os.rename(path, target)
+    return target
 
 
 def remove_stale_temps(root: str | Path) -> list[Path]:
@@ -215,23 +233,25 @@ def remove_stale_temps(root: str | Path) -> list[Path]:
     removed = []
     for path in sorted(root.iterdir()):
         match = _TEMP_DIR.match(path.name)
-        if not match or not path.is_dir():
+        if not match or path.is_symlink() or not path.is_dir():
             continue
         pid = int(match.group(1))
         with _IN_FLIGHT_LOCK:
             busy = path.name in _IN_FLIGHT
         if busy or (pid != os.getpid() and _pid_alive(pid)):
             continue
-        shutil.rmtree(path, ignore_errors=True)
+        remove_inside(path, root)
         removed.append(path)
     return removed
 
 
 def _remove_dir(path: Path) -> None:
-    """Rename ``path`` to a hidden temp name, then delete it."""
+    """Rename ``path`` to a hidden temp name, then delete it (only inside its own checkpoints folder)."""
+    if path.is_symlink():
+        raise WorkbenchError(f"refused to delete {path}: it is a symlink, not a checkpoint the workbench wrote")
     aside = path.parent / f".tmp-del-{path.name}-{os.getpid()}-{secrets.token_hex(4)}"
     os.rename(path, aside)
-    shutil.rmtree(aside, ignore_errors=True)
+    remove_inside(aside, path.parent)
 
 
 def _pid_alive(pid: int) -> bool:
