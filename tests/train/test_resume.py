@@ -188,3 +188,23 @@ def test_a_truncated_final_checkpoint_survives_a_shorter_rerun(make_stage):
     moved = stage.checkpoint_dir / "damaged" / "step_0000004"
     assert (moved / ckpt.MODEL_FILE).read_bytes() == weights            # the intact weights were kept
     assert [p.name for p in ckpt.list_checkpoints(stage.checkpoint_dir)] == ["step_0000002", "step_0000003"]
+
+
+def test_the_cli_prints_warnings_as_one_line_without_source_lines(make_stage, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.train.conftest import ROOT, worker_env
+
+    stage = make_stage(steps=4, checkpoint_every=2)
+    Trainer(stage, progress=False).run()
+    with open(stage.checkpoint_dir / "step_0000004" / ckpt.OPTIMIZER_FILE, "r+b") as f:
+        f.truncate(100)
+    config = tmp_path / "stage.yaml"
+    make_stage(steps=4, checkpoint_every=2).to_yaml(config)
+    proc = subprocess.run([sys.executable, "-m", "workbench", "train", "--config", str(config)], env=worker_env(),
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    [line] = [line for line in proc.stderr.splitlines() if "skipping unusable checkpoint" in line]
+    assert line.startswith("warning: skipping unusable checkpoint") and "UserWarning" not in proc.stderr
+    assert "warnings.warn(" not in proc.stderr

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from ..config import did_you_mean, parse_yaml, read_yaml_mapping
+from ..train.stages import is_single_path_component
 
 KERNEL_NAME = "workbench"
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]     # .../workbench
@@ -107,7 +108,8 @@ class PipelineConfig:
         for name in ("run", "runs_dir", "kernel"):
             _expect(isinstance(getattr(self, name), str) and getattr(self, name), name, "a non-empty string",
                     getattr(self, name))
-        _expect("/" not in self.run and self.run not in (".", ".."), "run", "a name without '/'", self.run)
+        _expect(is_single_path_component(self.run), "run", "one folder name: no '/' or '\\', not '.' or '..', "
+                "no leading '.'", self.run)
         for name in ("prepare", "overrides", "stage_overrides", "evaluate"):
             _expect(isinstance(getattr(self, name), dict), name, "a mapping", getattr(self, name))
         _expect(isinstance(self.stages, list) and self.stages and all(isinstance(s, str) for s in self.stages),
