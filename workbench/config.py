@@ -135,6 +135,27 @@ RESOLUTION_FIELDS = ("pos_interp_scale", "sample_size")
 RETIRED_MODEL_FIELDS = ("moe_lr_scale",)
 
 
+# bumped whenever MicroDiTConfig gains a field (1: checkpoints from before versions were recorded)
+MODEL_CONFIG_VERSION = 2
+
+
+def complete_model_config(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved ``MicroDiTConfig`` dict made current: retired fields dropped, fields it predates filled in.
+
+    (A dict with keys ``MicroDiTConfig`` does not know is another model's config and is returned as it is.)
+
+    A new field's default always keeps the behaviour the model had before the field existed, so a
+    checkpoint saved by an older workbench builds, compares and samples as the model it was trained as::
+
+        complete_model_config({"width": 128, "depth": 6})["caption_mask_compat"]    # False, the default
+    """
+    current = {k: v for k, v in saved.items() if k not in RETIRED_MODEL_FIELDS}
+    defaults = to_dict(MicroDiTConfig())
+    if not set(current) <= set(defaults):                  # another model's config: nothing to fill in
+        return current
+    return {**defaults, **current}
+
+
 def architecture_diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """``config_diff`` of two ``MicroDiTConfig`` dicts without ``RESOLUTION_FIELDS``: what makes weights incompatible."""
     return {k: v for k, v in config_diff(a, b).items() if k not in RESOLUTION_FIELDS}

@@ -73,7 +73,10 @@ def test_30_heun_steps_with_cfg_5_equal_the_official_sampler(converted, referenc
     model = load_checkpoint_model(converted)
     r = reference
     x = sample(model, r["caption"], steps=30, cfg_scale=5.0, noise=r["heun_noise"], edm=EDMConfig(sigma_data=0.9))
-    torch.testing.assert_close(x, r["heun_cfg5_steps30"], **TOL)
+    # 60 chained forwards with CFG 5 amplify fp32 rounding, which differs between CPUs (their SIMD paths): the
+    # error is measured against the trajectory's scale (values up to ~25), 2e-5 of it at most
+    scale = r["heun_cfg5_steps30"].abs().max()
+    assert (x - r["heun_cfg5_steps30"]).abs().max() <= 2e-5 * scale
 
 
 def test_composer_checkpoints_and_prefixes_convert_to_the_same_weights(tmp_path, converted):

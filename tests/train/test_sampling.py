@@ -128,3 +128,33 @@ def test_a_16_channel_vae_like_the_ostris_one_trains_and_samples(tmp_path, one_t
     assert bundle.codec.channels == 16 and bundle.codec.path == vae.resolve()
     images = bundle.sample(["a red circle"], steps=2)
     assert images.shape == (1, 16, 16, 3)
+
+
+def test_a_checkpoint_saved_before_newer_model_fields_loads_and_samples_identically(make_stage, tmp_path):
+    from workbench.train.sampling import REFERENCE_DIR
+
+    old = tmp_path / "reference_before"
+    shutil.copytree(REFERENCE_DIR, old)
+    path = ckpt.resolve_checkpoint(old)
+    config = json.loads((path / ckpt.CONFIG_FILE).read_text())
+    for field in ("caption_mask_compat", "norm_eps"):     # as a workbench from before these fields wrote it
+        del config["model"][field]
+    config.pop("model_config_version", None)
+    rewrite_config(path, config)
+    assert ckpt.read_config(path)["model"] == ckpt.read_config(ckpt.resolve_checkpoint(REFERENCE_DIR))["model"]
+    before, now = load_for_sampling(old), load_for_sampling("reference")
+    a = before.sample(["a red circle", "two blue squares"], steps=3, seeds=[1, 2])
+    b = now.sample(["a red circle", "two blue squares"], steps=3, seeds=[1, 2])
+    assert np.array_equal(a, b)
+
+    stage = make_stage(steps=1)                          # a run's checkpoint missing a field resumes as well
+    Trainer(stage, progress=False).run()
+    latest = ckpt.latest_valid_checkpoint(stage.checkpoint_dir)
+    config = json.loads((latest / ckpt.CONFIG_FILE).read_text())
+    assert config["model_config_version"] >= 2
+    del config["model"]["caption_mask_compat"]
+    rewrite_config(latest, config)
+    resumed = Trainer(make_stage(steps=2), progress=False)
+    assert resumed.step_count == 1
+    resumed.run()
+    assert resumed.done

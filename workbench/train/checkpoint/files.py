@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from workbench.config import RETIRED_MODEL_FIELDS
+from workbench.config import complete_model_config
 from workbench.errors import WorkbenchError
 from workbench.io import remove_inside
 
@@ -164,12 +164,13 @@ def read_manifest(path: str | Path) -> dict:
 def read_config(path: str | Path) -> dict:
     """The ``config.json`` of a checkpoint: ``{"model": {...}, "stage": {...} or None, "sampling": {...}}``.
 
-    Fields older versions kept in the model config that are not architecture (``RETIRED_MODEL_FIELDS``)
-    are left out of ``"model"``.
+    ``"model"`` is made current by ``complete_model_config``: fields older versions kept that are not
+    architecture (``RETIRED_MODEL_FIELDS``) are left out, and fields added since are filled with their
+    defaults (which keep the old behaviour), so every old checkpoint keeps loading and sampling as before.
     """
     config = json.loads((Path(path) / CONFIG_FILE).read_text())
-    if isinstance(config.get("model"), dict):
-        config["model"] = {k: v for k, v in config["model"].items() if k not in RETIRED_MODEL_FIELDS}
+    if isinstance(config.get("model"), dict):            # an older checkpoint's config, made current
+        config["model"] = complete_model_config(config["model"])
     return config
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from workbench.config import to_dict
+from workbench.config import MODEL_CONFIG_VERSION, to_dict
 from workbench.errors import free_bytes, no_space, write_failure
 
 from .files import (CONFIG_FILE, EMA_FILE, FORMAT, MANIFEST, MODEL_FILE, OPTIMIZER_FILE, SCHEDULER_FILE, STATE_FILE,
@@ -50,7 +50,8 @@ def save_checkpoint(root: str | Path, step: int, *, model: torch.nn.Module, opti
     root, step = Path(root), int(step)
     model = unwrap_model(model)
     arch = model_config(model)
-    config = {"model": arch, "stage": stage_config, **({"sampling": sampling} if sampling else {})}
+    config = {"model": arch, "model_config_version": MODEL_CONFIG_VERSION, "stage": stage_config,
+              **({"sampling": sampling} if sampling else {})}
     config_text = json.dumps(config, indent=2, default=_json_default)
     parts = {STATE_FILE: state.to_dict()}
     if optimizer is not None:
