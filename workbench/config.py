@@ -136,7 +136,7 @@ RETIRED_MODEL_FIELDS = ("moe_lr_scale",)
 
 
 # bumped whenever MicroDiTConfig gains a field (1: checkpoints from before versions were recorded)
-MODEL_CONFIG_VERSION = 2
+MODEL_CONFIG_VERSION = 3                 # 2: recorded; 3: conv_stem, long_skips, output_conv
 
 
 def complete_model_config(saved: dict[str, Any]) -> dict[str, Any]:
@@ -194,6 +194,10 @@ class MicroDiTConfig:
     pos_interp_scale: float = 1.0              # position interpolation: 2.0 when a 256 px model moves to 512 px
     norm_eps: float = 1e-6                     # LayerNorm epsilon
     caption_mask_compat: bool = False          # True: ignore the caption mask, like the official code
+    # locality levers for small images (workbench.model.locality), off in every preset: model_config_version 3
+    conv_stem: int = 0                         # channels of a two-layer 5x5 conv stem before patchify (0: none)
+    long_skips: bool = False                   # U-ViT long skips: block i's output joins block depth-1-i's input
+    output_conv: bool = False                  # a residual 3x3 conv after unpatchify (U-ViT conv=True)
 
     def __post_init__(self) -> None:
         own = type(self).__name__
@@ -203,7 +207,7 @@ class MicroDiTConfig:
                      "ffn_multiple_of", "num_experts", "timestep_freqs"):
             value = getattr(self, name)
             require(isinstance(value, int) and value > 0, own, name, "a positive integer", value)
-        for name in ("mixer_depth", "moe_every"):
+        for name in ("mixer_depth", "moe_every", "conv_stem"):
             value = getattr(self, name)
             require(isinstance(value, int) and value >= 0, own, name, "an integer >= 0", value)
         require(self.width % self.head_dim == 0, own, "width", f"a multiple of head_dim={self.head_dim}", self.width)

@@ -34,6 +34,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from ..config import MicroDiTConfig, check_known_keys, config_diff, format_diff, from_dict, to_dict
 from .blocks import DiTBlock, FinalLayer, SwiGLU, attention_inner_dim, expert_hidden, layer_norm, swiglu_hidden
 from .embeddings import CaptionEmbed, PatchEmbed, TimestepEmbed, sincos_2d_positions
+from .locality import ConvStem, LongSkips, OutputConv
 from .masking import gather_tokens, random_keep, restore_tokens
 from .moe import ExpertChoiceMoE, tokens_per_expert
 
@@ -126,7 +127,8 @@ class MicroDiT(ModelMixin, ConfigMixin):
         mixer_plans, backbone_plans = block_plans(cfg)
         width, eps = cfg.width, cfg.norm_eps
 
-        self.patch_embed = PatchEmbed(cfg.in_channels, width, cfg.patch_size)
+        self.stem = ConvStem(cfg.in_channels, cfg.conv_stem) if cfg.conv_stem else None
+        self.patch_embed = PatchEmbed(cfg.conv_stem or cfg.in_channels, width, cfg.patch_size)
         self.t_embed = TimestepEmbed(width, cfg.timestep_freqs)
         self.caption_embed = CaptionEmbed(cfg.caption_dim, width, cfg.head_dim, cfg.caption_mlp_ratio,
                                           cfg.ffn_multiple_of, eps)
@@ -140,7 +142,9 @@ class MicroDiT(ModelMixin, ConfigMixin):
         self.mixer_out = projection(mw, width) if project else nn.Identity()
 
         self.blocks = nn.ModuleList(self._block(width, plan, eps) for plan in backbone_plans)
+        self.skip_joins = LongSkips(cfg.depth, width) if cfg.long_skips else None
         self.final_layer = FinalLayer(width, cfg.patch_size ** 2 * cfg.in_channels, eps)
+        self.out_conv = OutputConv(cfg.in_channels) if cfg.output_conv else None
         self.register_buffer("mask_token", torch.zeros(1, 1, cfg.patch_size ** 2 * cfg.in_channels), persistent=False)
         self.initialize_weights()
 
@@ -180,6 +184,9 @@ class MicroDiT(ModelMixin, ConfigMixin):
 
         nn.init.zeros_(self.final_layer.adaln.weight)
         nn.init.zeros_(self.final_layer.linear.weight)
+        for lever in (self.skip_joins, self.out_conv):     # locality levers start as the identity
+            if lever is not None:
+                lever.reset_parameters()
 
     @staticmethod
     def _init_block(block: DiTBlock, out_std: float) -> None:
@@ -242,7 +249,8 @@ class MicroDiT(ModelMixin, ConfigMixin):
             caption_mask = caption_mask.bool() | ~caption_mask.bool().any(dim=1, keepdim=True)  # (B, L)
 
         pos = sincos_2d_positions(cfg.width, h // p, w // p, cfg.pos_interp_scale).to(x.device, x.dtype)  # (T, D)
-        tokens = self.patch_embed(x) + pos                                          # (B, T, D)
+        stem = self.stem(x) if self.stem is not None else x                        # (B, C or C_stem, H, W)
+        tokens = self.patch_embed(stem) + pos                                      # (B, T, D)
         y, pooled = self.caption_embed(caption, caption_mask)                      # (B, L, D), (B, D)
         c = self.t_embed(c_noise.reshape(-1).expand(b)) + pooled                   # (B, D)
 
@@ -256,12 +264,20 @@ class MicroDiT(ModelMixin, ConfigMixin):
             ids_keep, ids_restore, keep = random_keep(b, tokens.shape[1], mask_ratio, generator, x.device, mask_noise)
             tokens = gather_tokens(tokens, ids_keep)                               # (B, K, Dm)
         tokens = self.mixer_out(tokens)                                            # (B, K, D)
-        for block in self.blocks:
+        skips: list[torch.Tensor] = []
+        for i, block in enumerate(self.blocks):
+            if self.skip_joins is not None:
+                tokens = self.skip_joins.join(i, tokens, skips)                    # (B, K, D)
             tokens = block(tokens, c, y, caption_mask)                             # (B, K, D)
+            if self.skip_joins is not None:
+                self.skip_joins.push(i, tokens, skips)
         out = self.final_layer(tokens, c)                                          # (B, K, p*p*C)
         if mask_ratio > 0:
             out = restore_tokens(out, ids_restore, self.mask_token)                # (B, T, p*p*C)
-        return MicroDiTOutput(self.unpatchify(out, h, w), keep)
+        image = self.unpatchify(out, h, w)                                         # (B, C, H, W)
+        if self.out_conv is not None:
+            image = self.out_conv(image)                                        # (B, C, H, W)
+        return MicroDiTOutput(image, keep)
 
     def unpatchify(self, tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """(B, T, p*p*C) -> (B, C, H, W), tokens in row-major order, values laid out (p, p, C)."""
@@ -301,13 +317,18 @@ class MicroDiT(ModelMixin, ConfigMixin):
         count = lambda *mods: sum(p.numel() for m in mods for p in m.parameters())  # noqa: E731
         backbone_moe = sum(count(b.ffn) for b in self.blocks if isinstance(b.ffn, ExpertChoiceMoE))
         return {
-            "embedders": count(self.patch_embed, self.t_embed),
+            "embedders": count(self.patch_embed, self.t_embed, *self._levers(self.stem)),
             "caption path": count(self.caption_embed, self.mixer_caption),
             "patch-mixer": count(self.mixer_in, self.mixer, self.mixer_out),
-            "backbone dense": count(self.blocks) - backbone_moe,
+            "backbone dense": count(self.blocks, *self._levers(self.skip_joins)) - backbone_moe,
             "backbone MoE": backbone_moe,
-            "final layer": count(self.final_layer),
+            "final layer": count(self.final_layer, *self._levers(self.out_conv)),
         }
+
+    @staticmethod
+    def _levers(*modules) -> list[nn.Module]:
+        """The locality modules that are switched on (``None`` when off)."""
+        return [m for m in modules if m is not None]
 
     def moe_parameters(self) -> int:
         """Parameters in all expert-choice MoE layers (mixer and backbone): experts plus gates."""
@@ -355,7 +376,14 @@ class MicroDiT(ModelMixin, ConfigMixin):
                 f += 2 * n * 3 * d * plan.ffn_hidden
             return f
 
-        total = 2 * tokens * cfg.in_channels * cfg.patch_size ** 2 * w              # patch embed
+        stem = cfg.conv_stem or cfg.in_channels
+        total = 2 * tokens * stem * cfg.patch_size ** 2 * w                         # patch embed
+        if cfg.conv_stem:
+            total += ConvStem.flops(cfg.in_channels, cfg.conv_stem, side)
+        if cfg.long_skips:
+            total += LongSkips.flops(cfg.depth, w, kept)
+        if cfg.output_conv:
+            total += OutputConv.flops(cfg.in_channels, side)
         total += 2 * (cfg.timestep_freqs * w + w * w)                                 # timestep MLP
         caption_ffn = swiglu_hidden(w, cfg.caption_mlp_ratio, cfg.ffn_multiple_of)
         total += 2 * L * (cfg.caption_dim * w + w * w)                                # caption projection
