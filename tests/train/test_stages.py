@@ -209,3 +209,16 @@ def test_paths_and_numpy_numbers_are_accepted_as_their_plain_types(tmp_path):
     assert type(stage.steps) is int and type(stage.lr) is float and stage.mask_ratio == 0.5
     with pytest.raises(ValueError, match="Stage.steps: expected a value of type int"):
         Stage(steps=True)
+
+
+def test_ema_power_warms_the_decay_up_to_ema_decay_and_zero_power_keeps_it_fixed():
+    from workbench.train.stages import ema_decay_at
+
+    fixed = Stage(ema_decay=0.99, ema_start=10)
+    assert [ema_decay_at(s, fixed) for s in (5, 10, 11, 500)] == [0.0, 0.0, 0.99, 0.99]
+    warm = Stage(ema_decay=0.99, ema_start=10, ema_power=6.94)
+    decays = [ema_decay_at(s, warm) for s in range(11, 2000)]
+    assert decays[0] == pytest.approx(0.5 ** 7.94) and decays[-1] == 0.99
+    assert all(a <= b for a, b in zip(decays, decays[1:]))           # rises monotonically, capped
+    with pytest.raises(ValueError, match="ema_power"):
+        Stage(ema_power=-1)

@@ -83,6 +83,7 @@ class Stage:
     grad_clip: float = 0.25                    # max global gradient norm (0 = no clipping)
     ema_decay: float = 0.0                     # EMA of the weights (0 = no EMA)
     ema_start: int = 0                         # EMA copies the weights until this step, then averages
+    ema_power: float = 0.0                     # > 0: warm-up, decay min(ema_decay, (1 - 1/t)^(power + 1)) (EDM2)
     caption_dropout: float = 0.1               # probability of training on the null caption (for CFG)
     p_mean: float = -0.6                       # EDM training noise: mean of ln sigma
     p_std: float = 1.2                         # EDM training noise: std of ln sigma
@@ -143,6 +144,7 @@ class Stage:
         require(0.0 <= self.mask_ratio < 1.0, own, "mask_ratio", "a value in [0, 1)", self.mask_ratio)
         require(0.0 <= self.caption_dropout < 1.0, own, "caption_dropout", "a value in [0, 1)", self.caption_dropout)
         require(0.0 <= self.ema_decay < 1.0, own, "ema_decay", "a value in [0, 1)", self.ema_decay)
+        require(self.ema_power >= 0, own, "ema_power", "a number >= 0 (0: a fixed decay)", self.ema_power)
         require(0.0 <= self.final_lr_fraction <= 1.0, own, "final_lr_fraction", "a value in [0, 1]",
                 self.final_lr_fraction)
         require(self.weight_decay >= 0, own, "weight_decay", "a number >= 0", self.weight_decay)
@@ -247,3 +249,15 @@ def lr_factor(step: int, stage: Stage) -> float:
     span = max(1, stage.steps - stage.warmup_steps)
     progress = min(1.0, (step - stage.warmup_steps) / span)
     return stage.final_lr_fraction + (1 - stage.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def ema_decay_at(step: int, stage: Stage) -> float:
+    """The EMA decay used after optimiser step ``step`` (1-based): 0 (a copy) until ``ema_start``, then
+    ``ema_decay``; with ``ema_power`` > 0 it warms up as EDM2's power-function EMA, (1 - 1/t)^(power + 1)
+    with t counted from ``ema_start``, never above ``ema_decay``. Early weights then leave the average fast."""
+    t = step - stage.ema_start
+    if t <= 0:
+        return 0.0
+    if stage.ema_power > 0:
+        return min(stage.ema_decay, (1.0 - 1.0 / (t + 1)) ** (stage.ema_power + 1))
+    return stage.ema_decay

@@ -39,7 +39,7 @@ from .resume import applied_line, check_resume, resumable_checkpoint
 from .stage_folder import clear_outputs, samples_path, stopped_line
 from .sampling import sampling_record
 from .noise import draw_sample_noise
-from .stages import Stage, check_stage, lr_factor
+from .stages import Stage, check_stage, ema_decay_at, lr_factor
 
 
 class TrainingDiverged(RuntimeError):
@@ -334,11 +334,12 @@ class Trainer:
             return
         raw = [p.detach() for p in self.raw_model.parameters()]
         ema = list(self.ema.parameters())
+        decay = ema_decay_at(self.step_count, self.stage)
         with torch.no_grad():
-            if self.step_count <= self.stage.ema_start:
+            if decay == 0.0:
                 torch._foreach_copy_(ema, raw)
             else:
-                torch._foreach_lerp_(ema, raw, 1.0 - self.stage.ema_decay)
+                torch._foreach_lerp_(ema, raw, 1.0 - decay)
 
     def run(self, steps: int | None = None) -> list[dict]:
         """Train until the stage's last step (or ``steps`` more), then checkpoint and sample.
