@@ -243,7 +243,7 @@ def test_04_masking_explorer_compares_models_with_and_without_the_mixer(workspac
                    .splitlines()]
         assert [r["step"] for r in records] == [1, 3]                    # log_every 10: the first and last step
     logs = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []) if o.get("name") == "stdout")
-    assert "starting over (fresh=True removed the earlier run" in logs
+    assert "starting over (fresh=True removed checkpoints" in logs
 
 
 @pytest.mark.slow
