@@ -14,6 +14,7 @@
     workbench export runs/demo/stage4 --out exports/demo   a diffusers pipeline folder (MicroDiTPipeline)
     workbench convert-official MicroDiT_XL_2.pt --out models/xl2   the paper's released weights as a checkpoint
     workbench import-mds coco/mds --out data/prepared/coco --vae V --text-encoder T   the paper's precomputed data
+    workbench cost --config configs/paper --gpu h100 --mfu 0.45 [--gpus 8] [--price 3.79] [--json]   cost per stage
     workbench kernel install                     the Jupyter kernel for this venv
     workbench tour                               a 1-minute model tour (make demo runs `workbench pipeline`)
 """
@@ -263,6 +264,16 @@ def cmd_import_mds(args) -> int:
     return 0
 
 
+def cmd_cost(args) -> int:
+    """``workbench cost``: a recipe's FLOPs, GPU-hours, wall-clock days and dollars on one GPU kind."""
+    from .eval.cost import project, projection_text, recipe_plans
+
+    projection = project(recipe_plans(args.config, args.latent_downsample), mfu=args.mfu, price=args.price,
+                         gpus=args.gpus, gpu=args.gpu)
+    print(json.dumps(projection, indent=2) if args.json else projection_text(projection))
+    return 0
+
+
 def cmd_kernel(args) -> int:
     from .kernel import install_kernel
 
@@ -404,6 +415,22 @@ def build_parser() -> argparse.ArgumentParser:
     codec.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a CodecConfig field")
     codec.add_argument("--json", default=None, metavar="PATH", help="write the training report here")
     codec.set_defaults(fn=cmd_train_codec)
+
+    cost = sub.add_parser("cost", help="project a recipe's training cost onto a GPU kind: FLOPs, GPU-hours, days, "
+                                       "dollars per stage (docs/benchmarks.md)")
+    cost.add_argument("--config", default="paper", help="paper (the paper's 4 stages, default) | a pipeline YAML | a "
+                      "stage YAML | a folder of them (configs/paper) | comma-separated stage YAMLs")
+    cost.add_argument("--gpu", default="h100", help="a100 | h100 | h200 | l40s (dense bf16 datasheet peaks; "
+                      "default h100)")
+    cost.add_argument("--mfu", type=float, default=None, help="model FLOPs utilisation in (0, 1] (default: the "
+                      "paper-implied one, about 0.18)")
+    cost.add_argument("--gpus", type=int, default=8, help="GPUs the wall-clock days are spread over (default 8)")
+    cost.add_argument("--price", type=float, default=None, help="$ per GPU-hour (default: the GPU's assumed price)")
+    cost.add_argument("--latent-downsample", type=int, default=None,
+                      help="the codec's downsample factor (default: the pipeline's, else resolution / the model's "
+                           "sample_size)")
+    cost.add_argument("--json", action="store_true", help="print the projection as JSON instead of a table")
+    cost.set_defaults(fn=cmd_cost)
 
     kernel = sub.add_parser("kernel", help="Jupyter kernel management")
     kernel.add_argument("action", choices=["install"])

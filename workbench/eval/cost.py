@@ -1,7 +1,9 @@
 """The cost model: training FLOPs from ``MicroDiT.flops``, GPU-hours at an assumed MFU, dollars.
 
-The paper's headline (Sehwag et al. 2025, its cost estimate): **$1,890** = 2.6 days x 24 h x 8 H100 =
-499.2 GPU-hours at about $3.79 per GPU-hour, for 250K + 30K + 50K + 5K steps at batch 2048.
+The paper's headline (Sehwag et al., "Stretching Each Dollar", CVPR 2025, arXiv:2407.15811):
+**$1,890** = 2.6 days x 24 h x 8 H100 = 499.2 GPU-hours at about $3.79 per GPU-hour, for
+250K + 30K + 50K + 5K steps at batch 2048; 118x cheaper than Stable Diffusion and 14x cheaper than
+the previous low-cost state of the art ($28,400). ``paper_comparison()`` carries those figures.
 
 Assumptions, stated once:
 
@@ -9,29 +11,101 @@ Assumptions, stated once:
   one); the optimiser, EMA and data loading are not counted;
 - ``MicroDiT.flops`` counts 2 FLOPs per multiply-add of every matmul / conv / attention product
   (within 2 % of ``torch.utils.flop_counter``);
-- an H100 SXM peaks at 989.4 dense bf16 TFLOP/s;
-- the MFU (model FLOPs utilisation) defaults to the one the paper's own cost implies under this
-  FLOP count (``paper_implied_mfu()``, about 18 %), so projecting the paper's stages gives back
-  its $1,890.
+- the GPUs (``GPUS``) peak at their vendor datasheets' dense bf16 tensor-core FLOP/s (an H100 SXM:
+  989.4 TFLOP/s); their prices per GPU-hour are **assumptions** (override them with ``price=``);
+- one MFU (model FLOPs utilisation) for every stage and every GPU kind. It defaults to the one the
+  paper's own cost implies on H100s under this FLOP count (``paper_implied_mfu()``, about 18 %), so
+  projecting the paper's stages gives back its $1,890.
 
 Example::
 
-    from workbench.eval.cost import paper_cost_table, project, stage_plan
-    rows, total = paper_cost_table()            # per stage FLOPs, GPU-hours, dollars; total ~ $1,890
-    plan = [stage_plan(Stage.from_yaml(p)) for p in ["configs/demo/stage1.yaml"]]
-    project(plan, gpus=8)["total"]["dollars"]
+    from workbench.eval.cost import paper_cost_table, project, recipe_plans
+    rows, total = paper_cost_table()["rows"], paper_cost_table()["total"]   # per stage; total ~ $1,890
+    plans = recipe_plans("configs/paper")          # or a pipeline YAML, stage YAMLs, or "paper"
+    project(plans, gpu="h200", mfu=0.45, gpus=8)["total"]["dollars"]
+
+or from the shell: ``workbench cost --config configs/paper --gpu h100 --mfu 0.45 [--gpus 8] [--price 3.79]``.
 """
 
 from __future__ import annotations
 
+import html
+import math
+import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 H100_BF16_PEAK_FLOPS = 989.4e12        # dense bf16 FLOP/s of one H100 SXM
 PRICE_PER_GPU_HOUR = 3.79              # the paper's implied H100 price, $ per GPU-hour
 PAPER_DOLLARS = 1890.0                 # the paper's training cost
 PAPER_DAYS, PAPER_GPUS = 2.6, 8        # 2.6 days on one 8xH100 node
 PAPER_GPU_HOURS = PAPER_DAYS * 24 * PAPER_GPUS   # 499.2
+PAPER_CITATION = "Sehwag et al., Stretching Each Dollar, CVPR 2025 (arXiv:2407.15811)"
 
+
+# ---------------------------------------------------------------------------------------------
+#  GPUs: dense bf16 peaks (vendor datasheets) and assumed prices
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GPU:
+    """One GPU kind: its dense bf16 tensor-core peak (datasheet) and an assumed price per GPU-hour.
+
+    The price is an assumption, not a quote: cloud rates differ by 2x or more between providers and
+    with commitments. Pass your own (``project(..., price=2.5)``, ``workbench cost --price 2.5``).
+
+    Example::
+
+        GPUS["h100"].bf16_flops      # 989.4e12
+        get_gpu("H200").label        # 'NVIDIA H200 SXM 141GB'
+    """
+
+    name: str
+    label: str
+    bf16_flops: float                  # dense (no sparsity) bf16 FLOP/s
+    price: float                       # assumed $ per GPU-hour
+    memory_gb: int
+    peak_source: str
+    price_note: str
+
+
+GPUS: dict[str, GPU] = {g.name: g for g in (
+    GPU("a100", "NVIDIA A100 SXM 80GB", 312e12, 1.79, 80,
+        "NVIDIA A100 datasheet: BF16 tensor core 312 TFLOPS (624 with sparsity)",
+        "assumed: a typical 2025 on-demand rate for an A100 80GB SXM"),
+    GPU("h100", "NVIDIA H100 SXM 80GB", H100_BF16_PEAK_FLOPS, PRICE_PER_GPU_HOUR, 80,
+        "NVIDIA H100 datasheet: BF16 tensor core 1,979 TFLOPS with sparsity (Hopper whitepaper: 989.4 dense)",
+        "the paper's own implied rate: $1,890 / 499.2 H100-hours"),
+    GPU("h200", "NVIDIA H200 SXM 141GB", H100_BF16_PEAK_FLOPS, 4.50, 141,
+        "NVIDIA H200 datasheet: BF16 tensor core 1,979 TFLOPS with sparsity (the H100's GH100 compute, more memory)",
+        "assumed: a typical 2025 on-demand rate for an H200 SXM"),
+    GPU("l40s", "NVIDIA L40S 48GB", 362.05e12, 1.50, 48,
+        "NVIDIA L40S datasheet: BF16 tensor core 362.05 TFLOPS (733 with sparsity)",
+        "assumed: a typical 2025 on-demand rate for an L40S"),
+)}
+
+
+def get_gpu(gpu: str | GPU) -> GPU:
+    """A :class:`GPU` by name (case-insensitive: ``a100``, ``h100``, ``h200``, ``l40s``), or the GPU itself."""
+    if isinstance(gpu, GPU):
+        return gpu
+    key = str(gpu).strip().lower()
+    if key not in GPUS:
+        raise ValueError(f"gpu: unknown GPU kind {gpu!r}; known: {', '.join(GPUS)}")
+    return GPUS[key]
+
+
+def check_mfu(mfu: float) -> float:
+    """``mfu`` as a float, or a ValueError when it is not a fraction in (0, 1]."""
+    if isinstance(mfu, bool) or not isinstance(mfu, (int, float)) or not 0 < mfu <= 1:
+        hint = f" ({mfu:g} % is {mfu / 100:g})" if isinstance(mfu, (int, float)) and 1 < mfu <= 100 else ""
+        raise ValueError(f"mfu: expected a fraction in (0, 1], got {mfu!r}{hint}")
+    return float(mfu)
+
+
+# ---------------------------------------------------------------------------------------------
+#  Stages
+# ---------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class StagePlan:
@@ -75,13 +149,29 @@ def forward_flops(preset: str, latent_side: int, mask_ratio: float, batch: int, 
     return float(model.flops(latent_side, mask_ratio, batch))
 
 
-def stage_plan(stage, latent_downsample: int = 1) -> StagePlan:
-    """The :class:`StagePlan` of a ``workbench.train.Stage`` (pixel codec: ``latent_downsample=1``; SDXL VAE: 8)."""
-    return StagePlan(stage.name, stage.model, stage.resolution // latent_downsample, stage.mask_ratio, stage.steps,
+def stage_plan(stage, latent_downsample: int | None = 1) -> StagePlan:
+    """The :class:`StagePlan` of a ``workbench.train.Stage`` (pixel codec: ``latent_downsample=1``; SDXL VAE: 8).
+
+    ``latent_downsample=None`` infers it as the stage's resolution over the model's ``sample_size``
+    (the latent side the model is built for: 256 px / 32 = 8 for the paper's stage 1).
+    """
+    down = latent_downsample or inferred_downsample(stage)
+    return StagePlan(stage.name, stage.model, stage.resolution // down, stage.mask_ratio, stage.steps,
                      stage.global_batch, tuple(sorted(stage.model_overrides.items())))
 
 
-def stage_plans(paths, latent_downsample: int = 1) -> list[StagePlan]:
+def inferred_downsample(stage) -> int:
+    """The codec downsample a stage implies: its resolution / its model's ``sample_size`` (a whole number)."""
+    from ..model.microdit import preset_config
+
+    side = preset_config(stage.model, **stage.model_overrides).sample_size
+    if stage.resolution % side:
+        raise ValueError(f"stage {stage.name}: resolution {stage.resolution} is not a multiple of the model's "
+                         f"sample_size {side}; give the codec's downsample (latent_downsample / --latent-downsample)")
+    return stage.resolution // side
+
+
+def stage_plans(paths, latent_downsample: int | None = 1) -> list[StagePlan]:
     """:class:`StagePlan` of stage YAML files (a list, or a comma-separated string of paths)."""
     from ..train import Stage
 
@@ -90,11 +180,77 @@ def stage_plans(paths, latent_downsample: int = 1) -> list[StagePlan]:
     return [stage_plan(Stage.from_yaml(p), latent_downsample) for p in paths]
 
 
+def recipe_plans(spec: str | os.PathLike = "paper", latent_downsample: int | None = None) -> list[StagePlan]:
+    """The stages of a recipe, whatever form it takes.
+
+    ``spec`` is ``"paper"`` (``PAPER_STAGES``), a pipeline YAML (its ``stages`` with its ``overrides``,
+    ``stage_overrides`` and ``latent_downsample``), a shipped pipeline's name (``demo``), a stage YAML,
+    a folder (its ``pipeline.yaml``, else its ``*.yaml`` in name order, as ``configs/paper``), or a
+    comma-separated list of these. ``latent_downsample`` (the codec's factor) overrides the pipeline's;
+    ``None`` for a stage YAML infers it from the model's ``sample_size`` (:func:`inferred_downsample`).
+
+    Example::
+
+        recipe_plans("configs/paper") == list(PAPER_STAGES)      # the same FLOPs, from the YAMLs
+        recipe_plans("configs/demo/pipeline.yaml")                # 4 demo stages, pixel codec
+    """
+    parts = [p.strip() for p in str(spec).split(",") if p.strip()]
+    if not parts:
+        raise ValueError("recipe: empty; give 'paper', a pipeline YAML, stage YAMLs or a folder of them")
+    return [plan for part in parts for plan in _recipe_part(part, latent_downsample)]
+
+
+def _recipe_part(spec: str, latent_downsample: int | None) -> list[StagePlan]:
+    """:func:`recipe_plans` of one item."""
+    from ..pipeline.config import resolve_config_path
+
+    if spec == "paper":
+        return list(PAPER_STAGES)
+    path = Path(spec)
+    if path.is_dir():
+        pipeline = path / "pipeline.yaml"
+        yamls = [pipeline] if pipeline.is_file() else sorted(path.glob("*.yaml"))
+        if not yamls:
+            raise ValueError(f"recipe: folder {spec!r} holds no pipeline.yaml and no stage YAMLs")
+        return [plan for p in yamls for plan in _recipe_part(str(p), latent_downsample)]
+    if not path.is_file():
+        path = resolve_config_path(spec)          # a shipped pipeline's name, e.g. "demo"
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe: {spec!r} not found (a pipeline or stage YAML, a folder, or 'paper')")
+    if _is_pipeline_yaml(path):
+        return _pipeline_plans(path, latent_downsample)
+    return stage_plans([str(path)], latent_downsample)
+
+
+def _is_pipeline_yaml(path: Path) -> bool:
+    """A pipeline YAML lists ``stages``; a stage YAML does not."""
+    from ..config import read_yaml_mapping
+
+    return "stages" in read_yaml_mapping(path, "settings")
+
+
+def _pipeline_plans(path: Path, latent_downsample: int | None) -> list[StagePlan]:
+    """The stages of a pipeline YAML as it would train them (its overrides applied)."""
+    from ..pipeline.config import PipelineConfig
+    from ..pipeline.plan import build_stage
+    from ..train import Stage
+
+    config = PipelineConfig.from_yaml(path)
+    down = latent_downsample or config.latent_downsample
+    plans = []
+    for index, yaml_path in enumerate(config.stages):
+        own = config.stage_overrides.get(Stage.from_yaml(yaml_path).name, {})
+        plans.append(stage_plan(build_stage(yaml_path, index, config.overrides, own, {}), down))
+    return plans
+
+
+# ---------------------------------------------------------------------------------------------
+#  Projection
+# ---------------------------------------------------------------------------------------------
+
 def gpu_hours(flops: float, mfu: float, peak_flops: float = H100_BF16_PEAK_FLOPS) -> float:
     """GPU-hours to compute ``flops`` at model FLOPs utilisation ``mfu`` of ``peak_flops``."""
-    if not 0 < mfu <= 1:
-        raise ValueError(f"mfu: expected a fraction in (0, 1], got {mfu!r}")
-    return flops / (mfu * peak_flops) / 3600.0
+    return flops / (check_mfu(mfu) * peak_flops) / 3600.0
 
 
 def paper_implied_mfu(peak_flops: float = H100_BF16_PEAK_FLOPS) -> float:
@@ -103,26 +259,45 @@ def paper_implied_mfu(peak_flops: float = H100_BF16_PEAK_FLOPS) -> float:
     return total / (PAPER_GPU_HOURS * 3600.0 * peak_flops)
 
 
-def project(stages, mfu: float | None = None, price: float = PRICE_PER_GPU_HOUR, gpus: int = 8,
-            peak_flops: float = H100_BF16_PEAK_FLOPS) -> dict:
-    """Cost of a list of :class:`StagePlan`: per-stage rows and a total.
+def project(stages, mfu: float | None = None, price: float | None = None, gpus: int = 8,
+            peak_flops: float | None = None, gpu: str | GPU = "h100") -> dict:
+    """Cost of a list of :class:`StagePlan` on ``gpus`` GPUs of kind ``gpu``: per-stage rows and a total.
 
-    Returns ``{"rows": [...], "total": {...}, "mfu": ..., "price": ..., "gpus": ...}``; each row has
-    ``flops_per_step``, ``flops``, ``gpu_hours``, ``wall_hours`` (on ``gpus`` GPUs) and ``dollars``.
-    ``mfu=None`` uses :func:`paper_implied_mfu`.
+    Returns ``{"rows": [...], "total": {...}, "mfu", "price", "gpus", "gpu", "gpu_label", "peak_flops"}``;
+    each row has ``flops_per_step``, ``flops``, ``gpu_hours``, ``wall_hours`` and ``wall_days`` (on
+    ``gpus`` GPUs) and ``dollars``. ``mfu=None`` uses :func:`paper_implied_mfu` (the paper's H100
+    efficiency, applied to any GPU kind); ``price=None`` the GPU's assumed price; ``peak_flops=None``
+    its datasheet peak.
+
+    Example::
+
+        project(PAPER_STAGES, gpu="a100", mfu=0.45, gpus=64)["total"]["wall_days"]
     """
-    mfu = paper_implied_mfu(peak_flops) if mfu is None else float(mfu)
-    if price < 0 or gpus < 1:
-        raise ValueError(f"price and gpus: expected price >= 0 and gpus >= 1, got {price!r} and {gpus!r}")
+    spec = get_gpu(gpu)
+    mfu = paper_implied_mfu() if mfu is None else check_mfu(mfu)
+    price = spec.price if price is None else float(price)
+    peak = spec.bf16_flops if peak_flops is None else float(peak_flops)
+    if not price >= 0:
+        raise ValueError(f"price: expected dollars per GPU-hour >= 0, got {price!r}")
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
+        raise ValueError(f"gpus: expected a whole number of GPUs >= 1, got {gpus!r}")
     rows = []
     for plan in stages:
         per_step = plan.flops_per_step()
-        hours = gpu_hours(per_step * plan.steps, mfu, peak_flops)
+        hours = gpu_hours(per_step * plan.steps, mfu, peak)
         rows.append({**asdict(plan), "model_overrides": dict(plan.model_overrides), "flops_per_step": per_step,
                      "flops": per_step * plan.steps, "gpu_hours": hours, "wall_hours": hours / gpus,
-                     "dollars": hours * price})
-    total = {key: sum(r[key] for r in rows) for key in ("steps", "flops", "gpu_hours", "wall_hours", "dollars")}
-    return {"rows": rows, "total": total, "mfu": mfu, "price": price, "gpus": gpus, "peak_flops": peak_flops}
+                     "wall_days": hours / gpus / 24, "dollars": hours * price})
+    total = {key: sum(r[key] for r in rows)
+             for key in ("steps", "flops", "gpu_hours", "wall_hours", "wall_days", "dollars")}
+    return {"rows": rows, "total": total, "mfu": mfu, "price": price, "gpus": gpus, "gpu": spec.name,
+            "gpu_label": spec.label, "peak_flops": peak}
+
+
+def project_all_gpus(stages, mfu: float | None = None, gpus: int = 8) -> dict[str, dict]:
+    """:func:`project` on every kind in ``GPUS`` at its assumed price: ``{name: projection}``."""
+    stages = list(stages)
+    return {name: project(stages, mfu=mfu, gpus=gpus, gpu=name) for name in GPUS}
 
 
 def paper_cost_table(mask: bool = True) -> dict:
@@ -145,3 +320,216 @@ def paper_headline() -> dict:
 def measured_throughput(plan: StagePlan, img_per_s: float) -> float:
     """Achieved training FLOP/s of a run that processed ``img_per_s`` images per second."""
     return plan.flops_per_step() * img_per_s / plan.global_batch
+
+
+# ---------------------------------------------------------------------------------------------
+#  The paper's side-by-side comparison
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PaperCostRow:
+    """One model of the paper's cost comparison, with the figures as the paper states them (None: not stated).
+
+    ``cheaper_by`` is the paper's claimed ratio of this model's cost to MicroDiT's (118 for Stable
+    Diffusion). ``gpu_hours`` are in ``gpu`` hours (H100 for MicroDiT).
+    """
+
+    model: str
+    params: int | None                 # parameters
+    train_images: int | None           # training images
+    gpu_hours: float | None
+    gpu: str | None
+    dollars: float | None              # training cost, USD, as stated
+    fid: float | None                  # COCO zero-shot FID-30K
+    cheaper_by: float | None           # the paper's "N x lower cost" claim against this model
+    source: str
+
+    def dollars_estimate(self) -> float | None:
+        """The stated cost, else the one the paper's ratio implies (``cheaper_by`` x $1,890)."""
+        if self.dollars is not None:
+            return self.dollars
+        return None if self.cheaper_by is None else self.cheaper_by * PAPER_DOLLARS
+
+    def ratio_from_dollars(self) -> float | None:
+        """This model's stated cost over MicroDiT's $1,890 (None when the paper states no cost)."""
+        return None if self.dollars is None else self.dollars / PAPER_DOLLARS
+
+
+def paper_comparison() -> list[PaperCostRow]:
+    """The paper's cost comparison: MicroDiT against Stable Diffusion and PixArt-alpha, as the paper states it.
+
+    Only figures the paper states are filled in; Stable Diffusion's cost is stated only as a ratio
+    (``dollars_estimate()`` turns it into dollars). Note the paper's 14x against PixArt-alpha is not
+    the ratio of its two dollar figures ($28,400 / $1,890 = 15.0x); both are kept as stated.
+
+    Example::
+
+        [(r.model, r.dollars_estimate()) for r in paper_comparison()]
+        # [('MicroDiT_XL_2', 1890.0), ('Stable Diffusion', 223020.0), ('PixArt-alpha', 28400.0)]
+    """
+    return [
+        PaperCostRow("MicroDiT_XL_2", 1_165_442_320, 37_000_000, PAPER_GPU_HOURS, "H100", PAPER_DOLLARS, 12.66, None,
+                     f"{PAPER_CITATION}, abstract: 1.16B parameters, 37M images (22M real + 15M synthetic), "
+                     "$1,890, 2.6 days on one 8xH100 node, FID 12.7 (12.66 real + synthetic, 12.72 real only)"),
+        PaperCostRow("Stable Diffusion", None, None, None, None, None, None, 118.0,
+                     f"{PAPER_CITATION}, abstract: '118x lower cost than Stable Diffusion models'"),
+        PaperCostRow("PixArt-alpha", None, None, None, None, 28_400.0, None, 14.0,
+                     f"{PAPER_CITATION}, abstract: '14x lower cost than the current state-of-the-art approach, "
+                     "which costs $28,400' (PixArt-alpha, Chen et al. 2023)"),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+#  Display: dollars that stay dollars (no TeX), text and HTML tables, plotly figures
+# ---------------------------------------------------------------------------------------------
+
+def format_dollars(value: float | None) -> str:
+    """Dollars with the digits that matter: $1,890 / $12.35 / $0.03 / $0.000421 (never a bare 0.00).
+
+    Example::
+
+        format_dollars(1890.4), format_dollars(0.5), format_dollars(0.0312)    # ('$1,890', '$0.50', '$0.0312')
+    """
+    if value is None:
+        return "–"
+    if value == 0:
+        return "$0"
+    sign, value = ("-" if value < 0 else ""), abs(value)
+    if value >= 100:
+        return f"{sign}${value:,.0f}"
+    if value >= 1:
+        return f"{sign}${value:,.2f}"
+    whole, fraction = f"{value:.{max(2, 2 - math.floor(math.log10(value)))}f}".split(".")   # 3 significant digits
+    return f"{sign}${whole}.{fraction.rstrip('0').ljust(2, '0')}"
+
+
+def no_tex(text: str, markdown: bool = False) -> str:
+    """``text`` with every ``$`` escaped so a notebook's MathJax never reads it as TeX: ``&#36;`` (HTML)
+    or ``\\$`` (``markdown=True``)."""
+    return text.replace("$", "\\$" if markdown else "&#36;")
+
+
+def _number(value: float, digits: int = 4) -> str:
+    """A float to ``digits`` significant digits with thousands separators (12,345 / 62.40 / 0.1849 / 3.799e-05)."""
+    if value == 0 or abs(value) >= 10 ** digits:
+        return f"{value:,.0f}"
+    if abs(value) < 1e-3:
+        return f"{value:.{digits - 1}e}"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(value))))
+    return f"{value:,.{decimals}f}"
+
+
+PROJECTION_COLUMNS = (("name", "stage"), ("preset", "model"), ("latent_side", "latent"), ("mask_ratio", "mask"),
+                      ("steps", "steps"), ("global_batch", "batch"), ("flops", "FLOP"), ("gpu_hours", "GPU-h"),
+                      ("wall_days", "days"), ("dollars", "USD"))
+
+
+def projection_rows(projection: dict) -> list[dict]:
+    """The per-stage rows and the total of a :func:`project` result as display strings (header -> text)."""
+    formats = {"flops": si, "gpu_hours": _number, "wall_days": _number, "dollars": format_dollars,
+               "steps": "{:,}".format, "mask_ratio": "{:g}".format}
+    rows = projection["rows"] + [{"name": "total", **projection["total"]}]
+    return [{header: (formats[key](row[key]) if key in formats else str(row[key])) if key in row else ""
+             for key, header in PROJECTION_COLUMNS} for row in rows]
+
+
+def projection_summary(projection: dict) -> str:
+    """One line: the hardware, MFU and price a projection assumes, and its total."""
+    total = projection["total"]
+    return (f"{projection['gpus']} x {projection['gpu_label']} ({projection['peak_flops'] / 1e12:,.1f} TFLOP/s dense "
+            f"bf16) at {projection['mfu']:.1%} MFU and {format_dollars(projection['price'])} per GPU-hour: "
+            f"{si(total['flops'])}FLOP, {_number(total['gpu_hours'])} GPU-hours, {_number(total['wall_days'])} days, "
+            f"{format_dollars(total['dollars'])}")
+
+
+def si(value: float) -> str:
+    """``workbench.report.si`` (4.57e17 -> "457 P")."""
+    from ..report import si as report_si
+
+    return report_si(value)
+
+
+def projection_text(projection: dict) -> str:
+    """A :func:`project` result as a plain-text table (what ``workbench cost`` prints) and a summary line."""
+    rows = projection_rows(projection)
+    headers = list(rows[0])
+    widths = {h: max(len(h), *(len(r[h]) for r in rows)) for h in headers}
+    left = {"stage", "model"}
+    line = lambda cells: "  ".join(c.ljust(widths[h]) if h in left else c.rjust(widths[h])  # noqa: E731
+                                   for h, c in zip(headers, cells))
+    body = [line(headers)] + [line([r[h] for h in headers]) for r in rows]
+    return "\n".join(body + ["", projection_summary(projection)])
+
+
+def projection_html(projection: dict) -> str:
+    """A :func:`project` result as an HTML table with its assumptions; every ``$`` escaped (no TeX)."""
+    from ..report import table_html
+
+    gpu = get_gpu(projection["gpu"])
+    note = (f"{projection_summary(projection)}. Training FLOPs = 3 x forward FLOPs (MicroDiT.flops) per step. "
+            f"Peak: {gpu.peak_source}. Price: {gpu.price_note if projection['price'] == gpu.price else 'as given'}.")
+    return no_tex(table_html(projection_rows(projection)) + f"<p><small>{html.escape(note)}</small></p>")
+
+
+def comparison_rows() -> list[dict]:
+    """:func:`paper_comparison` as display strings (header -> text)."""
+    def count(n, unit):
+        return "–" if n is None else f"{n / unit:.4g}"
+
+    return [{"model": r.model, "params (B)": count(r.params, 1e9), "images (M)": count(r.train_images, 1e6),
+             "GPU-hours": "–" if r.gpu_hours is None else f"{r.gpu_hours:,.1f} {r.gpu}",
+             "cost as stated": format_dollars(r.dollars),
+             "cost implied": "–" if r.dollars is not None or r.cheaper_by is None
+             else f"{format_dollars(r.dollars_estimate())} ({r.cheaper_by:g} x {format_dollars(PAPER_DOLLARS)})",
+             "MicroDiT cheaper by (claimed)": "–" if r.cheaper_by is None else f"{r.cheaper_by:g}x",
+             "by the dollars": "–" if r.cheaper_by is None or r.dollars is None else f"{r.ratio_from_dollars():.2f}x",
+             "FID-30K": "–" if r.fid is None else f"{r.fid:g}", "source": r.source} for r in paper_comparison()]
+
+
+def comparison_html() -> str:
+    """The paper's cost comparison as an HTML table; every ``$`` escaped (no TeX)."""
+    from ..report import table_html
+
+    return no_tex(table_html(comparison_rows()))
+
+
+def cost_vs_mfu_figure(stages, mfus=None, kinds=None, height: int = 420):
+    """Plotly figure: the total cost of ``stages`` against the MFU, one line per GPU kind (assumed prices),
+    log-log, with the paper-implied MFU and the paper's $1,890 marked."""
+    import plotly.graph_objects as go
+
+    stages = list(stages)
+    flops = sum(plan.total_flops() for plan in stages)
+    mfus = list(mfus) if mfus is not None else [round(0.05 + 0.01 * i, 2) for i in range(96)]
+    fig = go.Figure()
+    for name in kinds or GPUS:
+        gpu = get_gpu(name)
+        dollars = [gpu_hours(flops, m, gpu.bf16_flops) * gpu.price for m in mfus]
+        fig.add_scatter(x=mfus, y=dollars, mode="lines", name=f"{gpu.name} at {format_dollars(gpu.price)}/h",
+                        hovertemplate="MFU %{x:.0%}: USD %{y:,.2f}<extra>" + gpu.name + "</extra>")
+    implied = paper_implied_mfu()
+    fig.add_vline(x=implied, line_dash="dash", line_color="grey",
+                  annotation_text=f"paper-implied MFU {implied:.1%}", annotation_position="top right")
+    fig.add_scatter(x=[implied], y=[PAPER_DOLLARS], mode="markers", marker=dict(size=10, symbol="star"),
+                    name=f"the paper: {format_dollars(PAPER_DOLLARS)} on 8 H100")
+    fig.update_xaxes(title_text="MFU (model FLOPs utilisation)", type="log", tickformat=".0%")
+    fig.update_yaxes(title_text="training cost, USD (any GPU count)", type="log")
+    fig.update_layout(height=height, template="plotly_white", margin=dict(l=60, r=20, t=30, b=50))
+    return fig
+
+
+def stage_cost_figure(stages, mfu: float | None = None, gpus: int = 8, kinds=None, height: int = 380):
+    """Plotly figure: the cost of each stage, grouped bars per GPU kind (assumed prices) at one MFU."""
+    import plotly.graph_objects as go
+
+    stages = list(stages)
+    fig = go.Figure()
+    for name in kinds or GPUS:
+        projection = project(stages, mfu=mfu, gpus=gpus, gpu=name)
+        fig.add_bar(x=[r["name"] for r in projection["rows"]], y=[r["dollars"] for r in projection["rows"]],
+                    name=f"{name}: {format_dollars(projection['total']['dollars'])} in all",
+                    hovertemplate="%{x}: USD %{y:,.2f}<extra>" + name + "</extra>")
+    fig.update_layout(barmode="group", height=height, template="plotly_white", margin=dict(l=60, r=20, t=40, b=40),
+                      title=dict(text=f"cost per stage at {(mfu or paper_implied_mfu()):.1%} MFU"))
+    fig.update_yaxes(title_text="USD")
+    return fig
