@@ -29,6 +29,7 @@ or from the shell: ``workbench cost --config configs/paper --gpu h100 --mfu 0.45
 
 from __future__ import annotations
 
+import functools
 import html
 import math
 import os
@@ -121,8 +122,11 @@ class StagePlan:
 
     def flops_per_step(self) -> float:
         """Training FLOPs of one optimiser step: 3 x forward FLOPs at ``global_batch``."""
-        return 3.0 * forward_flops(self.preset, self.latent_side, self.mask_ratio, self.global_batch,
-                                   dict(self.model_overrides))
+        key = (self.preset, self.latent_side, self.mask_ratio, self.global_batch, self.model_overrides)
+        try:
+            return 3.0 * _cached_forward_flops(*key)
+        except TypeError:                  # an unhashable override value (a YAML list): count it afresh
+            return 3.0 * forward_flops(*key[:4], dict(self.model_overrides))
 
     def total_flops(self) -> float:
         """Training FLOPs of the whole stage."""
@@ -147,6 +151,12 @@ def forward_flops(preset: str, latent_side: int, mask_ratio: float, batch: int, 
     with torch.device("meta"):
         model = MicroDiT.from_preset(preset, **(overrides or {}))
     return float(model.flops(latent_side, mask_ratio, batch))
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_forward_flops(preset: str, latent_side: int, mask_ratio: float, batch: int, overrides: tuple) -> float:
+    """:func:`forward_flops` remembered per plan (a figure projects the same stages many times)."""
+    return forward_flops(preset, latent_side, mask_ratio, batch, dict(overrides))
 
 
 def stage_plan(stage, latent_downsample: int | None = 1) -> StagePlan:
@@ -403,6 +413,11 @@ def format_dollars(value: float | None) -> str:
     return f"{sign}${whole}.{fraction.rstrip('0').ljust(2, '0')}"
 
 
+def usd(value: float | None) -> str:
+    """:func:`format_dollars` without the ``$`` sign, for figures: ``1,890 USD``."""
+    return f"{format_dollars(value).replace('$', '')} USD"
+
+
 def no_tex(text: str, markdown: bool = False) -> str:
     """``text`` with every ``$`` escaped so a notebook's MathJax never reads it as TeX: ``&#36;`` (HTML)
     or ``\\$`` (``markdown=True``)."""
@@ -495,7 +510,12 @@ def comparison_html() -> str:
 
 def cost_vs_mfu_figure(stages, mfus=None, kinds=None, height: int = 420):
     """Plotly figure: the total cost of ``stages`` against the MFU, one line per GPU kind (assumed prices),
-    log-log, with the paper-implied MFU and the paper's $1,890 marked."""
+    log-log, with the paper-implied MFU and the paper's $1,890 marked. Labels say USD, never ``$``.
+
+    Example::
+
+        cost_vs_mfu_figure(PAPER_STAGES)           # the last expression of a notebook cell shows it
+    """
     import plotly.graph_objects as go
 
     stages = list(stages)
@@ -505,13 +525,13 @@ def cost_vs_mfu_figure(stages, mfus=None, kinds=None, height: int = 420):
     for name in kinds or GPUS:
         gpu = get_gpu(name)
         dollars = [gpu_hours(flops, m, gpu.bf16_flops) * gpu.price for m in mfus]
-        fig.add_scatter(x=mfus, y=dollars, mode="lines", name=f"{gpu.name} at {format_dollars(gpu.price)}/h",
+        fig.add_scatter(x=mfus, y=dollars, mode="lines", name=f"{gpu.name} at {usd(gpu.price)}/h",
                         hovertemplate="MFU %{x:.0%}: USD %{y:,.2f}<extra>" + gpu.name + "</extra>")
     implied = paper_implied_mfu()
     fig.add_vline(x=implied, line_dash="dash", line_color="grey",
                   annotation_text=f"paper-implied MFU {implied:.1%}", annotation_position="top right")
     fig.add_scatter(x=[implied], y=[PAPER_DOLLARS], mode="markers", marker=dict(size=10, symbol="star"),
-                    name=f"the paper: {format_dollars(PAPER_DOLLARS)} on 8 H100")
+                    name=f"the paper: {usd(PAPER_DOLLARS)} on 8 H100")
     fig.update_xaxes(title_text="MFU (model FLOPs utilisation)", type="log", tickformat=".0%")
     fig.update_yaxes(title_text="training cost, USD (any GPU count)", type="log")
     fig.update_layout(height=height, template="plotly_white", margin=dict(l=60, r=20, t=30, b=50))
@@ -519,7 +539,12 @@ def cost_vs_mfu_figure(stages, mfus=None, kinds=None, height: int = 420):
 
 
 def stage_cost_figure(stages, mfu: float | None = None, gpus: int = 8, kinds=None, height: int = 380):
-    """Plotly figure: the cost of each stage, grouped bars per GPU kind (assumed prices) at one MFU."""
+    """Plotly figure: the cost of each stage, grouped bars per GPU kind (assumed prices) at one MFU.
+
+    Example::
+
+        stage_cost_figure(recipe_plans("configs/paper"), mfu=0.45)
+    """
     import plotly.graph_objects as go
 
     stages = list(stages)
@@ -527,7 +552,7 @@ def stage_cost_figure(stages, mfu: float | None = None, gpus: int = 8, kinds=Non
     for name in kinds or GPUS:
         projection = project(stages, mfu=mfu, gpus=gpus, gpu=name)
         fig.add_bar(x=[r["name"] for r in projection["rows"]], y=[r["dollars"] for r in projection["rows"]],
-                    name=f"{name}: {format_dollars(projection['total']['dollars'])} in all",
+                    name=f"{name}: {usd(projection['total']['dollars'])} in all",
                     hovertemplate="%{x}: USD %{y:,.2f}<extra>" + name + "</extra>")
     fig.update_layout(barmode="group", height=height, template="plotly_white", margin=dict(l=60, r=20, t=40, b=40),
                       title=dict(text=f"cost per stage at {(mfu or paper_implied_mfu()):.1%} MFU"))
