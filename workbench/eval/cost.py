@@ -508,6 +508,43 @@ def comparison_html() -> str:
     return no_tex(table_html(comparison_rows()))
 
 
+def gpus_html() -> str:
+    """The known GPU kinds as an HTML table: peak, memory, assumed price and where each figure comes from."""
+    from ..report import table_html
+
+    rows = [{"gpu": g.name, "model": g.label, "dense bf16 TFLOP/s": f"{g.bf16_flops / 1e12:,.2f}",
+             "memory (GB)": str(g.memory_gb), "USD per GPU-hour": format_dollars(g.price), "peak from": g.peak_source,
+             "price": g.price_note} for g in GPUS.values()]
+    return no_tex(table_html(rows))
+
+
+def hardware_rows(stages, mfus=(0.18, 0.45), gpus: int = 8) -> list[dict]:
+    """The total of ``stages`` on every GPU kind (assumed prices) at each of ``mfus``: one row per (GPU, MFU).
+
+    Example::
+
+        hardware_rows(PAPER_STAGES)[0]    # {'gpu': 'a100', 'mfu': 0.18, 'gpu_hours': ..., 'dollars': ...}
+    """
+    stages = list(stages)
+    rows = []
+    for name in GPUS:
+        for mfu in mfus:
+            total = project(stages, mfu=mfu, gpus=gpus, gpu=name)["total"]
+            rows.append({"gpu": name, "mfu": float(mfu), "gpus": gpus, "gpu_hours": total["gpu_hours"],
+                         "wall_days": total["wall_days"], "dollars": total["dollars"]})
+    return rows
+
+
+def hardware_html(stages, mfus=(0.18, 0.45), gpus: int = 8) -> str:
+    """:func:`hardware_rows` as an HTML table; every ``$`` escaped (no TeX)."""
+    from ..report import table_html
+
+    rows = [{"gpu": r["gpu"], "MFU": f"{r['mfu']:.1%}", "GPU-hours": _number(r["gpu_hours"]),
+             f"days on {gpus}": _number(r["wall_days"]), "USD": format_dollars(r["dollars"])}
+            for r in hardware_rows(stages, mfus, gpus)]
+    return no_tex(table_html(rows))
+
+
 def cost_vs_mfu_figure(stages, mfus=None, kinds=None, height: int = 420):
     """Plotly figure: the total cost of ``stages`` against the MFU, one line per GPU kind (assumed prices),
     log-log, with the paper-implied MFU and the paper's $1,890 marked. Labels say USD, never ``$``.
