@@ -382,10 +382,10 @@ def paper_comparison() -> list[PaperCostRow]:
                      f"{PAPER_CITATION}, abstract: 1.16B parameters, 37M images (22M real + 15M synthetic), "
                      "$1,890, 2.6 days on one 8xH100 node, FID 12.7 (12.66 real + synthetic, 12.72 real only)"),
         PaperCostRow("Stable Diffusion", None, None, None, None, None, None, 118.0,
-                     f"{PAPER_CITATION}, abstract: '118x lower cost than Stable Diffusion models'"),
+                     f"{PAPER_CITATION}, abstract: 118x lower cost than Stable Diffusion models"),
         PaperCostRow("PixArt-alpha", None, None, None, None, 28_400.0, None, 14.0,
-                     f"{PAPER_CITATION}, abstract: '14x lower cost than the current state-of-the-art approach, "
-                     "which costs $28,400' (PixArt-alpha, Chen et al. 2023)"),
+                     f"{PAPER_CITATION}, abstract: 14x lower cost than the previous low-cost state of the "
+                     "art, which costs $28,400 (PixArt-alpha, Chen et al. 2023)"),
     ]
 
 
