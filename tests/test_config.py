@@ -30,3 +30,23 @@ def test_parse_overrides_needs_key_value():
 
 def test_config_diff_names_fields_and_ignores_tuple_vs_list():
     assert config_diff({"a": 1, "b": (1, 2)}, {"a": 2, "b": [1, 2], "c": 3}) == {"a": (1, 2), "c": (None, 3)}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"norm_eps": "abc"}, "MicroDiTConfig.norm_eps: expected a number, got 'abc'"),
+    ({"qkv_ratio": 5}, "MicroDiTConfig.qkv_ratio: expected two numbers [first, last], got 5"),
+    ({"depth": True}, "MicroDiTConfig.depth: expected an integer, got True"),
+    ({"caption_mask_compat": "yes"}, "MicroDiTConfig.caption_mask_compat: expected true or false, got 'yes'"),
+])
+def test_wrong_types_in_model_overrides_name_the_field_in_stage_and_pipeline(overrides, message, tmp_path, capsys):
+
+    with pytest.raises(ValueError) as caught:
+        Stage(model="nano", model_overrides=overrides)
+    assert str(caught.value) == message
+    from workbench.cli import main
+
+    yaml_value = "{" + ", ".join(f"{k}: {v!r}".replace("True", "true") for k, v in overrides.items()) + "}"
+    code = main(["pipeline", "--config", "configs/demo/pipeline.yaml", "--set", f"runs_dir={tmp_path}",
+                 "--set", f"overrides.model_overrides={yaml_value}"])
+    assert code == 2 and not any(tmp_path.iterdir())          # refused before any work, naming the field
+    assert message.split(": expected")[0] in capsys.readouterr().err

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from workbench.cli import main as cli_main
-from workbench.config import from_dict
+from workbench.config import MicroDiTConfig, from_dict
 from workbench.data.images import decode_image
 from workbench.data.sources import caption_from_bytes
 from workbench.errors import WorkbenchError
@@ -47,6 +47,21 @@ def test_random_stage_dicts_validate_or_raise_the_projects_error(fields):
         from_dict(Stage, fields)
     except PROJECT_ERRORS:
         pass
+
+
+MODEL_FIELDS = [f for f in MicroDiTConfig.__dataclass_fields__]
+override_dicts = st.dictionaries(st.sampled_from(MODEL_FIELDS), values, min_size=1, max_size=4)
+
+
+@FUZZ
+@given(override_dicts)
+def test_random_model_overrides_validate_or_name_the_field(overrides):
+    try:
+        Stage(model="nano", model_overrides=overrides)
+    except ValueError as err:             # never a TypeError: the message starts with the field it names
+        message = str(err)
+        assert message.startswith(("MicroDiTConfig.", "Stage.")), message
+        assert any(f".{name}:" in message for name in overrides) or "Stage." in message, message
 
 
 @FUZZ

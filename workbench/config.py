@@ -166,6 +166,33 @@ def format_diff(diff: dict[str, tuple[Any, Any]], a: str = "saved", b: str = "th
     return ", ".join(f"{k}: {a} {x!r} vs {b} {y!r}" for k, (x, y) in diff.items())
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# what each annotation of a numeric config accepts (an int is a fine float; a bool is never a number)
+_TYPE_CHECKS = {
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "float": (_is_number, "a number"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "tuple[float, float]": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(map(_is_number, v)),
+                            "two numbers [first, last]"),
+}
+
+
+def check_field_types(config: Any) -> None:
+    """``ValueError`` naming the first field of a dataclass config whose value has the wrong type.
+
+    Used by ``MicroDiTConfig``, so ``model_overrides: {norm_eps: abc}`` says ``MicroDiTConfig.norm_eps:
+    expected a number, got 'abc'`` instead of a ``TypeError`` deep in a comparison.
+    """
+    for f in dataclasses.fields(config):
+        check = _TYPE_CHECKS.get(str(f.type))
+        if check is not None:
+            ok, expected = check
+            require(ok(getattr(config, f.name)), type(config).__name__, f.name, expected, getattr(config, f.name))
+
+
 @dataclass
 class MicroDiTConfig:
     """Architecture of a MicroDiT (defaults: the paper's MicroDiT_XL_2 on 4-channel SDXL latents).
@@ -201,6 +228,7 @@ class MicroDiTConfig:
 
     def __post_init__(self) -> None:
         own = type(self).__name__
+        check_field_types(self)                        # types first, so the range checks below cannot TypeError
         self.qkv_ratio = tuple(float(r) for r in self.qkv_ratio)
         self.mlp_ratio = tuple(float(r) for r in self.mlp_ratio)
         for name in ("in_channels", "sample_size", "patch_size", "caption_dim", "width", "depth", "head_dim",
