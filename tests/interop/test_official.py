@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import os
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -97,6 +99,20 @@ def test_a_checkpoint_that_pickles_objects_needs_allow_pickle(tmp_path):
     with pytest.raises(OfficialCheckpointError, match="--allow-pickle"):
         convert_official(tmp_path / "pickled.pt", tmp_path / "out", arch=None, config=CONFIG)
     convert_official(tmp_path / "pickled.pt", tmp_path / "out", arch=None, config=CONFIG, allow_pickle=True)
+
+
+@pytest.mark.parametrize("name, damage", [("random.safetensors", "random"), ("cut.safetensors", "truncated"),
+                                          ("random.pt", "random")])
+@pytest.mark.parametrize("allow_pickle", [False, True])
+def test_random_or_truncated_files_are_one_line_naming_the_file(tmp_path, capsys, name, damage, allow_pickle):
+    path = tmp_path / name
+    path.write_bytes(os.urandom(4096) if damage == "random" else STATE.read_bytes()[:5000])
+    flags = ["--allow-pickle"] if allow_pickle else []
+    code = main(["convert-official", str(path), "--arch", "custom", "--config", str(CONFIG), "--out",
+                 str(tmp_path / "out"), *flags])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith(f"error: {path} is not a") and "download it again" in err, err
+    assert "--allow-pickle" not in err and len(err.splitlines()) == 1
 
 
 def test_a_renamed_or_missing_key_fails_and_lists_every_one(tmp_path):

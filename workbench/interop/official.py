@@ -74,6 +74,21 @@ def workbench_name(official: str) -> str:
 #  Reading
 # ---------------------------------------------------------------------------------------------
 
+def _first_line(err: BaseException) -> str:
+    """An exception's first line, at most 120 characters (its type when it has no text)."""
+    text = str(err).strip()
+    return text.splitlines()[0][:120] if text else type(err).__name__
+
+
+def _looks_like_torch_save(path: Path) -> bool:
+    """Whether ``path`` starts like a ``torch.save`` file: a zip archive, or a legacy pickle (protocol 2+)."""
+    import zipfile
+
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return zipfile.is_zipfile(path) or (len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+
+
 def read_official_state_dict(path: str | Path, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
     """The ``DiT`` tensors of an official checkpoint, and notes on what was stripped.
 
@@ -87,19 +102,27 @@ def read_official_state_dict(path: str | Path, allow_pickle: bool = False) -> tu
         raise FileNotFoundError(f"no official checkpoint at {path}: download one of the paper's MicroDiT_XL_2 "
                                 f"checkpoints first (docs/interop.md lists them)")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        raw = load_file(str(path))
+        try:
+            raw = load_file(str(path))
+        except SafetensorError as err:                      # random bytes, a truncated download
+            raise OfficialCheckpointError(f"{path} is not a complete safetensors file ({err}); download it "
+                                          f"again (a truncated download looks like this)") from err
     else:
         try:
             raw = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
         except pickle.UnpicklingError as err:
+            if allow_pickle or not _looks_like_torch_save(path):
+                raise OfficialCheckpointError(f"{path} is not a readable PyTorch checkpoint ({_first_line(err)}); "
+                                              f"download it again") from err
             raise OfficialCheckpointError(
                 f"{path} holds Python objects besides tensors (a Composer checkpoint keeps its training state "
                 f"that way), which weights_only loading refuses; if you trust the file, convert it with "
                 f"--allow-pickle (convert_official(..., allow_pickle=True))") from err
-        except (RuntimeError, EOFError, OSError) as err:
-            raise OfficialCheckpointError(f"{path} is not a readable PyTorch checkpoint ({err}); "
+        except Exception as err:         # noqa: BLE001 - garbage makes torch's unpickler raise anything
+            raise OfficialCheckpointError(f"{path} is not a readable PyTorch checkpoint ({_first_line(err)}); "
                                           f"download it again") from err
     state = _find_state_dict(raw, path)
     notes: dict = {}
