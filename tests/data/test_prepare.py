@@ -418,3 +418,61 @@ def test_cli_unknown_source_option_is_a_clear_error(tmp_path, tiny_clip_dir):  #
     with pytest.raises(ValueError, match=r"unknown options \['colour'\]"):
         args.fn(args)
     assert not (tmp_path / "cli").exists()
+
+
+def _hostile_folder(root: Path) -> Path:
+    """Two good images, plus a FIFO, a link to /dev/zero, a dangling link, a link loop and a non-UTF-8 name."""
+    from tests.data.conftest import BLUE, CAPTION, encode
+
+    root.mkdir()
+    for key in ("good1", "good2"):
+        (root / f"{key}.png").write_bytes(encode(Image.new("RGB", (32, 32), BLUE), "PNG"))
+        (root / f"{key}.txt").write_bytes(CAPTION)
+    os.mkfifo(root / "pipe.png")
+    (root / "pipe.txt").write_bytes(CAPTION)
+    (root / "zero.png").symlink_to("/dev/zero")
+    (root / "gone.png").symlink_to(root / "does-not-exist.png")
+    (root / "loop.png").symlink_to(root / "loop.png")
+    bad = os.fsencode(str(root)) + b"/bad\xff.png"
+    with open(bad, "wb") as f:
+        f.write(encode(Image.new("RGB", (32, 32), BLUE), "PNG"))
+    with open(os.fsencode(str(root)) + b"/bad\xff.txt", "wb") as f:
+        f.write(CAPTION)
+    return root
+
+
+@pytest.mark.timeout(120)
+def test_a_fifo_device_broken_links_and_bad_names_are_skipped_with_reasons_not_waited_on(tmp_path, capsys):
+    root = _hostile_folder(tmp_path / "hostile")
+    out = tmp_path / "prep"
+    assert cli_main(["prepare", "--source", str(root), "--out", str(out), "--resolutions", "16", "--no-progress",
+                     "--json"]) == 0
+    data = json.loads((out / REPORT_FILE).read_text())
+    reasons = {e["key"]: reason for reason, entries in data["skipped"].items() for e in entries}
+    assert reasons == {"pipe": "not_a_file", "zero": "not_a_file", "gone": "broken_link", "loop": "broken_link",
+                       "bad\\xff": "bad_file_name"}
+    assert sorted(raw_columns(out)["source_key"]) == ["good1", "good2"]
+    assert not list(out.rglob("shard_*.tmp"))
+
+
+def test_a_file_over_the_size_bound_is_skipped_unread(tmp_path, monkeypatch):
+    from tests.data.conftest import BLUE, CAPTION, encode
+    from workbench.data.sources import base
+
+    root = tmp_path / "big"
+    root.mkdir()
+    for key, side in (("small", 32), ("large", 512)):
+        (root / f"{key}.png").write_bytes(encode(Image.new("RGB", (side, side), BLUE), "BMP"))
+        (root / f"{key}.txt").write_bytes(CAPTION)
+    monkeypatch.setattr(base, "MAX_FILE_BYTES", 100_000)
+    records = list(open_source(str(root)).records())
+    assert {r.key: r.skip_reason for r in records} == {"large": "too_large_file", "small": None}
+
+
+def test_a_failed_shard_write_leaves_no_temp_shard(tmp_path, monkeypatch):
+    def fail(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(_Preparer, "_encode_fn", fail)           # fails inside the shard's temp folder
+    with pytest.raises(OSError):
+        prepare("shapes", tmp_path / "prep", resolutions=(16,), limit=8, progress=False, n=8)
+    assert not list((tmp_path / "prep").rglob("shard_*.tmp"))

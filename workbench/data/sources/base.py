@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,10 @@ SKIP_REASONS = {
     "not_an_image": "the bytes are not an image format PIL knows (e.g. text named .jpg)",
     "corrupt_image": "the image header or pixels fail to decode (e.g. a truncated file)",
     "too_large": "the image exceeds PIL's decompression-bomb pixel limit",
+    "too_large_file": "the file is larger than MAX_FILE_BYTES (it is not read)",
+    "not_a_file": "not a regular file (a FIFO, device or socket): never opened, so prepare cannot hang on it",
+    "broken_link": "a symlink to nothing, or a symlink loop",
+    "bad_file_name": "the file name is not valid UTF-8 (shown with \\x escapes)",
     "too_small": "the image's short side is below min_side",
 }
 
@@ -197,6 +203,44 @@ def _image_record(key: str, caption: Caption, read: Callable[[], bytes], min_sid
     if reason:
         return _skip(key, reason, detail, name)
     return SourceRecord(key, decoded.image, text, None)
+
+
+MAX_FILE_BYTES = 256 * 2 ** 20           # larger image or caption files are skipped (too_large_file), never read
+
+
+def display_name(rel: str) -> str:
+    """A file name as it can be printed and stored: undecodable bytes as ``\\xNN`` escapes."""
+    return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def file_problem(rel: str, path: Path) -> tuple[str, str] | None:
+    """``(reason, detail)`` when ``path`` must be skipped before it is opened, else ``None``.
+
+    Checked without reading: a non-UTF-8 name, a dangling symlink or loop, anything that is not a
+    regular file (a FIFO would block the reader forever; ``/dev/zero`` would never end), and a file
+    over ``MAX_FILE_BYTES``.
+    """
+    if display_name(rel) != rel:
+        return "bad_file_name", f"{display_name(rel)}: rename it to valid UTF-8"
+    try:
+        st = path.stat()
+    except OSError as err:                               # ENOENT through a link, ELOOP
+        why = "a symlink loop" if err.errno == errno.ELOOP else "a symlink to nothing"
+        return "broken_link", f"{rel} is {why} ({err.strerror})"
+    if not stat.S_ISREG(st.st_mode):
+        return "not_a_file", f"{rel} is not a regular file (mode {stat.filemode(st.st_mode)})"
+    if st.st_size > MAX_FILE_BYTES:
+        return "too_large_file", f"{rel} is {st.st_size / 2 ** 20:.0f} MB (limit {MAX_FILE_BYTES // 2 ** 20} MB)"
+    return None
+
+
+def read_bounded(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
+    """A file's bytes, refusing (``OSError``) to read more than ``limit``, even if it grew after ``stat``."""
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(f"{path.name} is larger than {limit // 2 ** 20} MB")
+    return data
 
 
 def _stat_line(rel: str, path: Path) -> str:

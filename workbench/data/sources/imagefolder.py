@@ -14,7 +14,7 @@ from typing import Iterator
 from ...io import fingerprint
 from ..images import IMAGE_EXTENSIONS
 from .base import (METADATA_FILES, SOURCES_VERSION, Caption, Source, SourceRecord, _image_record, _pick_field, _skip,
-                   _stat_line, _walk, caption_from_bytes, caption_from_value)
+                   _stat_line, _walk, caption_from_bytes, caption_from_value, display_name, file_problem, read_bounded)
 
 
 @dataclass
@@ -37,7 +37,7 @@ def _metadata_rows(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
 
     Bytes that are not UTF-8 survive as lone surrogates, so only that row's caption is flagged.
     """
-    text = path.read_bytes().decode("utf-8", "surrogateescape").lstrip("\ufeff")
+    text = read_bounded(path).decode("utf-8", "surrogateescape").lstrip("\ufeff")
     if path.suffix == ".csv":
         for lineno, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):
             yield lineno, row, None
@@ -79,9 +79,16 @@ class ImageFolderSource(Source):
         self._fingerprint = fingerprint(stats)
 
     def _scan(self) -> tuple[list[_Entry], set[str], list[str]]:
-        images, sidecars, metadata, stats = [], set(), [], []
+        images, sidecars, metadata, stats, unusable = [], set(), [], [], []
         for rel, path in _walk(self.root):
             suffix = path.suffix.lower()
+            wanted = suffix in IMAGE_EXTENSIONS or suffix == ".txt" or path.name in METADATA_FILES
+            problem = file_problem(rel, path) if wanted else None
+            if problem:                       # skipped before anything opens it (a FIFO would block forever)
+                name = display_name(rel)
+                unusable.append(_Entry(_strip_ext(name), reason=problem[0], detail=problem[1]))
+                stats.append(f"{name}\t{problem[0]}")
+                continue
             if suffix in IMAGE_EXTENSIONS:
                 images.append((rel, path))
             elif suffix == ".txt":
@@ -101,7 +108,7 @@ class ImageFolderSource(Source):
                 continue
             first[key] = rel
             entries.append(_Entry(key, path, captions.get(rel)))
-        return entries + problems, sidecars, stats
+        return entries + problems + unusable, sidecars, stats
 
     def _read_metadata(self, files: list[tuple[str, Path]], images: set[str]) -> tuple[dict, list[_Entry]]:
         """Captions by image relative path, plus entries for bad / duplicate / dangling rows."""
@@ -138,7 +145,7 @@ class ImageFolderSource(Source):
         if sidecar not in self._sidecars:
             return Caption(None, "missing_caption", f"no metadata row and no {sidecar}")
         try:
-            return caption_from_bytes((self.root / sidecar).read_bytes(), sidecar)
+            return caption_from_bytes(read_bounded(self.root / sidecar), sidecar)
         except OSError as err:
             return Caption(None, "read_error", f"{sidecar}: {err}")
 
@@ -148,7 +155,7 @@ class ImageFolderSource(Source):
                 yield _skip(entry.key, entry.reason, entry.detail,
                             entry.path.relative_to(self.root).as_posix() if entry.path else None)
             else:
-                yield _image_record(entry.key, self._caption(entry), entry.path.read_bytes, self.min_side,
+                yield _image_record(entry.key, self._caption(entry), lambda p=entry.path: read_bounded(p), self.min_side,
                                     name=entry.path.relative_to(self.root).as_posix())
 
     def describe(self) -> dict:

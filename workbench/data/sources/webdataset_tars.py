@@ -6,6 +6,7 @@ import json
 import os
 import re
 import tarfile
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Iterator
 
 from ...io import fingerprint
 from .base import (SOURCES_VERSION, TAR_SUFFIXES, Caption, Source, SourceRecord, _image_record, _pick_field, _skip,
-                   _stat_line, _walk, caption_from_bytes, caption_from_value)
+                   _stat_line, _walk, caption_from_bytes, caption_from_value, display_name, file_problem)
 
 _WDS_NAME = re.compile(r"^((?:.*/|)[^./][^.]*)\.([^/]*)$")      # webdataset: key = up to the first dot
 _IMAGE_EXTS = tuple(e.lstrip(".") for e in (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"))
@@ -91,8 +92,7 @@ class WebDatasetSource(Source):
         self.path = Path(path).resolve()
         if not self.path.exists():
             raise FileNotFoundError(f"webdataset path {self.path} does not exist")
-        self.shards = [self.path] if self.path.is_file() else [
-            p for _, p in _walk(self.path) if p.name.lower().endswith(TAR_SUFFIXES)]
+        self.shards = [self.path] if self.path.is_file() else self._find_shards()
         if not self.shards:
             raise ValueError(f"no tar shards ({', '.join(TAR_SUFFIXES)}) found under {self.path}")
         self.caption_column = caption_column
@@ -137,6 +137,19 @@ class WebDatasetSource(Source):
         if not isinstance(row, dict):
             return Caption(None, "bad_metadata", f"{where} .json is not an object")
         return caption_from_value(_pick_field(row, self.caption_column), f"{where} .json caption")
+
+    def _find_shards(self) -> list[Path]:
+        """The tar shards under the folder; a FIFO, device, broken link or bad name is left out with a warning."""
+        shards = []
+        for rel, path in _walk(self.path):
+            if not path.name.lower().endswith(TAR_SUFFIXES):
+                continue
+            problem = file_problem(rel, path)
+            if problem:
+                warnings.warn(f"skipping {display_name(rel)}: {problem[1]}")
+            else:
+                shards.append(path)
+        return shards
 
     def describe(self) -> dict:
         return {"kind": self.kind, "version": SOURCES_VERSION, "path": str(self.path),
