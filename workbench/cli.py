@@ -79,6 +79,8 @@ def cmd_prepare(args) -> int:
         codec_options=codec_options, text_encoder_options=text_options, progress=not args.no_progress, **options)
     if args.json:
         print(json.dumps(report.data, indent=2))
+    elif args.no_progress:                         # no bar, but the same summary and skip counts
+        print(report)
     return 0
 
 

@@ -476,3 +476,11 @@ def test_a_failed_shard_write_leaves_no_temp_shard(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         prepare("shapes", tmp_path / "prep", resolutions=(16,), limit=8, progress=False, n=8)
     assert not list((tmp_path / "prep").rglob("shard_*.tmp"))
+
+
+def test_prepare_no_progress_still_prints_the_summary_and_skip_counts(tmp_path, capsys):
+    root = _hostile_folder(tmp_path / "hostile")
+    assert cli_main(["prepare", "--source", str(root), "--out", str(tmp_path / "prep"), "--resolutions", "16",
+                     "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "not_a_file" in out and "broken_link" in out and "2" in out, out
