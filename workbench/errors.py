@@ -28,48 +28,98 @@ def debug_enabled() -> bool:
     return os.environ.get("WORKBENCH_DEBUG", "") not in ("", "0", "false", "no")
 
 
+# messages of writers that report a full disk in their own exception type (safetensors' SafetensorError)
+_TEXT_ERRNOS = (("No space left on device", errno.ENOSPC), ("Disk quota exceeded", errno.EDQUOT),
+                ("Read-only file system", errno.EROFS), ("Permission denied", errno.EACCES))
+
+
 def os_error_in(err: BaseException) -> OSError | None:
-    """The first ``OSError`` in ``err``'s chain (torch wraps a full disk in a RuntimeError "enforce fail")."""
+    """The first ``OSError`` in ``err``'s chain, or one read from a writer's message.
+
+    torch wraps a full disk in a RuntimeError ("enforce fail"); safetensors raises ``SafetensorError``
+    ("I/O error: No space left on device"), which is no ``OSError`` at all.
+    """
     seen = set()
     while err is not None and id(err) not in seen:
         if isinstance(err, OSError) and err.errno is not None:
             return err
+        for text, code in _TEXT_ERRNOS:
+            if text in str(err):
+                return OSError(code, os.strerror(code))
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None
 
 
-def free_bytes(folder: str | os.PathLike) -> int | None:
-    """Free bytes on the file system of ``folder`` (or its nearest existing parent); None when unknown."""
+def _existing(folder: str | os.PathLike) -> Path:
     path = Path(folder)
     while not path.exists() and path != path.parent:
         path = path.parent
+    return path
+
+
+def free_bytes(folder: str | os.PathLike) -> int | None:
+    """Free bytes on the file system of ``folder`` (or its nearest existing parent); None when unknown."""
     try:
-        return shutil.disk_usage(path).free
+        return shutil.disk_usage(_existing(folder)).free
     except OSError:
         return None
 
 
-def _mb(n: int | None) -> str:
-    return "?" if n is None else f"{n / 1e6:,.0f} MB"
+def free_inodes(folder: str | os.PathLike) -> int | None:
+    """Files that can still be created on the file system of ``folder``; None when it does not count them."""
+    try:
+        st = os.statvfs(_existing(folder))
+    except (OSError, AttributeError):
+        return None
+    return st.f_favail if st.f_files else None
 
 
-def no_space(what: str, folder: str | os.PathLike, needed_bytes: int | None, free: int | None = None) -> WorkbenchError:
-    """The one-line error for a full disk (``free`` measured now when not given)."""
+FILES_PER_CHECKPOINT = 8                 # files and folders one checkpoint creates (with its temp folder)
+
+
+def size_text(n: int | None) -> str:
+    """``"6.2 MB"``, ``"512 KB"``, ``"1.3 GB"``: enough digits that "needs 6.2 MB, 5.9 MB free" reads right."""
+    if n is None:
+        return "?"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            value = n / scale
+            return f"{value:,.1f} {unit}" if value < 100 else f"{value:,.0f} {unit}"
+    return f"{n} bytes"
+
+
+def no_space(what: str, folder: str | os.PathLike, needed_bytes: int | None, free: int | None = None,
+             keep_last: int | None = None) -> WorkbenchError:
+    """The one-line error for a full disk or a file system out of inodes, with the fix that applies.
+
+    ``keep_last`` (checkpoints only): the workbench needs room for keep_last + 1 checkpoints, so fewer
+    is advised only when there are more than one to keep.
+    """
     free = free_bytes(folder) if free is None else free
-    return WorkbenchError(f"no space left on the device writing {what} in {folder} (needs ~{_mb(needed_bytes)}, "
-                          f"{_mb(free)} free); free some space (or keep fewer checkpoints: keep_last) "
-                          f"and run again: it resumes from the last complete checkpoint")
+    inodes = free_inodes(folder)
+    roomy = needed_bytes is not None and free is not None and free > needed_bytes * 1.05 + (1 << 20)
+    if inodes == 0 or (roomy and inodes is not None and inodes < FILES_PER_CHECKPOINT * 4):   # space is not it
+        state = f"no free inodes (files) left on its file system: {inodes} inodes, {size_text(free)} free"
+        fix = "delete files there (many small ones) or choose another runs_dir (--set runs_dir=...)"
+    else:
+        state = f"needs ~{size_text(needed_bytes)}, {size_text(free)} free" + (
+            f", {inodes:,} inodes free" if inodes is not None else "")
+        fix = "free some space or choose another runs_dir (--set runs_dir=...)"
+        if keep_last is not None and keep_last > 1:
+            fix += f", or keep fewer checkpoints (keep_last={keep_last - 1}; it needs room for keep_last + 1)"
+    return WorkbenchError(f"no space left on the device writing {what} in {folder} ({state}); {fix}, and run "
+                          f"again: it resumes from the last complete checkpoint")
 
 
 def write_failure(err: BaseException, what: str, folder: str | os.PathLike,
-                  needed_bytes: int | None = None) -> WorkbenchError | None:
+                  needed_bytes: int | None = None, keep_last: int | None = None) -> WorkbenchError | None:
     """A one-line ``WorkbenchError`` for a full, read-only, forbidden or vanished output folder; None otherwise."""
     os_err = os_error_in(err)
     if os_err is None:
         return None
     if os_err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return no_space(what, folder, needed_bytes)
+        return no_space(what, folder, needed_bytes, keep_last=keep_last)
     if os_err.errno == errno.EROFS:
         return WorkbenchError(f"cannot write {what}: {folder} is on a read-only file system; choose a writable "
                               f"runs_dir (--set runs_dir=...)")
@@ -80,6 +130,30 @@ def write_failure(err: BaseException, what: str, folder: str | os.PathLike,
         return WorkbenchError(f"cannot write {what}: the folder {folder} vanished while the run was writing it; "
                               f"restore it (or choose another runs_dir) and run again")
     return WorkbenchError(f"cannot write {what} in {folder}: {os_err.strerror or os_err}")
+
+
+def writing(what: str, folder: str | os.PathLike):
+    """Context manager: a full, read-only or vanished folder while writing ``what`` becomes one line naming it::
+
+        with writing("metrics.jsonl", stage_dir):
+            log.write(record)
+    """
+    return _Writing(what, folder)
+
+
+class _Writing:
+    def __init__(self, what: str, folder):
+        self.what, self.folder = what, folder
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, tb) -> bool:
+        if err is not None and not isinstance(err, WorkbenchError):
+            friendly = write_failure(err, self.what, self.folder)
+            if friendly is not None:
+                raise friendly from err
+        return False
 
 
 def out_of_memory(stage) -> WorkbenchError:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..diffusion import EDMConfig, sample
+from ..errors import writing
 from ..images import labelled_grid, save_png
 from ..io import atomic_write_text
 
@@ -26,8 +27,8 @@ class MetricsLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, record: dict) -> None:
-        """Append one record."""
-        with self.path.open("a") as f:
+        """Append one record (a full disk is one line naming this file; a torn line is repaired on resume)."""
+        with writing(self.path.name, self.path.parent), self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
     def read(self) -> list[dict]:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ..config import RESOLUTION_FIELDS, architecture_diff, format_diff, to_dict
 from ..data.loader import PreparedLoader
 from ..diffusion import EDMLoss, loss_per_sigma_bin
-from ..errors import out_of_memory
+from ..errors import out_of_memory, writing
 from ..model import MicroDiT, null_caption, trim_caption_padding
 from ..model.moe import ExpertChoiceMoE
 from . import checkpoint as ckpt
@@ -142,7 +142,8 @@ class Trainer:
             self.metrics = MetricsLog(stage.stage_dir / "metrics.jsonl")
             self.resumed_from = self._resume(resume)
             if acc.is_main_process and not self.past_steps:     # a stage past its steps records nothing new
-                stage.to_yaml(stage.stage_dir / "stage.yaml")
+                with writing("stage.yaml", stage.stage_dir):
+                    stage.to_yaml(stage.stage_dir / "stage.yaml")
             if stage.tensorboard:
                 acc.init_trackers(stage.run, config={k: v for k, v in stage.to_dict().items()
                                                      if isinstance(v, (int, float, str, bool))})
@@ -423,7 +424,8 @@ class Trainer:
                                         model=self.raw_model, optimizer=self.optimizer,
                                         scheduler=self.scheduler, ema=self.ema, state=state,
                                         stage_config=self.stage.to_dict(),
-                                        sampling=sampling_record(self.info, self.stage), final=self.done)
+                                        sampling=sampling_record(self.info, self.stage), final=self.done,
+                                        keep_last=self.stage.keep_last)
             ckpt.apply_retention(self.stage.checkpoint_dir, keep_last=self.stage.keep_last, log=tqdm.write)
             for fn in self.callbacks["on_checkpoint"]:
                 fn(self, path)
@@ -453,7 +455,8 @@ class Trainer:
         if not self.accelerator.is_main_process:
             return None
         path = samples_path(self.stage.stage_dir, self.step_count)
-        self.grid.save(self.sampling_model(), path, device=self.accelerator.device)
+        with writing(f"the sample grid {path.name}", path.parent):
+            self.grid.save(self.sampling_model(), path, device=self.accelerator.device)
         for fn in self.callbacks["on_samples"]:
             fn(self, path)
         return path

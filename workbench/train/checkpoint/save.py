@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from workbench.config import MODEL_CONFIG_VERSION, to_dict
-from workbench.errors import free_bytes, no_space, write_failure
+from workbench.errors import free_bytes, free_inodes, no_space, write_failure
 
 from .files import (CONFIG_FILE, EMA_FILE, FORMAT, MANIFEST, MODEL_FILE, OPTIMIZER_FILE, SCHEDULER_FILE, STATE_FILE,
                     _fsync_dir, _in_flight, _sha256, _write_file)
@@ -27,7 +27,7 @@ from .state import TrainingState
 
 def save_checkpoint(root: str | Path, step: int, *, model: torch.nn.Module, optimizer=None, scheduler=None,
                     ema=None, state: TrainingState, stage_config: Mapping | None = None,
-                    sampling: Mapping | None = None, final: bool = False) -> Path:
+                    sampling: Mapping | None = None, final: bool = False, keep_last: int | None = None) -> Path:
     """Write ``root/step_{step:07d}/`` atomically and return its path.
 
     Args:
@@ -42,6 +42,7 @@ def save_checkpoint(root: str | Path, step: int, *, model: torch.nn.Module, opti
         sampling: what sampling needs (codec, text encoder, σ_data, resolution, prompts; see
             ``train.sampling.sampling_record``), so the checkpoint samples without its training data.
         final: mark the stage's final checkpoint; retention never deletes it.
+        keep_last: the retention this checkpoint is written under, for the advice of a full-disk error.
 
     Re-saving an existing step replaces that folder (old one renamed aside, new one renamed in,
     old one deleted). Raises ``TypeError`` before writing anything when ``state``, the optimizer
@@ -65,8 +66,8 @@ def save_checkpoint(root: str | Path, step: int, *, model: torch.nn.Module, opti
     weights, ema_weights = model.state_dict(), (_ema_state_dict(ema) if ema is not None else None)
     needed = _tensor_bytes([weights, ema_weights, parts])
     free = free_bytes(root)
-    if free is not None and free < needed * 1.05 + (1 << 20):       # before writing anything
-        raise no_space(what, root, needed, free)
+    if (free is not None and free < needed * 1.05 + (1 << 20)) or free_inodes(root) == 0:   # before writing anything
+        raise no_space(what, root, needed, free, keep_last=keep_last)
     tmp = root / f".tmp-step_{step:07d}-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -84,7 +85,7 @@ def save_checkpoint(root: str | Path, step: int, *, model: torch.nn.Module, opti
             return _publish(tmp, root / f"step_{step:07d}")
     except BaseException as err:         # nothing half-written stays behind; earlier checkpoints are untouched
         shutil.rmtree(tmp, ignore_errors=True)
-        friendly = write_failure(err, what, root, needed)
+        friendly = write_failure(err, what, root, needed, keep_last=keep_last)
         if friendly is None:
             raise
         raise friendly from err              # the CLI prints one line; --debug shows the OSError too
