@@ -433,6 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "sample_size)")
     cost.add_argument("--json", action="store_true", help="print the projection as JSON instead of a table")
     cost.set_defaults(fn=cmd_cost)
+    from .ablate.command import add_parser as add_ablate_parser
+    add_ablate_parser(sub)
 
     kernel = sub.add_parser("kernel", help="Jupyter kernel management")
     kernel.add_argument("action", choices=["install"])
