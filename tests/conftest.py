@@ -51,3 +51,12 @@ def private_workbench_cache(tmp_path_factory):
         os.environ.pop("WORKBENCH_CACHE", None)
     else:
         os.environ["WORKBENCH_CACHE"] = before
+
+
+@pytest.fixture
+def one_thread():
+    """Train on one thread: bit-exact repeats, and no thrashing on the shared 2-core machines."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

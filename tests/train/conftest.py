@@ -39,15 +39,6 @@ def shapes_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def one_thread():
-    """Train on one thread: bit-exact repeats, and no thrashing on the shared 2-core machines."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
 def make_stage(shapes_data, tmp_path, one_thread):
     """``make_stage(**changes)``: a tiny valid Stage on the session data, writing under tmp_path/runs."""
     def make(**changes) -> Stage:

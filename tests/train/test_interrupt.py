@@ -94,10 +94,7 @@ def test_ctrl_c_in_workbench_train_checkpoints_and_exits_130_without_a_traceback
     proc = subprocess.Popen([sys.executable, "-m", "workbench", "train", "--config", str(config)],
                             env=worker_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = stage.stage_dir / "metrics.jsonl"
-    deadline = time.monotonic() + 120
-    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.2)
+    wait_for_steps(proc, metrics, 3)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, (out, err)
