@@ -12,17 +12,9 @@ from workbench.ablate.runner import run_suite, summary_table
 from workbench.ablate.suite import BUILT_IN, Suite
 from workbench.cli import main
 
-QUICK_DATA = {"n": 96, "val_n": 32}
-QUICK_EVAL = {"samples_per_prompt": 1, "steps": 2, "cfg_scale": 3.0, "fid_samples": 8}
-
-
 def quick(name: str) -> Suite:
-    """A built-in suite on a few scenes, a smaller backbone (depth 2, width 64) and a 2-step protocol; its
-    variants are unchanged."""
-    suite = Suite.load(name)
-    base = {**suite.base, "model_overrides": {**suite.base.get("model_overrides", {}), "depth": 2, "width": 64,
-                                              "mixer_width": 64}}
-    return dataclasses.replace(suite, base=base, data={**suite.data, **QUICK_DATA}, evaluate=QUICK_EVAL)
+    """A built-in suite's ``quick()`` form: its variants on a few scenes, a small backbone, a 2-step protocol."""
+    return Suite.load(name).quick()
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ from workbench.pipeline import KERNEL_LOG_LEVEL, KERNEL_NAME, notebook_errors
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
 EXPECTED = ["00_tour.ipynb", "01_prepare_data.ipynb", "02_train_stage.ipynb", "03_sample_and_evaluate.ipynb",
-            "04_masking_explorer.ipynb", "05_cost_model.ipynb"]
+            "04_masking_explorer.ipynb", "05_cost_model.ipynb", "06_ablations.ipynb"]
 TINY_MODEL = {"depth": 2, "width": 64, "mixer_width": 64, "sample_size": 16}
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
@@ -259,3 +259,14 @@ def test_05_cost_model_reproduces_the_paper_and_projects_the_demo(workspace):
     assert "&#36;1,890" in page and not re.search(r"\$\d", page)     # no "$...$" for the math renderer
     markdown = "".join(c.source for c in nb.cells if c.cell_type == "markdown")
     assert "\\$1,890" in markdown and not re.search(r"(?<!\\)\$\d", markdown)
+
+
+@pytest.mark.slow
+def test_06_ablations_plans_runs_and_draws_a_quick_suite(tmp_path):
+    nb, results = execute("06_ablations.ipynb", tmp_path / "out", run=True, quick=True, budget=0.4e12, seeds=1,
+                          checkpoints=2, out=str(tmp_path / "ablate"))
+    assert results["variants"] == ["a_no_mask", "b_naive_75", "c_deferred_75", "d_small_unmasked", "e_deferred_50"]
+    assert results["rows"] == 2 * 5 and results["failures"] == 0 and results["figures"] == 4
+    assert (tmp_path / "ablate" / "results.json").is_file()
+    assert "application/vnd.plotly.v1+json" in mimetypes(nb) or "text/html" in mimetypes(nb)
+

@@ -46,6 +46,11 @@ def ablation_figure(results: dict, metric: str = "val_loss"):
     return fig
 
 
+def all_figures(results: dict | None) -> list:
+    """``ablation_figure`` of every metric in ``METRICS`` (none without results)."""
+    return [ablation_figure(results, metric) for metric in METRICS] if results else []
+
+
 def svg_figure(results: dict, metric: str = "val_loss", width: int = 640, height: int = 380) -> str:
     """The same figure as a small standalone SVG (no plotting package needed)."""
     data = curves(results, metric)

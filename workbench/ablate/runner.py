@@ -155,3 +155,17 @@ def summary_table(results: dict, metric: str = "val_loss") -> list[dict]:
         row["within_spread_of"] = [o["variant"] for o in table if o is not row and
                                    not (row["max"] < o["min"] or o["max"] < row["min"])]
     return table
+
+
+def load_or_run(suite: Suite, budget: float, seeds: int, checkpoints: int, out: str | Path, run: bool) -> dict | None:
+    """Run (or resume) ``suite`` when ``run``, else read ``out/results.json``; None (with a line saying how to make
+    it) when there is none yet. What notebook 06 calls."""
+    path = Path(out) / "results.json"
+    if run:
+        return run_suite(suite, budget, seeds, checkpoints, out)
+    if path.is_file():
+        return json.loads(path.read_text())
+    print(f"no results in {out} yet: run `workbench ablate --suite {suite.name} --budget {budget:g} --seeds {seeds} "
+          f"--out {out}`, or set run = True")
+    return None
+

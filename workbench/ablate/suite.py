@@ -66,6 +66,24 @@ class Suite:
         check_known_keys(cls, values, what="suite")
         return cls(**values)
 
+    def quick(self) -> "Suite":
+        """The same variants on 96 scenes, a depth-2 width-64 backbone and a 2-step protocol: a smoke test."""
+        import dataclasses
+
+        overrides = {**self.base.get("model_overrides", {}), "depth": 2, "width": 64, "mixer_width": 64}
+        return dataclasses.replace(self, base={**self.base, "model_overrides": overrides},
+                                   data={**self.data, "n": 96, "val_n": 32},
+                                   evaluate={"samples_per_prompt": 1, "steps": 2, "cfg_scale": 3.0, "fid_samples": 8})
+
+    def plan(self, budget: float) -> str:
+        """One line per variant: its phases' steps and FLOPs at ``budget`` (what equal compute buys each)."""
+        lines = []
+        for variant in self.variants:
+            phases = ", ".join(f"{s.name}: {s.steps} steps, {f / 1e12:.3g} TFLOP"
+                               for s, f in self.stages(variant, budget, 0))
+            lines.append(f"{variant:<20} {phases}")
+        return "\n".join(lines)
+
     def stage_fields(self, variant: str, seed: int) -> dict:
         """The variant's Stage fields: base, then the variant's changes (``model_overrides`` merged)."""
         if variant not in self.variants:
