@@ -21,7 +21,7 @@ LAYERS = {
     "config": 0, "io": 0, "images": 0, "devices": 0, "kernel": 0, "errors": 0,
     "data": 1, "model": 2, "diffusion": 3, "train": 4, "eval": 5,
     "widgets": 6, "report": 6, "notebook": 7, "pipeline": 7, "ablate": 7,
-    "cli": 8, "tour": 8, "bench": 8, "interop": 8, "__main__": 8,
+    "cli": 8, "tour": 8, "bench": 8, "interop": 8, "__main__": 8, "cost_report": 8,
 }
 
 

@@ -268,7 +268,8 @@ def cmd_import_mds(args) -> int:
 
 def cmd_cost(args) -> int:
     """``workbench cost``: a recipe's FLOPs, GPU-hours, wall-clock days and dollars on one GPU kind."""
-    from .eval.cost import project, projection_text, recipe_plans
+    from .cost_report import projection_text, recipe_plans
+    from .eval.cost import project
 
     projection = project(recipe_plans(args.config, args.latent_downsample), mfu=args.mfu, price=args.price,
                          gpus=args.gpus, gpu=args.gpu)

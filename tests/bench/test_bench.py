@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.train.conftest import one_thread, shapes_data  # noqa: F401  (fixtures)
+from tests.train.conftest import shapes_data  # noqa: F401  (fixtures)
 from workbench.bench.model import bench_model
 from workbench.bench.train import bench_train
 from workbench.cli import main

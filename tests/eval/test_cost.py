@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workbench.eval.cost import (PAPER_GPU_HOURS, PAPER_STAGES, StagePlan, forward_flops, gpu_hours,
-                                 paper_cost_table, paper_headline, paper_implied_mfu, project, stage_plan)
+from workbench.eval.cost import (PAPER_GPU_HOURS, PAPER_STAGES, StagePlan, forward_flops, gpu_hours, paper_cost_table,
+                                 paper_headline, paper_implied_mfu, project, stage_plan)
 from workbench.model import MicroDiT
 from workbench.train import Stage
 

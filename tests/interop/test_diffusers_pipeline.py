@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.data.tiny_models import save_tiny_vae
-from tests.train.conftest import make_stage, one_thread, shapes_data  # noqa: F401  (fixtures)
+from tests.train.conftest import make_stage, shapes_data  # noqa: F401  (fixtures)
 from workbench.cli import main
 from workbench.data.codecs import VAECodec
 from workbench.diffusion import EDMConfig, sample

@@ -17,7 +17,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests.data.tiny_models import save_tiny_vae
-from tests.train.conftest import one_thread  # noqa: F401  (fixture)
 from workbench.cli import main
 from workbench.diffusion import EDMConfig, EDMLoss, sample
 from workbench.interop import MicroDiTPipeline, OfficialCheckpointError, convert_official, export_pipeline
@@ -216,7 +215,7 @@ def _official_names(model: MicroDiT) -> list[str]:
     return out
 
 
-def test_fine_tuning_a_converted_model_on_imported_official_data(tmp_path, one_thread):  # noqa: F811
+def test_fine_tuning_a_converted_model_on_imported_official_data(tmp_path, one_thread):
     """The docs/interop.md path: convert-official, import-mds, then a stage with init_from."""
     import yaml
 

@@ -212,10 +212,8 @@ class _Preparer:
         return pa.table(table)
 
     def write_shard(self, start: int, end: int, rows: list, skips: _Skips, t0: float) -> dict:
-        """Encode the buffered ``rows`` of records ``start..end-1`` and save them as one shard.
-
-        A failure on the way removes the shard's temp folder: nothing half-written stays behind.
-        """
+        """Encode the buffered ``rows`` of records ``start..end-1`` and save them as one shard (a failure on the
+        way removes the shard's temp folder: nothing half-written stays behind)."""
         tmp = self.shards / f"shard_{start:010d}.tmp"
         try:
             return self._write_shard(tmp, start, end, rows, skips, t0)
