@@ -8,6 +8,7 @@
     workbench eval compositional --checkpoint runs/demo/stage4 --json scores.json   GenEval-like score
     workbench eval fid --checkpoint runs/demo/stage4 --samples 500 --json fid.json    FID-proxy (or Inception)
     workbench eval detector --json detector.json  the detector's accuracy on ground truth, clean and degraded
+    workbench eval val-loss runs/demo/stage1 [--json]   held-out EDM loss at 8 fixed sigmas, fixed noise
     workbench train-detector                      retrain the shipped detector / FID-proxy feature weights
     workbench train-codec --out DIR               train a latent codec (AutoencoderKL) on the shapes data
     workbench bench model|data|train|memory [--json PATH]   speed and memory benchmarks (JSON)
@@ -174,44 +175,6 @@ def _write_json(report: dict, path: str | None) -> None:
 
         atomic_write_json(path, report)
         print(f"wrote {path}")
-
-
-def cmd_eval(args) -> int:
-    if args.what in ("compositional", "fid") and not args.checkpoint:
-        raise ValueError(f"workbench eval {args.what} needs --checkpoint: a checkpoint, or a stage folder")
-    if args.what == "compositional":
-        from .eval.compositional import evaluate_checkpoint, scores_table
-
-        report = evaluate_checkpoint(args.checkpoint, samples_per_prompt=args.samples_per_prompt, steps=args.steps,
-                                     cfg_scale=args.cfg_scale, seed=args.seed, sampler=args.sampler, batch=args.batch,
-                                     use_ema=not args.raw, device=args.device, progress=not args.no_progress)
-        for row in scores_table(report["scores"]):
-            print(f"{row['score']:<36}{row['value'] if row['value'] is not None else '-':>8}")
-        p = report["protocol"]
-        print(f"protocol: {p['samples_per_prompt']} samples/prompt, {p['steps']} {p['sampler']} steps, CFG "
-              f"{p['cfg_scale']}, seed {p['seed']}, {p['resolution']} px, weights {p['weights_sha256']} "
-              f"({'EMA' if p['ema'] else 'raw'}); {report['seconds']} s")
-    elif args.what == "fid":
-        from .eval.fid import evaluate_fid_checkpoint
-
-        report = evaluate_fid_checkpoint(args.checkpoint, samples=args.samples, steps=args.steps, cfg_scale=args.cfg_scale,
-                                         seed=args.seed, sampler=args.sampler, batch=args.batch,
-                                         inception_weights=args.inception_weights, use_ema=not args.raw,
-                                         device=args.device, progress=not args.no_progress)
-        print(f"{report['metric']}: {report['value']} ({report['protocol']['samples']} samples; {report['seconds']} s)")
-    else:
-        from .eval.detector import Detector, degradation_curve, detector_accuracy
-
-        detector = Detector()
-        clean = {str(r): detector_accuracy(detector, args.n, r) for r in (32, 64)}
-        report = {"clean": clean, "degraded": degradation_curve(detector, args.n)}
-        for res, acc in clean.items():
-            print(f"{res} px clean: " + ", ".join(f"{k} {v:.4f}" for k, v in acc.items() if isinstance(v, float)))
-        for row in report["degraded"]:
-            print(f"{row['resolution']} px {row['degradation']:<6}{row['level']:>6}: shape {row['shape']:.3f} "
-                  f"colour {row['colour']:.3f} count {row['count']:.3f} relation {row['relation']:.3f}")
-    _write_json(report, args.json)
-    return 0
 
 
 def cmd_train_detector(args) -> int:
@@ -386,24 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     samp.add_argument("--device", default=None, help="cuda, cpu, ... (default: the GPU when there is one)")
     samp.set_defaults(fn=cmd_sample)
 
-    ev = sub.add_parser("eval", help="score a checkpoint: compositional (GenEval-like), fid, or the detector itself")
-    ev.add_argument("what", choices=["compositional", "fid", "detector"])
-    ev.add_argument("--checkpoint", help="a checkpoint, or a stage folder (newest checkpoint)")
-    ev.add_argument("--samples-per-prompt", type=int, default=4, help="compositional: images per eval prompt")
-    ev.add_argument("--samples", type=int, default=500, help="fid: generated images")
-    ev.add_argument("--steps", type=int, default=30)
-    ev.add_argument("--cfg-scale", type=float, default=None, help="CFG scale (default: the stage's sample_cfg_scale)")
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--sampler", default="heun")
-    ev.add_argument("--batch", type=int, default=32, help="images per sampling batch")
-    ev.add_argument("--raw", action="store_true", help="use the raw weights even when an EMA exists")
-    ev.add_argument("--device", default=None, help="cuda, cpu, ... (default: the GPU when there is one)")
-    ev.add_argument("--inception-weights", default=None, help="fid: a local pt_inception-2015-12-05 weights file "
-                    "for real Inception FID (needs the fid extra); default: the FID-proxy")
-    ev.add_argument("--n", type=int, default=500, help="detector: ground-truth scenes per resolution and level")
-    ev.add_argument("--json", default=None, metavar="PATH", help="write the full report (protocol, scores) here")
-    ev.add_argument("--no-progress", action="store_true")
-    ev.set_defaults(fn=cmd_eval)
+    from .eval.command import add_parser as add_eval_parser     # compositional | fid | detector | val-loss
+    add_eval_parser(sub)
 
     det = sub.add_parser("train-detector", help="retrain the shipped shape classifier and FID-proxy features")
     det.add_argument("--scenes", type=int, default=24000)

@@ -18,13 +18,17 @@ def add_parser(sub) -> None:
     ab.add_argument("--checkpoints", type=int, default=4, help="evaluations per run at k/N of the budget (default 4)")
     ab.add_argument("--out", default=None, help="output folder (default runs/ablate/<suite>); a rerun resumes")
     ab.add_argument("--report", default=None, metavar="DIR", help="only redraw the figures and table of DIR")
+    ab.add_argument("--quick", action="store_true", help="the suite's smoke-test form: a small model, 96 scenes, "
+                                                          "a 2-step protocol (Suite.quick; use a tiny --budget)")
     ab.add_argument("--json", action="store_true", help="print results.json instead of the table")
     ab.add_argument("--no-progress", action="store_true")
     ab.set_defaults(fn=run)
 
 
 def run(args) -> int:
-    """Run (or resume) a suite, or redraw a finished one's report; print the final-budget table."""
+    """Run (or resume) a suite, or redraw a finished one's report; print the final-budget table.
+
+    Exit status 0, or 1 when a run failed (the others' results are written all the same)."""
     from .figures import write_report
     from .runner import run_suite, summary_table
 
@@ -37,29 +41,42 @@ def run(args) -> int:
         from .suite import Suite
 
         suite = Suite.load(args.suite)
-        out = Path(args.out or f"runs/ablate/{suite.name}")
+        suite = suite.quick() if args.quick else suite
+        out = Path(args.out or f"runs/ablate/{suite.name}{'-quick' if args.quick else ''}")
         command = "workbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         results = run_suite(suite, args.budget, args.seeds, args.checkpoints, out, progress=not args.no_progress,
                             command=command)
-    write_report(results, out)
+    paths = write_report(results, out)
     if args.json:
         print(json.dumps(results, indent=2))
-        return 0
-    print(format_table(results))
-    return 1 if results["failures"] and not results["rows"] else 0
+    else:
+        print(format_table(results))
+        print("figures: " + ", ".join(str(p) for p in paths))
+    return 1 if results["failures"] else 0          # every finished run is kept; a rerun retries the failed
+
+
+HIGHER_IS_BETTER = ("shape_accuracy", "colour_accuracy")
 
 
 def format_table(results: dict) -> str:
-    """The final-budget table: per variant, held-out loss and accuracies (mean [min, max] over seeds)."""
+    """The final-budget table: per metric and variant, the mean [min, max] over seeds, best first, and which
+    variants it cannot be told apart from (their seeds' ranges overlap)."""
     from .runner import summary_table
 
-    lines = [f"{results['suite']} at {results['budget']:.3g} training FLOPs, {results['seeds']} seed(s); "
-             f"lower val_loss is better"]
+    seeds = results["seeds"]
+    lines = [f"{results['suite']} at {results['budget']:.3g} training FLOPs per run, {seeds} seed(s) per variant: "
+             f"mean [min, max] over seeds at the final budget"
+             + ("" if seeds > 1 else " (one seed: no spread, so no difference below is resolved)")]
     for metric in ("val_loss", "shape_accuracy", "colour_accuracy", "fid_proxy"):
-        for row in summary_table(results, metric):
-            close = f"  (within the spread of {', '.join(row['within_spread_of'])})" if row["within_spread_of"] else ""
-            lines.append(f"  {metric:<16} {row['variant']:<20} {row['mean']:.4f} [{row['min']:.4f}, {row['max']:.4f}]"
-                         f"{close}")
-    for failure in results["failures"]:
-        lines.append(f"  FAILED {failure['variant']} seed {failure['seed']}: {failure['error']}")
+        table = summary_table(results, metric)
+        if not table:
+            continue
+        better = "higher" if metric in HIGHER_IS_BETTER else "lower"
+        lines.append(f"{metric} ({better} is better)")
+        for row in (table[::-1] if metric in HIGHER_IS_BETTER else table):
+            close = f"  within the seeds' spread of {', '.join(row['within_spread_of'])}" if row["within_spread_of"] \
+                else ""
+            lines.append(f"  {row['variant']:<20} {row['mean']:.4f} [{row['min']:.4f}, {row['max']:.4f}]{close}")
+    for failure in results.get("failures", []):
+        lines.append(f"FAILED {failure['variant']} seed {failure['seed']}: {failure['error']}")
     return "\n".join(lines)

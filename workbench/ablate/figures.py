@@ -2,11 +2,12 @@
 seeds' range as a band. A plotly figure for notebooks and HTML, and a dependency-free SVG for docs::
 
     fig = ablation_figure(results, "val_loss"); fig.show()
-    write_report(results, "runs/ablate/masking")     # figures.html, val_loss.svg, table printed by the CLI
+    write_report(results, "runs/ablate/masking")     # figures.html, <metric>.svg (and .png with kaleido)
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -46,9 +47,31 @@ def ablation_figure(results: dict, metric: str = "val_loss"):
     return fig
 
 
+def sigma_figure(results: dict):
+    """The held-out loss at the final budget against σ (log axes), a line per variant (mean over seeds)."""
+    import plotly.graph_objects as go
+
+    final = {}
+    for row in results["rows"]:
+        key = (row["variant"], row["seed"])
+        if key not in final or row["train_flops"] > final[key]["train_flops"]:
+            final[key] = row
+    fig = go.Figure()
+    for i, variant in enumerate(dict.fromkeys(v for v, _ in final)):
+        by = [r["metrics"].get("val_loss_by_sigma") or {} for (v, _), r in final.items() if v == variant]
+        sigmas = sorted({float(s) for b in by for s in b})
+        means = [float(np.mean([b[k] for b in by for k in b if float(k) == s])) for s in sigmas]
+        fig.add_trace(go.Scatter(x=sigmas, y=means, mode="lines+markers", name=variant,
+                                 line={"color": COLOURS[i % len(COLOURS)]}))
+    fig.update_layout(title=f"{results['suite']}: held-out loss per σ at the final budget (mean over seeds)",
+                      xaxis_title="σ", yaxis_title="val_loss", xaxis_type="log", yaxis_type="log",
+                      template="plotly_white", height=420)
+    return fig
+
+
 def all_figures(results: dict | None) -> list:
-    """``ablation_figure`` of every metric in ``METRICS`` (none without results)."""
-    return [ablation_figure(results, metric) for metric in METRICS] if results else []
+    """``ablation_figure`` of every metric in ``METRICS``, then ``sigma_figure`` (none without results)."""
+    return [ablation_figure(results, metric) for metric in METRICS] + [sigma_figure(results)] if results else []
 
 
 def svg_figure(results: dict, metric: str = "val_loss", width: int = 640, height: int = 380) -> str:
@@ -90,11 +113,24 @@ def svg_figure(results: dict, metric: str = "val_loss", width: int = 640, height
 
 
 def write_report(results: dict, folder: str | Path) -> list[Path]:
-    """``figures.html`` (plotly, every metric) and one SVG per metric in ``folder``; returns the paths."""
+    """``figures.html`` (plotly, every metric, plotly.js inline so it opens offline), one SVG per metric, and
+    one PNG per metric where plotly's static export (kaleido) works here; returns the paths written."""
     folder = Path(folder)
-    html = [ablation_figure(results, m).to_html(full_html=False, include_plotlyjs="cdn")
-            for m in METRICS]
-    paths = [atomic_write_text(folder / "figures.html", "<html><body>" + "\n".join(html) + "</body></html>")]
+    figures = all_figures(results)
+    html = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures)]
+    paths = [atomic_write_text(folder / "figures.html", "<html><head><meta charset='utf-8'></head><body>" +
+                               "\n".join(html) + "</body></html>")]
     for metric in METRICS:
         paths.append(atomic_write_text(folder / f"{metric}.svg", svg_figure(results, metric)))
+    try:
+        import kaleido  # noqa: F401  (optional: plotly's static image export)
+    except ImportError:
+        return paths
+    for metric, fig in zip(METRICS, figures):
+        try:
+            fig.write_image(folder / f"{metric}.png", width=800, height=420)
+        except Exception as err:  # noqa: BLE001 - kaleido without its browser: the SVGs stand in
+            warnings.warn(f"no PNG figures ({type(err).__name__}: {err}); the SVGs have the same content")
+            break
+        paths.append(folder / f"{metric}.png")
     return paths

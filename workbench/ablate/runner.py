@@ -1,9 +1,12 @@
 """Running a suite: every (variant, seed) trained to the same FLOP budget, scored at fixed fractions of it.
 
 Resumable like the pipeline: each run is a pair of Trainer stage folders under ``<out>/runs`` (a rerun
-resumes them), and each evaluation is a JSON file under ``<out>/evals`` written atomically (a rerun
-skips it). A variant that fails is recorded with its error; the others go on. ``results.json`` is
-rewritten after every evaluation::
+resumes them from their newest checkpoint, written every ~1/8 of a phase), and each evaluation is a JSON
+file under ``<out>/evals`` written atomically (a rerun skips it; a run whose evaluations are all there is
+not even opened). A variant that fails is recorded with its error and the others go on; the next rerun
+tries it again. ``<out>/ablate.json`` pins the budget, the checkpoints and the suite, so a rerun with
+other settings is refused instead of mixing two experiments. ``results.json`` is rewritten after every
+run::
 
     results = run_suite(Suite.load("masking"), budget=20e12, seeds=2, checkpoints=4, out="runs/ablate/masking")
     results["rows"][0]   # {"suite", "variant", "seed", "step", "phase", "train_flops", "metrics": {...}}
@@ -12,6 +15,7 @@ rewritten after every evaluation::
 from __future__ import annotations
 
 import json
+import math
 import time
 import traceback
 from pathlib import Path
@@ -22,18 +26,33 @@ from tqdm.auto import tqdm
 from ..io import atomic_write_json
 from .suite import Suite
 
+FLOPS = "workbench.eval.cost: 3 x MicroDiT.flops (analytic forward FLOPs at the stage's mask ratio) per step"
+
 
 def prepare_suite_data(suite: Suite, out: Path, progress: bool = True) -> tuple[Path, Path]:
-    """The suite's training scenes and held-out scenes (shapes train / val split), prepared once under ``out``."""
+    """The suite's training scenes and held-out scenes (shapes train / val split), prepared once under ``out``
+    with the same codec (pixels), text encoder and settings, so the val latents match the training ones."""
     from ..data.prepare import prepare
 
     spec, root = suite.data, out / "data"
-    resolution = int(spec.get("resolution", 16))
-    train, val = root / f"train_{spec.get('n', 8000)}", root / f"val_{spec.get('val_n', 256)}"
-    for source, path, n in (("shapes", train, spec.get("n", 8000)), ("shapes:val", val, spec.get("val_n", 256))):
-        prepare(source=source, out=path, resolutions=(resolution,), limit=int(n), n=int(n),
+    train, val = root / f"train_{spec['n']}", root / f"val_{spec['val_n']}"
+    for source, path, n in (("shapes", train, spec["n"]), ("shapes:val", val, spec["val_n"])):
+        prepare(source=source, out=path, resolutions=(spec["resolution"],), limit=int(n), n=int(n),
                 text_encoder_options={"trim_padding": True}, progress=progress)
     return train, val
+
+
+def protocol(suite: Suite) -> dict:
+    """How every number of a suite was made (``results.json``'s ``protocol``)."""
+    from ..eval.heldout import protocol as heldout_protocol
+
+    e = suite.evaluate
+    return {"training_flops": FLOPS, "data": suite.data, "finetune": suite.finetune,
+            "heldout": heldout_protocol(min(e["val_n"], suite.data["val_n"])),
+            "compositional": {"prompts": 55, "samples_per_prompt": e["samples_per_prompt"], "steps": e["steps"],
+                              "sampler": "heun", "cfg_scale": e["cfg_scale"], "seed": 0, "weights": "EMA when kept"},
+            "fid_proxy": {"samples": e["fid_samples"], "reference": "2000 val-split renders", "steps": e["steps"],
+                          "cfg_scale": e["cfg_scale"], "note": "biased upwards at few samples: compare equal counts"}}
 
 
 def evaluate_trainer(trainer, val: Path, protocol: dict) -> dict:
@@ -44,7 +63,8 @@ def evaluate_trainer(trainer, val: Path, protocol: dict) -> dict:
     from ..train.sampling import bundle_for_trainer
 
     stage = trainer.stage
-    heldout = model_heldout_loss(trainer.sampling_model(), val, stage.resolution, stage.sigma_data)
+    heldout = model_heldout_loss(trainer.sampling_model(), val, stage.resolution, stage.sigma_data,
+                                 n=protocol.get("val_n", 256))
     bundle = bundle_for_trainer(trainer)
     results, _ = evaluate_sampler(bundle, protocol["samples_per_prompt"], protocol["steps"], protocol["cfg_scale"],
                                   progress=False)
@@ -70,75 +90,153 @@ def eval_points(steps: int, share: float, checkpoints: int) -> list[int]:
     return sorted(set(points))
 
 
+def run_points(suite: Suite, phases: list, checkpoints: int) -> list[list[int]]:
+    """Per phase, the steps evaluated: k/N of the budget in the main phase, and every phase's end but the main
+    one's when a finetune follows (its end is not a k/N point)."""
+    points = [eval_points(phases[0][0].steps, 1.0 - suite.finetune, checkpoints)]
+    if len(phases) == 1:
+        points[0] = sorted(set(points[0]) | {phases[0][0].steps})
+    return points + [[stage.steps] for stage, _ in phases[1:]]
+
+
+def record_path(out: Path, stage, step: int) -> Path:
+    """Where the evaluation of ``stage`` at ``step`` is kept."""
+    return out / "evals" / stage.run / f"{stage.name}_step_{step:07d}.json"
+
+
 def run_variant(suite: Suite, variant: str, seed: int, budget: float, checkpoints: int, out: Path, train: Path,
                 val: Path, bar) -> list[dict]:
     """Train one (variant, seed) through its phases, evaluating at each point; returns its result rows."""
+    phases = suite.stages(variant, budget, seed, runs_dir=str(out / "runs"), data=str(train))
+    points = run_points(suite, phases, checkpoints)
+    records = [[record_path(out, stage, step) for step in steps] for (stage, _), steps in zip(phases, points)]
+    for stage, _ in phases:
+        check_trained_with(stage)
+    if all(r.is_file() for phase in records for r in phase):      # finished: nothing to open
+        bar.update(sum(map(len, records)))
+        return [json.loads(r.read_text()) for phase in records for r in phase]
     from ..train import Trainer
 
-    protocol = {"samples_per_prompt": 1, "steps": 12, "cfg_scale": 3.0, "fid_samples": 64, **suite.evaluate}
     rows, spent = [], 0.0
-    phases = suite.stages(variant, budget, seed, runs_dir=str(out / "runs"), data=str(train))
-    main_share = 1.0 - suite.finetune
-    for index, (stage, flops) in enumerate(phases):
+    for (stage, flops), steps, paths in zip(phases, points, records):
         per_step = flops / stage.steps
-        points = eval_points(stage.steps, main_share, checkpoints) if index == 0 else [stage.steps]
-        if index == 0 and suite.finetune == 0:
-            points = sorted(set(points) | {stage.steps})
         trainer = Trainer(stage, progress=False)
         try:
-            for step in points:
-                record = out / "evals" / stage.run / f"{stage.name}_step_{step:07d}.json"
+            for step, record in zip(steps, paths):
                 if not record.is_file():
-                    if trainer.step_count < step:
-                        trainer.run(steps=step - trainer.step_count)
-                        trainer.save_checkpoint()
-                    metrics = evaluate_trainer(trainer, val, protocol)
-                    atomic_write_json(record, {"suite": suite.name, "variant": variant, "seed": seed,
-                                               "phase": stage.name, "step": step,
-                                               "train_flops": spent + step * per_step, "metrics": metrics})
+                    if trainer.step_count > step:
+                        raise RuntimeError(f"{stage.run}/{stage.name} is at step {trainer.step_count}, past the "
+                                           f"evaluation at step {step} (its record was removed?); remove {stage.run} "
+                                           f"from {out / 'runs'} to train it again")
+                    t0 = time.perf_counter()
+                    trainer.run(steps=step - trainer.step_count)
+                    if trainer.interrupted or trainer.step_count < step:     # Ctrl-C / SIGTERM: stop the suite
+                        raise KeyboardInterrupt
+                    t1 = time.perf_counter()
+                    metrics = evaluate_trainer(trainer, val, suite.evaluate)
+                    row = {"suite": suite.name, "variant": variant, "seed": seed, "phase": stage.name, "step": step,
+                           "train_flops": spent + step * per_step, "metrics": metrics,
+                           "train_seconds": round(t1 - t0, 1), "eval_seconds": round(time.perf_counter() - t1, 1)}
+                    atomic_write_json(record, row)
+                    tqdm.write(log_line(row))
                 rows.append(json.loads(record.read_text()))
                 bar.update(1)
             if trainer.step_count < stage.steps:             # the main phase runs to its end before a finetune
                 trainer.run()
+                if trainer.interrupted or trainer.step_count < stage.steps:
+                    raise KeyboardInterrupt
         finally:
             trainer.close()
         spent += flops
     return rows
 
 
+def check_trained_with(stage) -> None:
+    """Refuse a run folder trained with other settings than ``stage`` (an edited suite): its evaluations, and
+    a resume, would silently stand for the old recipe. Changes a resume applies (steps, logging) are allowed."""
+    from ..config import parse_yaml
+    from ..train.resume import stage_changes
+
+    saved = stage.stage_dir / "stage.yaml"
+    if saved.is_file():
+        _, refused = stage_changes(parse_yaml(saved.read_text()) or {}, stage.to_dict())
+        if refused:
+            fields = "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in refused)
+            raise ValueError(f"{stage.stage_dir} was trained with other settings ({fields}); remove "
+                             f"{stage.stage_dir.parent} (and its evals) to train it with the suite's, or use another "
+                             f"--out")
+
+
+def log_line(row: dict) -> str:
+    """One line per evaluation, for logs of headless runs."""
+    m = row["metrics"]
+    fid = "-" if m.get("fid_proxy") is None else f"{m['fid_proxy']:.1f}"
+    return (f"{row['suite']} {row['variant']} seed {row['seed']} {row['phase']} step {row['step']} "
+            f"({row['train_flops'] / 1e12:.2f} TFLOP): val_loss {m['val_loss']:.4f} shape {m['shape_accuracy']:.3f} "
+            f"colour {m['colour_accuracy']:.3f} fid_proxy {fid} (train {row['train_seconds']} s, eval "
+            f"{row['eval_seconds']} s)")
+
+
+def check_out(out: Path, suite: Suite, budget: float, checkpoints: int) -> None:
+    """Refuse to resume ``out`` with another budget, checkpoints or suite (variants may be added); record them."""
+    path, legacy = out / "ablate.json", out / "results.json"
+    saved = json.loads(path.read_text()) if path.is_file() else None
+    if saved is None and legacy.is_file():                    # written before ablate.json existed
+        old = json.loads(legacy.read_text())
+        saved = {"budget": old.get("budget"), "checkpoints": old.get("checkpoints"), "suite": None}
+    if saved is not None:
+        changed = [f"{key} {saved[key]:g} (now {now:g})" for key, now in (("budget", budget),
+                                                                          ("checkpoints", checkpoints))
+                   if saved.get(key) is not None and not math.isclose(saved[key], now, rel_tol=1e-9)]
+        old_suite, new_suite = saved.get("suite"), suite.to_dict()
+        if old_suite is not None:
+            changed += [f"suite {key}" for key in new_suite if key != "variants" and old_suite.get(key) != new_suite[key]]
+            changed += [f"variant {v}" for v in old_suite.get("variants", {})
+                        if v in new_suite["variants"] and old_suite["variants"][v] != new_suite["variants"][v]]
+        if changed:
+            raise ValueError(f"ablate: {out} holds another experiment ({'; '.join(changed)}; see {path}): rerun "
+                             f"with its settings to resume it, or give another --out")
+    if saved is None or saved.get("suite") != suite.to_dict():
+        atomic_write_json(path, {"budget": budget, "checkpoints": checkpoints, "suite": suite.to_dict()})
+
+
 def run_suite(suite: Suite, budget: float, seeds: int = 2, checkpoints: int = 4, out: str | Path = "runs/ablate",
               progress: bool = True, command: str | None = None) -> dict:
     """Run every variant of ``suite`` with seeds 0..seeds-1 at ``budget`` training FLOPs; write ``results.json``."""
-    if seeds < 1 or checkpoints < 1 or budget <= 0:
-        raise ValueError(f"ablate: seeds and checkpoints must be >= 1 and budget > 0 (got {seeds}, {checkpoints}, "
-                         f"{budget:g})")
+    if seeds < 1 or checkpoints < 1 or not budget > 0:
+        raise ValueError(f"ablate: --seeds and --checkpoints must be >= 1 and --budget > 0 (got {seeds}, "
+                         f"{checkpoints}, {budget:g})")
     out = Path(out)
+    check_out(out, suite, budget, checkpoints)
     train, val = prepare_suite_data(suite, out, progress=False)
     jobs = [(v, s) for v in suite.variants for s in range(seeds)]
-    n_points = len(eval_points(1000, 1.0 - suite.finetune, checkpoints)) + (1 if suite.finetune else 0)
-    bar = tqdm(total=len(jobs) * n_points, desc=f"ablate {suite.name}", unit="eval", disable=not progress)
+    plan = {v: [{"phase": st.name, "steps": st.steps, "flops": f} for st, f in suite.stages(v, budget, 0)]
+            for v in suite.variants}
+    total = sum(len(p) for v, _ in jobs for p in run_points(suite, suite.stages(v, budget, 0), checkpoints))
+    bar = tqdm(total=total, desc=f"ablate {suite.name}", unit="eval", disable=not progress, dynamic_ncols=True)
     rows, failures, t0 = [], [], time.perf_counter()
     results = {}
-    for variant, seed in jobs:
-        try:
-            rows += run_variant(suite, variant, seed, budget, checkpoints, out, train, val, bar)
-        except Exception as err:  # noqa: BLE001 - one failed variant must not lose the others
-            failures.append({"variant": variant, "seed": seed, "error": f"{type(err).__name__}: {err}",
-                             "traceback": traceback.format_exc(limit=5)})
-            tqdm.write(f"ablate {suite.name}: {variant} seed {seed} failed: {type(err).__name__}: {err}")
-        results = {"suite": suite.name, "budget": budget, "seeds": seeds, "checkpoints": checkpoints,
-                   "command": command, "protocol": {"evaluate": suite.evaluate, "data": suite.data,
-                                                    "finetune": suite.finetune, "heldout": "eval.heldout.SIGMAS, "
-                                                    "fixed noise per row, unmasked, EMA weights"},
-                   "rows": rows, "failures": failures, "seconds": round(time.perf_counter() - t0, 1)}
-        atomic_write_json(out / "results.json", results)
-    bar.close()
+    try:
+        for variant, seed in jobs:
+            bar.set_postfix_str(f"{variant} seed {seed}")
+            try:
+                rows += run_variant(suite, variant, seed, budget, checkpoints, out, train, val, bar)
+            except Exception as err:  # noqa: BLE001 - one failed variant must not lose the others
+                failures.append({"variant": variant, "seed": seed, "error": f"{type(err).__name__}: {err}",
+                                 "traceback": traceback.format_exc(limit=8)})
+                tqdm.write(f"ablate {suite.name}: {variant} seed {seed} failed: {type(err).__name__}: {err}")
+            results = {"suite": suite.name, "budget": budget, "seeds": seeds, "checkpoints": checkpoints,
+                       "command": command, "protocol": protocol(suite), "plan": plan, "definition": suite.to_dict(),
+                       "rows": rows, "failures": failures, "seconds": round(time.perf_counter() - t0, 1)}
+            atomic_write_json(out / "results.json", results)
+    finally:
+        bar.close()
     return results
 
 
 def summary_table(results: dict, metric: str = "val_loss") -> list[dict]:
-    """Per variant at the final budget: mean, min, max of ``metric`` over seeds, and whether it beats the others'
-    spread (a difference smaller than the spread of either is flagged ``within_spread``)."""
+    """Per variant at the final budget: mean, min, max of ``metric`` over seeds, sorted by the mean, and which
+    other variants overlap its [min, max] range (``within_spread_of``: a difference the seeds cannot resolve)."""
     final = {}
     for row in results["rows"]:
         key = (row["variant"], row["seed"])
@@ -146,10 +244,11 @@ def summary_table(results: dict, metric: str = "val_loss") -> list[dict]:
             final[key] = row
     table = []
     for variant in dict.fromkeys(v for v, _ in final):
-        values = [r["metrics"][metric] for (v, _), r in final.items() if v == variant and r["metrics"][metric] is not None]
+        values = [r["metrics"].get(metric) for (v, _), r in final.items() if v == variant]
+        values = [x for x in values if x is not None]
         if values:
             table.append({"variant": variant, "mean": float(np.mean(values)), "min": float(min(values)),
-                          "max": float(max(values)), "seeds": len(values)})
+                          "max": float(max(values)), "std": float(np.std(values)), "seeds": len(values)})
     table.sort(key=lambda r: r["mean"])
     for row in table:
         row["within_spread_of"] = [o["variant"] for o in table if o is not row and
@@ -168,4 +267,3 @@ def load_or_run(suite: Suite, budget: float, seeds: int, checkpoints: int, out: 
     print(f"no results in {out} yet: run `workbench ablate --suite {suite.name} --budget {budget:g} --seeds {seeds} "
           f"--out {out}`, or set run = True")
     return None
-

@@ -6,20 +6,27 @@ A suite is a YAML file (the built-in ones ship in ``workbench/ablate/suites/``):
     data: {n: 8000, val_n: 256, resolution: 16}     # shapes scenes, prepared once for every run
     base: {model: nano, lr: 1.0e-3, ...}            # Stage fields shared by every run
     finetune: 0.1                                   # the last 10% of the budget unmasked (0: none)
+    finetune_overrides: {}                          # Stage fields of that phase beyond the defaults below
     evaluate: {samples_per_prompt: 1, steps: 12, fid_samples: 64}
     variants:
       c_deferred_75: {mask_ratio: 0.75}
       b_naive_75: {mask_ratio: 0.75, model_overrides: {mixer_depth: 0}}
 
-Each variant's steps are solved from the analytic FLOP count (``workbench.eval.cost``), so every
-variant of a suite spends the same training FLOPs::
+Each variant's steps are solved from the analytic FLOP count (``workbench.eval.cost``: 3 x forward
+FLOPs per step), so every variant of a suite spends the same training FLOPs, main phase and
+finetune together::
 
     suite = Suite.load("masking")
     suite.stages("c_deferred_75", budget=20e12, seed=0)    # [(Stage, flops), ...]: main phase, finetune
+    print(suite.plan(20e12))                               # the steps each variant gets
+
+The finetune phase continues the main phase as the paper's stage 2 does (configs/paper/stage2.yaml):
+unmasked, a constant LR equal to the main phase's final LR, the optimiser state and the EMA carried.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -29,28 +36,86 @@ from ..eval.cost import StagePlan
 from ..train import Stage
 
 BUILT_IN = ("masking", "moe", "recipe")
+SET_BY_SUITE = ("name", "run", "runs_dir", "data", "steps", "seed", "resolution", "init_from", "init_mode")
+FINETUNE_SEED = 1000          # the finetune phase of seed s draws its data order and noise with seed 1000 + s
+
+
+@dataclass
+class _DataSpec:
+    n: int = 8000                 # training scenes (shapes, train split)
+    val_n: int = 256              # held-out scenes (shapes, val split)
+    resolution: int = 16          # pixels
+
+
+@dataclass
+class _EvalSpec:
+    samples_per_prompt: int = 1   # compositional score: images per eval prompt (55 prompts)
+    steps: int = 12               # Heun steps per sample
+    cfg_scale: float = 3.0        # guidance for the eval samples
+    fid_samples: int = 64         # FID-proxy samples (0: not computed)
+    val_n: int = 256              # held-out rows scored by the denoising loss (at most the data's val_n)
 
 
 @dataclass
 class Suite:
-    """One ablation suite (see the module docstring for the YAML form)."""
+    """One ablation suite (see the module docstring for the YAML form).
+
+    Example::
+
+        suite = Suite.load("masking")            # or Suite.load("my_suite.yaml")
+        suite.variants                           # {"a_no_mask": {"mask_ratio": 0.0}, ...}
+        suite.quick().plan(0.4e12)               # the smoke-test form, as ``--quick`` runs it
+    """
 
     name: str
     variants: dict                                   # variant name -> Stage / model_overrides changes
     base: dict = field(default_factory=dict)         # Stage fields of every run
-    data: dict = field(default_factory=lambda: {"n": 8000, "val_n": 256, "resolution": 16})
+    data: dict = field(default_factory=dict)         # _DataSpec fields
     finetune: float = 0.0                            # fraction of the budget spent unmasked at the end
-    evaluate: dict = field(default_factory=lambda: {"samples_per_prompt": 1, "steps": 12, "fid_samples": 64})
+    finetune_overrides: dict = field(default_factory=dict)   # Stage fields of the finetune phase
+    evaluate: dict = field(default_factory=dict)     # _EvalSpec fields
 
     def __post_init__(self) -> None:
+        what = f"suite {self.name!r}"
         if not isinstance(self.variants, dict) or not self.variants:
-            raise ValueError(f"suite {self.name}: 'variants' must map names to Stage changes")
-        if not 0.0 <= float(self.finetune) < 1.0:
-            raise ValueError(f"suite {self.name}: finetune must be a fraction in [0, 1), got {self.finetune!r}")
-        check_known_keys(_DataSpec, self.data, what=f"suite {self.name} data")
-        check_known_keys(_EvalSpec, self.evaluate, what=f"suite {self.name} evaluate")
-        for variant in self.variants:                # every run's Stage validates now, not hours into the suite
-            self.stages(variant, budget=1e15, seed=0)
+            raise ValueError(f"{what}: 'variants' must map variant names to Stage changes, e.g. "
+                             f"{{a: {{mask_ratio: 0.0}}}}")
+        for key, value in (("base", self.base), ("data", self.data), ("evaluate", self.evaluate),
+                           ("finetune_overrides", self.finetune_overrides)):
+            if not isinstance(value, dict):
+                raise ValueError(f"{what}: '{key}' must be a mapping, got {value!r}")
+        if isinstance(self.finetune, bool) or not isinstance(self.finetune, (int, float)) or \
+                not 0.0 <= self.finetune < 1.0:
+            raise ValueError(f"{what}: finetune must be the budget's fraction spent unmasked at the end, in [0, 1) "
+                             f"(0: none), got {self.finetune!r}")
+        check_known_keys(_DataSpec, self.data, what=f"{what} data")
+        check_known_keys(_EvalSpec, self.evaluate, what=f"{what} evaluate")
+        self.data = dataclasses.asdict(_DataSpec(**self.data))
+        for key, value in self.data.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{what}: data.{key} must be a positive integer, got {value!r}")
+        self.evaluate = dataclasses.asdict(_EvalSpec(**self.evaluate))
+        for key, value in self.evaluate.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < (0 if key == "fid_samples"
+                                                                                           else 1):
+                raise ValueError(f"{what}: evaluate.{key} must be a positive number, got {value!r}")
+        self._check_stage_keys("base", self.base)
+        self._check_stage_keys("finetune_overrides", self.finetune_overrides)
+        for variant, changes in self.variants.items():
+            if not isinstance(changes, (dict, type(None))):
+                raise ValueError(f"{what}: variant {variant!r} must be a mapping of Stage changes, got {changes!r}")
+            self._check_stage_keys(f"variant {variant!r}", changes or {})
+            try:                                     # every run's Stage validates now, not hours into the suite
+                self.stages(variant, budget=1e15, seed=0)
+            except ValueError as err:
+                raise ValueError(f"{what} variant {variant!r}: {err}") from None
+
+    def _check_stage_keys(self, where: str, values: dict) -> None:
+        check_known_keys(Stage, values, what=f"suite {self.name!r} {where}: Stage")
+        for key in SET_BY_SUITE:
+            if key in values:
+                raise ValueError(f"suite {self.name!r} {where}: '{key}' is set by the suite (budget, seeds, data); "
+                                 f"remove it")
 
     @classmethod
     def load(cls, spec: str | Path) -> "Suite":
@@ -61,19 +126,39 @@ class Suite:
         elif path.is_file():
             text = path.read_text()
         else:
-            raise FileNotFoundError(f"no suite {spec!r}: use one of {', '.join(BUILT_IN)} or a YAML file path")
+            raise FileNotFoundError(f"no suite {str(spec)!r}: use one of {', '.join(BUILT_IN)} or a suite YAML file")
         values = parse_yaml(text) or {}
-        check_known_keys(cls, values, what="suite")
+        if not isinstance(values, dict):
+            raise ValueError(f"suite {spec}: expected a mapping with name, base and variants")
+        check_known_keys(cls, values, what=f"suite {spec}")
+        for key in ("name", "variants"):
+            if key not in values:
+                raise ValueError(f"suite {spec}: '{key}' is missing")
         return cls(**values)
 
-    def quick(self) -> "Suite":
-        """The same variants on 96 scenes, a depth-2 width-64 backbone and a 2-step protocol: a smoke test."""
-        import dataclasses
+    def to_dict(self) -> dict:
+        """The suite as plain data (what ``<out>/ablate.json`` records)."""
+        return dataclasses.asdict(self)
 
-        overrides = {**self.base.get("model_overrides", {}), "depth": 2, "width": 64, "mixer_width": 64}
-        return dataclasses.replace(self, base={**self.base, "model_overrides": overrides},
+    def quick(self) -> "Suite":
+        """The same variants on 96 scenes, a depth-3 width-64 backbone (MoE in block 2) and a 2-step protocol:
+        a smoke test of the whole suite in about a minute (``workbench ablate --quick``)."""
+        overrides = {**self.base.get("model_overrides", {}), "depth": 3, "width": 64, "mixer_width": 64}
+        variants = {}
+        for name, changes in self.variants.items():      # a variant's own widths shrink with the base's
+            changes = dict(changes or {})
+            own = dict(changes.get("model_overrides", {}))
+            for key in ("width", "mixer_width"):
+                if key in own:
+                    own[key] = max(32, own[key] // 2 // 32 * 32)
+            if "depth" in own:
+                own["depth"] = max(1, min(own["depth"], 3))
+            variants[name] = {**changes, "model_overrides": own} if own else changes
+        return dataclasses.replace(self, name=self.name, variants=variants,
+                                   base={**self.base, "model_overrides": overrides, "warmup_steps": 5},
                                    data={**self.data, "n": 96, "val_n": 32},
-                                   evaluate={"samples_per_prompt": 1, "steps": 2, "cfg_scale": 3.0, "fid_samples": 8})
+                                   evaluate={"samples_per_prompt": 1, "steps": 2, "cfg_scale": 3.0, "fid_samples": 8,
+                                             "val_n": 32})
 
     def plan(self, budget: float) -> str:
         """One line per variant: its phases' steps and FLOPs at ``budget`` (what equal compute buys each)."""
@@ -89,9 +174,17 @@ class Suite:
         if variant not in self.variants:
             raise ValueError(f"suite {self.name} has no variant {variant!r} (it has {', '.join(self.variants)})")
         changes = dict(self.variants[variant] or {})
-        fields = {**self.base, **changes, "seed": seed, "resolution": self.data.get("resolution", 16)}
+        fields = {**self.base, **changes, "seed": seed, "resolution": self.data["resolution"]}
         fields["model_overrides"] = {**self.base.get("model_overrides", {}), **changes.get("model_overrides", {})}
         return fields
+
+    def finetune_fields(self, fields: dict, seed: int) -> dict:
+        """The finetune phase's Stage fields: unmasked, constant LR at the main phase's final LR, optimiser and
+        EMA carried (a fixed EMA decay continuing the main phase's average), then ``finetune_overrides``."""
+        main = Stage(**{**fields, "steps": 1})
+        final_lr = main.lr * (main.final_lr_fraction if main.schedule == "cosine" else 1.0)
+        return {**fields, "mask_ratio": 0.0, "schedule": "constant", "lr": final_lr, "warmup_steps": 0,
+                "ema_power": 0.0, "ema_start": 0, "seed": FINETUNE_SEED + seed, **self.finetune_overrides}
 
     def stages(self, variant: str, budget: float, seed: int, runs_dir: str = "runs/ablate",
                data: str = "data/prepared/ablate") -> list[tuple[Stage, float]]:
@@ -100,7 +193,7 @@ class Suite:
         run = f"{self.name}-{variant}-s{seed}"
         phases = [("main", fields, budget * (1.0 - self.finetune))]
         if self.finetune > 0:
-            phases.append(("finetune", {**fields, "mask_ratio": 0.0, "warmup_steps": 0}, budget * self.finetune))
+            phases.append(("finetune", self.finetune_fields(fields, seed), budget * self.finetune))
         out, spent = [], 0.0
         for i, (name, values, flops) in enumerate(phases):
             if i == len(phases) - 1:
@@ -108,8 +201,9 @@ class Suite:
             probe = Stage(**{**values, "name": name, "run": run, "runs_dir": runs_dir, "data": data, "steps": 1})
             per_step = _plan(probe).flops_per_step()
             steps = max(1, round(flops / per_step))
-            init = {"init_from": str(Path(runs_dir) / run / "main"), "init_mode": "weights"} if name == "finetune" else {}
-            stage = probe.replace(steps=steps, checkpoint_every=0, sample_every=0, **init)
+            init = {"init_from": str(Path(runs_dir) / run / "main"), "init_mode": "full"} if name == "finetune" else {}
+            # a checkpoint every ~1/8 of the phase, so a kill -9 loses little of a run
+            stage = probe.replace(steps=steps, checkpoint_every=max(25, steps // 8), sample_every=0, **init)
             out.append((stage, steps * per_step))
             spent += steps * per_step
         return out
@@ -119,18 +213,3 @@ def _plan(stage: Stage) -> StagePlan:
     from ..eval.cost import stage_plan
 
     return stage_plan(stage)
-
-
-@dataclass
-class _DataSpec:
-    n: int = 8000                 # training scenes (shapes, train split)
-    val_n: int = 256              # held-out scenes (shapes, val split)
-    resolution: int = 16          # pixels
-
-
-@dataclass
-class _EvalSpec:
-    samples_per_prompt: int = 1   # compositional score: images per eval prompt
-    steps: int = 12               # Heun steps per sample
-    cfg_scale: float = 3.0        # guidance for the eval samples
-    fid_samples: int = 64         # FID-proxy samples (0: not computed)

@@ -1,0 +1,73 @@
+"""``workbench ablate``: the report redrawn from results.json (table, figures), the exit status, --quick."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from workbench.ablate.command import format_table
+from workbench.ablate.figures import all_figures, curves, svg_figure, write_report
+from workbench.cli import build_parser, main
+
+
+def results(seeds: int = 2, failures=()) -> dict:
+    rows = []
+    for variant, base in (("a", 0.30), ("b", 0.31), ("c", 0.50)):
+        for seed in range(seeds):
+            for k, flops in enumerate((1e12, 2e12)):
+                loss = base - 0.1 * k + 0.02 * seed
+                rows.append({"suite": "s", "variant": variant, "seed": seed, "phase": "main", "step": k + 1,
+                             "train_flops": flops,
+                             "metrics": {"val_loss": loss, "val_loss_by_sigma": {"0.02": loss * 2, "1": loss / 2},
+                                         "shape_accuracy": 0.2 + seed / 10, "colour_accuracy": 0.9,
+                                         "fid_proxy": 10.0 + k}})
+    return {"suite": "s", "budget": 2e12, "seeds": seeds, "checkpoints": 2, "rows": rows, "failures": list(failures)}
+
+
+def test_the_cli_redraws_a_report_from_results_json(tmp_path, capsys):
+    (tmp_path / "results.json").write_text(json.dumps(results()))
+    assert main(["ablate", "--report", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    at = lines.index("val_loss (lower is better)")
+    assert lines[at + 1].split()[:2] == ["a", "0.2100"] and "within the seeds' spread of b" in lines[at + 1]
+    assert lines[at + 3].split()[0] == "c" and "within" not in lines[at + 3]
+    assert "shape_accuracy (higher is better)" in out
+    svg = (tmp_path / "val_loss.svg").read_text()
+    assert svg.startswith("<svg") and svg.count("<polyline") == 3
+    html = (tmp_path / "figures.html").read_text()
+    assert len(html) > 1_000_000 and 'src="https://cdn.plot.ly' not in html   # plotly.js inline: opens offline
+    assert html.count("Plotly.newPlot") == 5                          # 4 metrics and the held-out loss per sigma
+
+
+def test_figures_draw_the_seed_mean_and_band_per_variant():
+    data = curves(results(), "val_loss")
+    assert data["a"] == [(1e12, pytest.approx(0.31), pytest.approx(0.30), pytest.approx(0.32)),
+                         (2e12, pytest.approx(0.21), pytest.approx(0.20), pytest.approx(0.22))]
+    figures = all_figures(results())
+    assert len(figures) == 5 and figures[0].layout.xaxis.title.text == "training TFLOP"
+    assert [t.name for t in figures[0].data if t.showlegend is not False] == ["a", "b", "c"]
+    sigma = figures[-1]
+    assert [t.name for t in sigma.data] == ["a", "b", "c"] and list(sigma.data[0].x) == [0.02, 1.0]
+    assert "no fid_proxy" not in svg_figure(results(), "fid_proxy")
+    assert all_figures(None) == []
+
+
+def test_a_failed_run_is_in_the_table_and_the_exit_status(tmp_path, capsys):
+    failed = results(failures=[{"variant": "d", "seed": 1, "error": "RuntimeError: boom"}])
+    (tmp_path / "results.json").write_text(json.dumps(failed))
+    assert main(["ablate", "--report", str(tmp_path)]) == 1
+    assert "FAILED d seed 1: RuntimeError: boom" in capsys.readouterr().out
+    assert "one seed: no spread" in format_table(results(seeds=1))
+    paths = write_report(failed, tmp_path / "again")
+    assert {p.name for p in paths} >= {"figures.html", "val_loss.svg", "fid_proxy.svg"}
+
+
+def test_the_command_line_needs_a_suite_or_a_report(tmp_path, capsys):
+    assert main(["ablate"]) == 2
+    assert "--suite masking|moe|recipe|FILE.yaml" in capsys.readouterr().err
+    assert main(["ablate", "--suite", str(tmp_path / "none.yaml")]) == 2
+    assert "no suite" in capsys.readouterr().err
+    args = build_parser().parse_args(["ablate", "--suite", "moe", "--quick", "--budget", "1e11"])
+    assert args.quick and args.budget == 1e11 and args.seeds == 2 and args.checkpoints == 4

@@ -1,0 +1,187 @@
+"""Running suites: each variant of each built-in suite spends the budget (within 2%) and writes its metrics at
+each point; a rerun trains nothing; a failed variant loses nothing; Ctrl-C and kill -9 resume; a rerun with
+other settings is refused."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from workbench.ablate.runner import (check_out, check_trained_with, eval_points, run_points, run_suite,
+                                     summary_table)
+from workbench.ablate.suite import BUILT_IN, Suite
+
+ROOT = Path(__file__).resolve().parents[2]
+TWO = {"c_deferred_75": {"mask_ratio": 0.75}, "a_no_mask": {"mask_ratio": 0.0}}
+
+
+def quick(name: str, **changes) -> Suite:
+    """A built-in suite's ``quick()`` form: its variants on a few scenes, a small backbone, a 2-step protocol."""
+    return dataclasses.replace(Suite.load(name).quick(), **changes)
+
+
+def test_evaluation_points_are_k_over_n_of_the_budget():
+    assert eval_points(900, 0.9, 4) == [250, 500, 750]               # 25/50/75% of the budget in the main phase
+    assert eval_points(100, 1.0, 4) == [25, 50, 75, 100]
+    suite = quick("masking")
+    phases = suite.stages("c_deferred_75", 0.4e12, 0)
+    points = run_points(suite, phases, 4)
+    assert len(points) == 2 and points[1] == [phases[1][0].steps] and len(points[0]) == 3
+    flops = [phases[0][1] * p / phases[0][0].steps for p in points[0]]
+    assert flops == pytest.approx([0.1e12, 0.2e12, 0.3e12], rel=0.02)
+    no_finetune = quick("recipe")
+    phases = no_finetune.stages("p4", 0.4e12, 0)
+    assert run_points(no_finetune, phases, 2) == [[round(phases[0][0].steps / 2), phases[0][0].steps]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_every_variant_spends_the_budget_within_2_percent_and_writes_its_metrics(name, tmp_path, one_thread):
+    suite, budget = quick(name), (0.4e12 if name != "recipe" else 1.2e12)
+    results = run_suite(suite, budget=budget, seeds=1, checkpoints=2, out=tmp_path / name, progress=False)
+    assert results["failures"] == []
+    for variant in suite.variants:
+        rows = [r for r in results["rows"] if r["variant"] == variant]
+        assert len(rows) == 2 and rows[-1]["train_flops"] == pytest.approx(budget, rel=0.02), variant
+        assert rows[0]["train_flops"] == pytest.approx(budget / 2, rel=0.02), variant
+        for row in rows:
+            metrics = row["metrics"]
+            assert metrics["val_loss"] > 0 and len(metrics["val_loss_by_sigma"]) == 8
+            assert metrics["val_loss"] == pytest.approx(sum(metrics["val_loss_by_sigma"].values()) / 8)
+            assert 0 <= metrics["shape_accuracy"] <= 1 and 0 <= metrics["colour_accuracy"] <= 1
+            assert metrics["fid_proxy"] > 0
+            record = tmp_path / name / "evals" / f"{name}-{variant}-s0" / f"{row['phase']}_step_{row['step']:07d}.json"
+            assert json.loads(record.read_text()) == row
+    saved = json.loads((tmp_path / name / "results.json").read_text())
+    assert saved["rows"] == results["rows"] and saved["suite"] == name and saved["budget"] == budget
+    assert saved["protocol"]["heldout"]["sigmas"][0] == 0.02 and saved["protocol"]["compositional"]["steps"] == 2
+    assert set(saved["plan"]) == set(suite.variants)
+
+
+@pytest.mark.slow
+def test_a_rerun_resumes_without_training_and_a_failed_variant_loses_nothing(tmp_path, one_thread, monkeypatch):
+    suite = quick("masking", variants=TWO)
+    import workbench.ablate.runner as runner
+
+    real = runner.evaluate_trainer
+
+    def fail_for_no_mask(trainer, val, protocol):
+        if "a_no_mask" in trainer.stage.run:
+            raise RuntimeError("a broken variant")
+        return real(trainer, val, protocol)
+    monkeypatch.setattr(runner, "evaluate_trainer", fail_for_no_mask)
+    first = run_suite(suite, budget=0.4e12, seeds=1, checkpoints=2, out=tmp_path, progress=False)
+    assert [(f["variant"], f["error"]) for f in first["failures"]] == [("a_no_mask", "RuntimeError: a broken variant")]
+    assert {r["variant"] for r in first["rows"]} == {"c_deferred_75"} and len(first["rows"]) == 2
+    assert json.loads((tmp_path / "results.json").read_text())["failures"][0]["variant"] == "a_no_mask"
+
+    monkeypatch.setattr(runner, "evaluate_trainer", real)
+    from workbench.train import Trainer
+    trained, opened = [], []
+    monkeypatch.setattr(Trainer, "step", lambda self, _s=Trainer.step: trained.append(self.stage.run) or _s(self))
+    monkeypatch.setattr(Trainer, "__init__", lambda self, stage, _i=Trainer.__init__, **kw:
+                        opened.append(stage.run) or _i(self, stage, **kw))
+    second = run_suite(suite, budget=0.4e12, seeds=1, checkpoints=2, out=tmp_path, progress=False)
+    assert second["failures"] == [] and {r["variant"] for r in second["rows"]} == {"c_deferred_75", "a_no_mask"}
+    assert not any("c_deferred_75" in run for run in trained + opened)     # a finished run is not even opened
+    assert [r for r in second["rows"] if r["variant"] == "c_deferred_75"] == first["rows"]
+    trained.clear()
+    third = run_suite(suite, budget=0.4e12, seeds=1, checkpoints=2, out=tmp_path, progress=False)
+    assert trained == [] and third["rows"] == second["rows"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_suite_without_recording_an_unfinished_point(tmp_path, one_thread, monkeypatch):
+    suite = quick("masking", variants={"c_deferred_75": {"mask_ratio": 0.75}})
+    from workbench.train import Trainer
+    real = Trainer.step
+
+    def interrupted_at_step_5(self):
+        if self.step_count == 5:
+            self._stop.set()              # what StopOnInterrupt does on SIGINT / SIGTERM
+            self.interrupted = True
+        return real(self)
+    monkeypatch.setattr(Trainer, "step", interrupted_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        run_suite(suite, budget=0.4e12, seeds=1, checkpoints=2, out=tmp_path, progress=False)
+    assert not list((tmp_path / "evals").rglob("*.json"))
+
+
+@pytest.mark.slow
+def test_kill_9_mid_suite_then_a_rerun_finishes_it_and_keeps_what_was_done(tmp_path):
+    out = tmp_path / "ablate"
+    suite = tmp_path / "suite.yaml"                      # the quick masking suite, two variants, as a user's file
+    import yaml
+    definition = quick("masking", variants=TWO).to_dict()
+    suite.write_text(yaml.safe_dump(definition))
+    cmd = [sys.executable, "-m", "workbench", "ablate", "--suite", str(suite), "--budget", "0.4e12", "--seeds", "1",
+           "--checkpoints", "2", "--out", str(out), "--no-progress"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    first = out / "evals" / "masking-c_deferred_75-s0"
+    deadline = time.time() + 300
+    while not (first.is_dir() and any(first.glob("finetune_*.json"))) and time.time() < deadline:
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    kept = {p.name: p.stat().st_mtime_ns for p in first.glob("*.json")}
+    assert len(kept) == 2
+    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert {p.name: p.stat().st_mtime_ns for p in first.glob("*.json")} == kept      # not evaluated again
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["rows"]) == 4 and results["failures"] == []
+    assert "val_loss" in done.stdout and "a_no_mask" in done.stdout
+
+
+def test_a_rerun_with_another_budget_checkpoints_or_suite_is_refused(tmp_path):
+    suite = quick("masking")
+    check_out(tmp_path, suite, 1e12, 4)
+    check_out(tmp_path, suite, 1e12, 4)                                   # the same: fine
+    check_out(tmp_path, dataclasses.replace(suite, variants={**suite.variants, "f": {"mask_ratio": 0.25}}), 1e12, 4)
+    with pytest.raises(ValueError, match=r"budget 1e\+12 \(now 2e\+12\).*another --out"):
+        check_out(tmp_path, suite, 2e12, 4)
+    with pytest.raises(ValueError, match=r"checkpoints 4 \(now 3\)"):
+        check_out(tmp_path, suite, 1e12, 3)
+    with pytest.raises(ValueError, match=r"suite evaluate"):
+        check_out(tmp_path, dataclasses.replace(suite, evaluate={**suite.evaluate, "steps": 3}), 1e12, 4)
+    with pytest.raises(ValueError, match=r"variant a_no_mask"):
+        check_out(tmp_path, dataclasses.replace(suite, variants={**suite.variants, "a_no_mask": {"mask_ratio": 0.1}}),
+                  1e12, 4)
+    legacy = tmp_path / "legacy"                                          # results.json from before ablate.json
+    legacy.mkdir()
+    (legacy / "results.json").write_text(json.dumps({"budget": 1e13, "checkpoints": 4, "rows": []}))
+    with pytest.raises(ValueError, match=r"budget 1e\+13"):
+        check_out(legacy, suite, 2e13, 4)
+
+
+def test_a_run_folder_trained_with_another_recipe_is_refused(tmp_path):
+    suite = quick("masking")
+    stage = suite.stages("c_deferred_75", 0.4e12, 0, runs_dir=str(tmp_path))[1][0]
+    check_trained_with(stage)                                             # nothing there yet
+    stage.stage_dir.mkdir(parents=True)
+    stage.replace(steps=stage.steps + 5, log_every=3).to_yaml(stage.stage_dir / "stage.yaml")
+    check_trained_with(stage)                                             # what a resume applies is fine
+    stage.replace(lr=1e-3, schedule="cosine").to_yaml(stage.stage_dir / "stage.yaml")   # the old finetune recipe
+    with pytest.raises(ValueError, match=r"trained with other settings \(lr: 0\.001 -> 0\.00033.*schedule"):
+        check_trained_with(stage)
+
+
+def test_summary_table_flags_variants_within_each_others_spread():
+    rows = [{"variant": v, "seed": s, "train_flops": 1.0, "metrics": {"val_loss": x}}
+            for v, s, x in [("a", 0, 0.10), ("a", 1, 0.12), ("b", 0, 0.11), ("b", 1, 0.13), ("c", 0, 0.30),
+                            ("c", 1, 0.31)]]
+    rows.append({"variant": "c", "seed": 0, "train_flops": 0.5, "metrics": {"val_loss": 0.9}})   # not the final
+    table = summary_table({"rows": rows}, "val_loss")
+    assert [r["variant"] for r in table] == ["a", "b", "c"]
+    assert table[0]["within_spread_of"] == ["b"] and table[2]["within_spread_of"] == []
+    assert table[2]["mean"] == pytest.approx(0.305) and table[2]["std"] == pytest.approx(0.005)
