@@ -62,13 +62,15 @@ def evaluate_trainer(trainer, val: Path, protocol: dict) -> dict:
     from ..eval.heldout import model_heldout_loss
     from ..train.sampling import bundle_for_trainer
 
-    stage = trainer.stage
+    stage, t0 = trainer.stage, time.perf_counter()
     heldout = model_heldout_loss(trainer.sampling_model(), val, stage.resolution, stage.sigma_data,
                                  n=protocol.get("val_n", 256))
+    t1 = time.perf_counter()
     bundle = bundle_for_trainer(trainer)
     results, _ = evaluate_sampler(bundle, protocol["samples_per_prompt"], protocol["steps"], protocol["cfg_scale"],
                                   progress=False)
     scores = summarise(results)
+    t2 = time.perf_counter()
     metrics = {"val_loss": heldout["mean"], "val_loss_by_sigma": heldout["by_sigma"],
                "shape_accuracy": scores["attributes"]["shape"], "colour_accuracy": scores["attributes"]["colour"],
                "single_object_shape": scores["single_object_shape"], "overall": scores["overall"],
@@ -77,6 +79,8 @@ def evaluate_trainer(trainer, val: Path, protocol: dict) -> dict:
         metric = fid_proxy_metric(stage.resolution)
         add_generated(metric, bundle, protocol["fid_samples"], protocol["steps"], protocol["cfg_scale"], progress=False)
         metrics["fid_proxy"] = float(metric.compute())
+    metrics["seconds"] = {"val_loss": round(t1 - t0, 2), "compositional": round(t2 - t1, 2),
+                          "fid_proxy": round(time.perf_counter() - t2, 2)}
     return metrics
 
 
