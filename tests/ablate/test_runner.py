@@ -185,3 +185,19 @@ def test_summary_table_flags_variants_within_each_others_spread():
     assert [r["variant"] for r in table] == ["a", "b", "c"]
     assert table[0]["within_spread_of"] == ["b"] and table[2]["within_spread_of"] == []
     assert table[2]["mean"] == pytest.approx(0.305) and table[2]["std"] == pytest.approx(0.005)
+
+
+def test_a_second_suite_run_in_the_same_folder_is_refused_while_the_first_runs(tmp_path):
+    from workbench.errors import WorkbenchError
+    from workbench.train.lock import StageLock
+
+    class Running:
+        running = True
+    first = Running()
+    lock = StageLock.acquire(tmp_path / "suite", owner=first)
+    try:
+        with pytest.raises(WorkbenchError, match=f"another workbench ablate is running in {tmp_path}"):
+            run_suite(quick("masking"), budget=0.4e12, seeds=1, checkpoints=2, out=tmp_path, progress=False)
+    finally:
+        lock.release(owner=first)
+    assert not (tmp_path / "ablate.json").exists()                        # refused before anything was written

@@ -211,6 +211,31 @@ def run_suite(suite: Suite, budget: float, seeds: int = 2, checkpoints: int = 4,
         raise ValueError(f"ablate: --seeds and --checkpoints must be >= 1 and --budget > 0 (got {seeds}, "
                          f"{checkpoints}, {budget:g})")
     out = Path(out)
+    holder = _SuiteRun()
+    lock = holder.lock(out)
+    try:
+        return _run_suite(suite, budget, seeds, checkpoints, out, progress, command)
+    finally:
+        lock.release(owner=holder)
+
+
+class _SuiteRun:
+    """The owner of ``<out>/.suite.lock`` while a suite runs: one ``workbench ablate`` per output folder."""
+
+    running = True
+
+    def lock(self, out: Path):
+        from ..errors import WorkbenchError
+        from ..train.lock import StageLock
+
+        try:
+            return StageLock.acquire(out / "suite", owner=self, log=tqdm.write)
+        except WorkbenchError as err:
+            raise WorkbenchError(f"another workbench ablate is running in {out}: {err}") from None
+
+
+def _run_suite(suite: Suite, budget: float, seeds: int, checkpoints: int, out: Path, progress: bool,
+               command: str | None) -> dict:
     check_out(out, suite, budget, checkpoints)
     train, val = prepare_suite_data(suite, out, progress=False)
     jobs = [(v, s) for v in suite.variants for s in range(seeds)]
