@@ -51,6 +51,10 @@ def test_figures_draw_the_seed_mean_and_band_per_variant():
     sigma = figures[-1]
     assert [t.name for t in sigma.data] == ["a", "b", "c"] and list(sigma.data[0].x) == [0.02, 1.0]
     assert "no fid_proxy" not in svg_figure(results(), "fid_proxy")
+    import xml.dom.minidom
+
+    odd = {**results(), "suite": "a&b", "rows": [{**r, "variant": "x<y"} for r in results()["rows"]]}
+    xml.dom.minidom.parseString(svg_figure(odd))                       # names are escaped: the SVG still parses
     assert all_figures(None) == []
 
 

@@ -8,6 +8,7 @@ seeds' range as a band. A plotly figure for notebooks and HTML, and a dependency
 from __future__ import annotations
 
 import warnings
+from html import escape
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +80,8 @@ def svg_figure(results: dict, metric: str = "val_loss", width: int = 640, height
     data = curves(results, metric)
     pts = [p for series in data.values() for p in series]
     if not pts:
-        return f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="60"><text x="10" y="30">no {metric}</text></svg>'
+        return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="60">'
+                f'<text x="10" y="30">no {metric}</text></svg>')
     x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
     y0, y1 = min(p[2] for p in pts), max(p[3] for p in pts)
     x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1e-6)
@@ -92,7 +94,7 @@ def svg_figure(results: dict, metric: str = "val_loss", width: int = 640, height
         return height - bottom - (v - y0) / (y1 - y0) * (height - top - bottom)
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
              f'font-size="11"><rect width="100%" height="100%" fill="white"/>',
-             f'<text x="{left}" y="18" font-size="13">{results["suite"]}: {metric} vs training TFLOP '
+             f'<text x="{left}" y="18" font-size="13">{escape(str(results["suite"]))}: {metric} vs training TFLOP '
              f'(band: seeds\' range)</text>',
              f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" stroke="black"/>',
              f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="black"/>']
@@ -107,7 +109,7 @@ def svg_figure(results: dict, metric: str = "val_loss", width: int = 640, height
                      f'fill-opacity="0.18"/>')
         line = " ".join(f"{sx(p[0]):.1f},{sy(p[1]):.1f}" for p in series)
         parts.append(f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="2"/>')
-        parts.append(f'<text x="{width - right + 10}" y="{top + 16 * i + 10}" fill="{colour}">{variant}</text>')
+        parts.append(f'<text x="{width - right + 10}" y="{top + 16 * i + 10}" fill="{colour}">{escape(variant)}</text>')
     parts.append("</svg>")
     return "\n".join(parts)
 

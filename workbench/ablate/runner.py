@@ -194,7 +194,8 @@ def check_out(out: Path, suite: Suite, budget: float, checkpoints: int) -> None:
                    if saved.get(key) is not None and not math.isclose(saved[key], now, rel_tol=1e-9)]
         old_suite, new_suite = saved.get("suite"), suite.to_dict()
         if old_suite is not None:
-            changed += [f"suite {key}" for key in new_suite if key != "variants" and old_suite.get(key) != new_suite[key]]
+            changed += [f"suite {key}" for key in new_suite
+                        if key != "variants" and old_suite.get(key) != new_suite[key]]
             changed += [f"variant {v}" for v in old_suite.get("variants", {})
                         if v in new_suite["variants"] and old_suite["variants"][v] != new_suite["variants"][v]]
         if changed:
