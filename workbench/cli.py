@@ -139,6 +139,7 @@ def cmd_bench(args) -> int:
 def cmd_train(args) -> int:
     from .config import parse_overrides
     from .train import Stage, Trainer
+    from .train.interrupt import exit_code
 
     stage = Stage.from_yaml(args.config, **parse_overrides(args.set))
     from .eval.compositional import evaluator_for
@@ -150,7 +151,7 @@ def cmd_train(args) -> int:
     finally:
         trainer.close()                            # the stage folder's lock
     if trainer.interrupted:                        # Ctrl-C 130, SIGTERM (preemption) 143, as a shell reports them
-        return 143 if trainer.stop_signal == "SIGTERM" else 130
+        return exit_code(trainer.stop_signal)
     last = trainer.history[-1] if trainer.history else {}
     if main and not trainer.past_steps:            # a stage past its steps said so in its one line
         print(f"{stage.run}/{stage.name}: step {trainer.step_count}/{stage.steps}, "

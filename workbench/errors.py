@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -78,6 +79,11 @@ def free_inodes(folder: str | os.PathLike) -> int | None:
 FILES_PER_CHECKPOINT = 8                 # files and folders one checkpoint creates (with its temp folder)
 
 
+def has_room(free: int | None, needed_bytes: int | None) -> bool:
+    """Whether ``free`` bytes hold ``needed_bytes`` with 5% and 1 MB to spare (unknown sizes: assume so)."""
+    return free is None or needed_bytes is None or free >= needed_bytes * 1.05 + (1 << 20)
+
+
 def size_text(n: int | None) -> str:
     """``"6.2 MB"``, ``"512 KB"``, ``"1.3 GB"``: enough digits that "needs 6.2 MB, 5.9 MB free" reads right."""
     if n is None:
@@ -98,7 +104,7 @@ def no_space(what: str, folder: str | os.PathLike, needed_bytes: int | None, fre
     """
     free = free_bytes(folder) if free is None else free
     inodes = free_inodes(folder)
-    roomy = needed_bytes is not None and free is not None and free > needed_bytes * 1.05 + (1 << 20)
+    roomy = needed_bytes is not None and free is not None and has_room(free, needed_bytes)
     if inodes == 0 or (roomy and inodes is not None and inodes < FILES_PER_CHECKPOINT * 4):   # space is not it
         state = f"no free inodes (files) left on its file system: {inodes} inodes, {size_text(free)} free"
         fix = "delete files there (many small ones) or choose another runs_dir (--set runs_dir=...)"
@@ -132,28 +138,22 @@ def write_failure(err: BaseException, what: str, folder: str | os.PathLike,
     return WorkbenchError(f"cannot write {what} in {folder}: {os_err.strerror or os_err}")
 
 
+@contextmanager
 def writing(what: str, folder: str | os.PathLike):
     """Context manager: a full, read-only or vanished folder while writing ``what`` becomes one line naming it::
 
         with writing("metrics.jsonl", stage_dir):
             log.write(record)
     """
-    return _Writing(what, folder)
-
-
-class _Writing:
-    def __init__(self, what: str, folder):
-        self.what, self.folder = what, folder
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, err, tb) -> bool:
-        if err is not None and not isinstance(err, WorkbenchError):
-            friendly = write_failure(err, self.what, self.folder)
-            if friendly is not None:
-                raise friendly from err
-        return False
+    try:
+        yield
+    except WorkbenchError:
+        raise
+    except Exception as err:
+        friendly = write_failure(err, what, folder)
+        if friendly is None:
+            raise
+        raise friendly from err
 
 
 def out_of_memory(stage) -> WorkbenchError:

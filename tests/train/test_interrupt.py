@@ -86,18 +86,24 @@ def test_off_the_main_thread_it_changes_nothing():
     assert seen == [False] and signal.getsignal(signal.SIGINT) is before
 
 
-@pytest.mark.slow
-def test_ctrl_c_in_workbench_train_checkpoints_and_exits_130_without_a_traceback(make_stage, tmp_path):
+def signal_workbench_train(make_stage, tmp_path, signum):
+    """``workbench train`` on a long stage, sent ``signum`` after 3 steps; returns ``(stage, returncode, out, err)``."""
     stage = make_stage(steps=100_000, checkpoint_every=0)
     config = tmp_path / "stage.yaml"
     stage.to_yaml(config)
     proc = subprocess.Popen([sys.executable, "-m", "workbench", "train", "--config", str(config)],
                             env=worker_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = stage.stage_dir / "metrics.jsonl"
-    wait_for_steps(proc, metrics, 3)
-    proc.send_signal(signal.SIGINT)
+    wait_for_steps(proc, stage.stage_dir / "metrics.jsonl", 3)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, (out, err)
+    return stage, proc.returncode, out, err
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_workbench_train_checkpoints_and_exits_130_without_a_traceback(make_stage, tmp_path):
+    stage, returncode, out, err = signal_workbench_train(make_stage, tmp_path, signal.SIGINT)
+    metrics = stage.stage_dir / "metrics.jsonl"
+    assert returncode == 130, (out, err)
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     [line] = [line for line in out.splitlines() if line.startswith("interrupted at step")]
     step = int(line.split()[3].rstrip(";"))
@@ -108,15 +114,9 @@ def test_ctrl_c_in_workbench_train_checkpoints_and_exits_130_without_a_traceback
 
 @pytest.mark.slow
 def test_sigterm_to_workbench_train_checkpoints_and_exits_143(make_stage, tmp_path):
-    stage = make_stage(steps=100_000, checkpoint_every=0)
-    config = tmp_path / "stage.yaml"
-    stage.to_yaml(config)
-    proc = subprocess.Popen([sys.executable, "-m", "workbench", "train", "--config", str(config)],
-                            env=worker_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_steps(proc, stage.stage_dir / "metrics.jsonl", 3)
-    proc.send_signal(signal.SIGTERM)                            # what Slurm / Kubernetes send before preempting
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, (out, err)
+    # SIGTERM: what Slurm / Kubernetes send before preempting
+    stage, returncode, out, err = signal_workbench_train(make_stage, tmp_path, signal.SIGTERM)
+    assert returncode == 143, (out, err)
     assert "Traceback" not in err, err
     [line] = [line for line in out.splitlines() if line.startswith("stopped by SIGTERM at step")]
     step = int(line.split()[5].rstrip(";"))

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from ..config import did_you_mean, parse_yaml, read_yaml_mapping
-from ..train.stages import is_single_path_component
+from ..train.stages import FOLDER_NAME_RULE, is_single_path_component
 
 KERNEL_NAME = "workbench"
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]     # .../workbench
@@ -108,8 +108,7 @@ class PipelineConfig:
         for name in ("run", "runs_dir", "kernel"):
             _expect(isinstance(getattr(self, name), str) and getattr(self, name), name, "a non-empty string",
                     getattr(self, name))
-        _expect(is_single_path_component(self.run), "run", "one folder name: no '/' or '\\', not '.' or '..', "
-                "no leading '.'", self.run)
+        _expect(is_single_path_component(self.run), "run", FOLDER_NAME_RULE, self.run)
         for name in ("prepare", "overrides", "stage_overrides", "evaluate"):
             _expect(isinstance(getattr(self, name), dict), name, "a mapping", getattr(self, name))
         _expect(isinstance(self.stages, list) and self.stages and all(isinstance(s, str) for s in self.stages),

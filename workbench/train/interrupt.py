@@ -19,6 +19,11 @@ import threading
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+def exit_code(signal_name: str) -> int:
+    """The shell's exit code for a run stopped by ``signal_name``: 130 for SIGINT (or none), 143 for SIGTERM."""
+    return 128 + signal.Signals[signal_name or "SIGINT"]
+
+
 class StopOnInterrupt:
     """Context manager: SIGINT / SIGTERM set ``stop`` (a ``threading.Event``) instead of ending the process.
 
@@ -44,7 +49,7 @@ class StopOnInterrupt:
     @property
     def exit_code(self) -> int:
         """The shell's code for the signal: 130 for SIGINT, 143 for SIGTERM."""
-        return 128 + (self.signum or signal.SIGINT)
+        return exit_code(self.signal_name)
 
     def _handle(self, signum, frame) -> None:
         if self.hit and signum == signal.SIGTERM:      # resent by a launcher or scheduler: already stopping

@@ -45,7 +45,10 @@ def is_single_path_component(name: str) -> bool:
     ``<runs_dir>/<run>/<name>``, so a name that climbs out would delete another run's files.
     """
     return (isinstance(name, str) and bool(name) and not name.startswith(".") and "\0" not in name
-            and not any(sep in name for sep in ("/", "\\", os.sep, os.altsep or "/")))
+            and "/" not in name and "\\" not in name)
+
+
+FOLDER_NAME_RULE = "one folder name: not empty, no '/' or '\\', not '.' or '..', no leading '.'"
 
 
 def _coerce(value: Any, annotation: str) -> Any:
@@ -164,8 +167,7 @@ class Stage:
                 self.model_overrides)
         for name in ("name", "run"):
             value = getattr(self, name)
-            require(is_single_path_component(value), own, name,
-                    "one folder name: not empty, no '/' or '\\', not '.' or '..', no leading '.'", value)
+            require(is_single_path_component(value), own, name, FOLDER_NAME_RULE, value)
         from ..model import preset_config
 
         preset_config(self.model, **self.model_overrides)  # unknown preset or bad override fails here

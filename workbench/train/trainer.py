@@ -35,10 +35,10 @@ from .accelerator import make_accelerator
 from .interrupt import StopOnInterrupt
 from .lock import StageLock
 from .monitor import MetricsLog, PromptGrid
-from .resume import applied_line, check_resume, resumable_checkpoint
-from .stage_folder import clear_outputs, samples_path, stopped_line
-from .sampling import sampling_record
 from .noise import draw_sample_noise
+from .resume import applied_line, check_resume, resumable_checkpoint
+from .sampling import sampling_record
+from .stage_folder import clear_outputs, samples_path, stopped_line
 from .stages import Stage, check_stage, ema_decay_at, lr_factor
 
 

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from workbench.config import MODEL_CONFIG_VERSION, to_dict
-from workbench.errors import free_bytes, free_inodes, no_space, write_failure
+from workbench.errors import free_bytes, free_inodes, has_room, no_space, write_failure
 
 from .files import (CONFIG_FILE, EMA_FILE, FORMAT, MANIFEST, MODEL_FILE, OPTIMIZER_FILE, SCHEDULER_FILE, STATE_FILE,
                     _fsync_dir, _in_flight, _sha256, _write_file)
@@ -66,7 +66,7 @@ def save_checkpoint(root: str | Path, step: int, *, model: torch.nn.Module, opti
     weights, ema_weights = model.state_dict(), (_ema_state_dict(ema) if ema is not None else None)
     needed = _tensor_bytes([weights, ema_weights, parts])
     free = free_bytes(root)
-    if (free is not None and free < needed * 1.05 + (1 << 20)) or free_inodes(root) == 0:   # before writing anything
+    if not has_room(free, needed) or free_inodes(root) == 0:                                # before writing anything
         raise no_space(what, root, needed, free, keep_last=keep_last)
     tmp = root / f".tmp-step_{step:07d}-{os.getpid()}-{secrets.token_hex(4)}"
     try:
