@@ -87,6 +87,19 @@ def test_the_demo_pipeline_plans_prepare_four_chained_stages_and_evaluate(tmp_pa
     assert not (tmp_path / "demo").exists()                         # planning writes nothing
 
 
+def test_an_ablate_section_adds_the_ablation_step_after_evaluate(tmp_path, no_kernel, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    plain = plan_steps(PipelineConfig.from_yaml(DEMO, [f"runs_dir={tmp_path}"]))
+    assert "ablate" not in [s.kind for s in plain]                 # no section: no step
+    steps = plan_steps(PipelineConfig.from_yaml(DEMO, [f"runs_dir={tmp_path}", "ablate.suite=moe",
+                                                       "ablate.budget=5e12"]))
+    ablate = steps[-1]
+    assert (ablate.key, ablate.kind, ablate.template.name) == ("06_ablate", "ablate", "06_ablations.ipynb")
+    assert ablate.parameters["run"] is True and ablate.parameters["suite"] == "moe"
+    assert ablate.parameters["out"] == str(tmp_path / "demo" / "ablate")   # inside the run unless ablate.out
+    assert "ablation suite moe at 5e+12 FLOPs" in ablate.label
+
+
 # ---------------------------------------------------------------------------------------------
 #  Bad parameters: a clear message naming the parameter, before any kernel starts
 # ---------------------------------------------------------------------------------------------
@@ -110,6 +123,11 @@ BAD = [
     (["evaluate.run_dirr=x"], "evaluate.run_dirr: unknown parameter of 03_sample_and_evaluate.ipynb"),
     (["kernel=no-such-kernel"], "kernel: the Jupyter kernel 'no-such-kernel' is not installed"),
     (["threads=-1"], "threads: expected an integer >= 0"),
+    (["ablate.sedes=2"], "ablate.sedes: unknown parameter of 06_ablations.ipynb (did you mean 'seeds'?)"),
+    (["ablate.seeds=0"], "ablate.seeds: expected an integer >= 1"),
+    (["ablate.budget=-1"], "ablate.budget: expected a positive number of FLOPs"),
+    (["ablate.suite=no_such_suite"], "ablate.suite: "),
+    (["ablate.run=true"], "ablate.run: set by the pipeline"),
 ]
 
 
@@ -244,3 +262,29 @@ def test_every_shipped_pipeline_plans(config, tmp_path, no_kernel, monkeypatch):
     monkeypatch.chdir(tmp_path)                                   # stage YAMLs are found beside the pipeline YAML
     steps = plan_steps(PipelineConfig.from_yaml(config, [f"runs_dir={tmp_path}"]))
     assert [s.kind for s in steps] == ["prepare", "train", "train", "train", "train", "evaluate"]
+
+
+@pytest.mark.slow
+def test_the_pipeline_runs_an_ablation_suite_as_its_last_step_and_a_rerun_keeps_it(tmp_path):
+    from workbench.ablate.suite import Suite
+
+    config = tiny_pipeline(tmp_path)
+    values = yaml.safe_load(config.read_text())
+    suite = Suite.load("masking").quick().to_dict()
+    suite["variants"] = {"a_no_mask": {"mask_ratio": 0.0}, "c_deferred_75": {"mask_ratio": 0.75}}
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(suite))
+    values["stages"] = values["stages"][:1]
+    values["ablate"] = {"suite": str(tmp_path / "suite.yaml"), "budget": 0.4e12, "seeds": 1, "checkpoints": 1}
+    config.write_text(yaml.safe_dump(values))
+
+    done = pipeline_cli(config)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    assert "[4/4] 06_ablate: ablation suite" in out and "[4/4] 06_ablate: done in" in out
+    results = json.loads((tmp_path / "runs" / "tiny" / "ablate" / "results.json").read_text())
+    assert {row["variant"] for row in results["rows"]} == {"a_no_mask", "c_deferred_75"}
+    assert all("val_loss" in row["metrics"] for row in results["rows"])
+    recorded = read_results(tmp_path / "runs" / "tiny" / "notebooks" / "06_ablate.ipynb")[-1]
+    assert recorded["rows"] == len(results["rows"]) and recorded["failures"] == 0
+    again = pipeline_cli(config)
+    assert again.returncode == 0 and "0 step(s) run, 4 kept" in again.stdout

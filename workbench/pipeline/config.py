@@ -61,6 +61,7 @@ class PipelineConfig:
     overrides: dict = field(default_factory=dict)        # Stage fields for every stage, e.g. {mixed_precision: bf16}
     stage_overrides: dict = field(default_factory=dict)  # per stage name: {stage2: {lr: 1.0e-4}}
     evaluate: dict = field(default_factory=dict)         # parameters of 03_sample_and_evaluate
+    ablate: dict = field(default_factory=dict)   # parameters of 06_ablations; empty: no ablation step
     print_every: int = 50                        # a training log line every N steps
     threads: int = 0                             # torch threads in the kernels (0: torch's default)
     latent_downsample: int = 1                   # the codec's downsample factor, for the cost model (pixel: 1)
@@ -97,7 +98,7 @@ class PipelineConfig:
         for key in values:
             if key not in known:
                 raise PipelineConfigError(f"{key}: unknown pipeline setting in {where}{did_you_mean(key, known)}")
-        values = {k: ({} if v is None and k in ("prepare", "overrides", "stage_overrides", "evaluate") else v)
+        values = {k: ({} if v is None and k in ("prepare", "overrides", "stage_overrides", "evaluate", "ablate") else v)
                   for k, v in values.items()}
         config = cls(**values)
         config.check()
@@ -109,7 +110,7 @@ class PipelineConfig:
             _expect(isinstance(getattr(self, name), str) and getattr(self, name), name, "a non-empty string",
                     getattr(self, name))
         _expect(is_single_path_component(self.run), "run", FOLDER_NAME_RULE, self.run)
-        for name in ("prepare", "overrides", "stage_overrides", "evaluate"):
+        for name in ("prepare", "overrides", "stage_overrides", "evaluate", "ablate"):
             _expect(isinstance(getattr(self, name), dict), name, "a mapping", getattr(self, name))
         _expect(isinstance(self.stages, list) and self.stages and all(isinstance(s, str) for s in self.stages),
                 "stages", "a non-empty list of stage YAML paths", self.stages)

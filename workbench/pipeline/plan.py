@@ -1,6 +1,6 @@
 """The pipeline's plan: every parameter validated and every step built before any kernel starts.
 
-One small function per step kind (``plan_prepare``, ``plan_stage``, ``plan_evaluate``) knows which
+One small function per step kind (``plan_prepare``, ``plan_stage``, ``plan_evaluate``, ``plan_ablate``) knows which
 settings it reads, so an error names the setting that caused it (``prepare.limit``,
 ``overrides.mask_ratio``, ``stage_overrides.stage2.lr``, a stage YAML) without guessing.
 """
@@ -22,6 +22,8 @@ from .config import PipelineConfig, PipelineConfigError, _expect, _is_int
 PREPARE_NOTEBOOK = "01_prepare_data.ipynb"
 TRAIN_NOTEBOOK = "02_train_stage.ipynb"
 EVALUATE_NOTEBOOK = "03_sample_and_evaluate.ipynb"
+ABLATE_NOTEBOOK = "06_ablations.ipynb"
+RERUN_KINDS = ("evaluate", "ablate")           # steps that run again when their parameters change
 RUNTIME_PARAMETERS = ("workdir", "threads")    # set by the pipeline for every notebook
 UNFINGERPRINTED = (*RUNTIME_PARAMETERS, "print_every", "live")   # parameters that do not change a step's results
 FREE_TYPED = ("resolutions", "source_options", "overrides")   # checked by their own parsers, not by default type
@@ -33,8 +35,8 @@ PIPELINE_OWNED = ("run", "runs_dir", "data", "name")          # Stage fields the
 class Step:
     """One notebook run of the pipeline."""
 
-    key: str                     # 01_prepare, 02_<stage>, 03_evaluate
-    kind: str                    # prepare | train | evaluate
+    key: str                     # 01_prepare, 02_<stage>, 03_evaluate, 06_ablate
+    kind: str                    # prepare | train | evaluate | ablate
     template: Path               # the notebook template
     output: Path                 # the executed notebook
     parameters: dict             # papermill parameters
@@ -226,6 +228,39 @@ def plan_evaluate(config: PipelineConfig, names: list[str], runtime: dict, out_d
                 label=f"scores, sample grids and metrics of {len(names)} stages")
 
 
+def plan_ablate(config: PipelineConfig, runtime: dict, out_dir: Path) -> Step | None:
+    """The optional step 06 (``ablate.*``): a ``workbench ablate`` suite run (or resumed) in notebook 06.
+
+    Its results go to ``<run>/ablate`` unless ``ablate.out`` says otherwise; the engine resumes finished
+    runs itself, so a rerun with more seeds only trains the new ones.
+    """
+    if not config.ablate:
+        return None
+    template = config.notebooks_dir / ABLATE_NOTEBOOK
+    declared = declared_parameters(template)
+    check_parameters("ablate", config.ablate, declared, template)
+    if "run" in config.ablate:
+        raise PipelineConfigError("ablate.run: set by the pipeline (the step always runs or resumes the suite)")
+    params = {**{k: v for k, v in declared.items() if k not in RUNTIME_PARAMETERS}, **config.ablate}
+    _expect(_is_int(params["seeds"]) and params["seeds"] >= 1, "ablate.seeds", "an integer >= 1", params["seeds"])
+    _expect(_is_int(params["checkpoints"]) and params["checkpoints"] >= 1, "ablate.checkpoints", "an integer >= 1",
+            params["checkpoints"])
+    _expect(isinstance(params["budget"], (int, float)) and params["budget"] > 0, "ablate.budget",
+            "a positive number of FLOPs (e.g. 20e12)", params["budget"])
+    from ..ablate.suite import Suite
+
+    try:
+        Suite.load(params["suite"])
+    except (ValueError, FileNotFoundError) as err:
+        raise PipelineConfigError(f"ablate.suite: {err}") from None
+    params = {**runtime, **config.ablate, "out": config.ablate.get("out", str(config.run_dir / "ablate")),
+              "run": True}
+    return Step("06_ablate", "ablate", template, out_dir / "06_ablate.ipynb", params,
+                label=f"ablation suite {params.get('suite', declared['suite'])} at "
+                      f"{float(params.get('budget', declared['budget'])):.3g} FLOPs -> {params['out']}",
+                artefact=Path(params["out"]))
+
+
 def plan_steps(config: PipelineConfig, workdir: str | os.PathLike | None = None) -> list[Step]:
     """Validate everything and return the steps; raises ``PipelineConfigError`` naming the bad parameter.
 
@@ -259,7 +294,8 @@ def plan_steps(config: PipelineConfig, workdir: str | os.PathLike | None = None)
     if unknown:
         raise PipelineConfigError(f"stage_overrides.{unknown[0]}: no such stage{did_you_mean(unknown[0], names)}")
     steps.append(plan_evaluate(config, names, runtime, out_dir))
-    return steps
+    ablate = plan_ablate(config, runtime, out_dir)
+    return steps + ([ablate] if ablate else [])
 
 
 def _check_kernel(name: str) -> None:

@@ -17,7 +17,7 @@ import yaml
 from ..io import atomic_write_json
 from ..notebook import RESULT_PREFIX, read_results
 from .config import PipelineConfig, PipelineConfigError
-from .plan import UNFINGERPRINTED, Step, plan_steps
+from .plan import RERUN_KINDS, UNFINGERPRINTED, Step, plan_steps
 
 STATE_FILE = "pipeline_state.json"
 STATE_FORMAT = 1
@@ -78,7 +78,7 @@ def step_complete(step: Step, state: PipelineState) -> tuple[bool, str]:
     entry = state.steps.get(step.key, {})
     if entry.get("status") != "complete":
         return False, f"status {entry.get('status', 'not run')}"
-    if entry.get("fingerprint") != step.fingerprint:        # only evaluate gets here: it simply runs again
+    if entry.get("fingerprint") != step.fingerprint:        # only RERUN_KINDS get here: they run again
         return False, "its parameters changed"
     if not step.output.is_file():
         return False, f"{step.output} is missing"
@@ -118,7 +118,7 @@ def run_pipeline(config: PipelineConfig, *, stream: bool = True, printer: Callab
     steps = plan_steps(config, workdir)
     state = PipelineState(config.run_dir)
     changed = [(s, state.steps[s.key]) for s in steps
-               if s.kind != "evaluate" and state.steps.get(s.key, {}).get("status") == "complete"
+               if s.kind not in RERUN_KINDS and state.steps.get(s.key, {}).get("status") == "complete"
                and state.steps[s.key].get("fingerprint") != s.fingerprint]
     if changed:
         step, entry = changed[0]
