@@ -50,3 +50,47 @@ def test_wrong_types_in_model_overrides_name_the_field_in_stage_and_pipeline(ove
                  "--set", f"overrides.model_overrides={yaml_value}"])
     assert code == 2 and not any(tmp_path.iterdir())          # refused before any work, naming the field
     assert message.split(": expected")[0] in capsys.readouterr().err
+
+
+def test_validation_derives_from_the_annotations_and_a_new_optional_field_needs_no_new_code():
+    import dataclasses
+
+    from workbench.config import check_field_types
+
+    @dataclasses.dataclass
+    class Settings:
+        count: int | None = None
+        scale: float = 1.0
+        name: str | None = "x"
+
+        def __post_init__(self):
+            check_field_types(self)
+
+    assert Settings(count=3).count == 3 and Settings().count is None
+    with pytest.raises(ValueError, match=r"Settings.count: expected an integer or null, got 'three'"):
+        Settings(count="three")
+    with pytest.raises(ValueError, match=r"Settings.scale: expected a number, got True"):
+        Settings(scale=True)
+
+    @dataclasses.dataclass
+    class Odd:
+        shape: set = dataclasses.field(default_factory=set)
+
+    with pytest.raises(TypeError, match=r"Odd.shape: no type check for the annotation 'set'; add it to "
+                                        r"workbench.config.FIELD_TYPES"):
+        check_field_types(Odd())
+
+
+def test_every_stage_and_model_range_names_a_real_field_and_edm_constants_are_edms_to_check():
+    import dataclasses
+
+    from workbench.config import MODEL_RANGES, MicroDiTConfig
+    from workbench.train.stages import STAGE_RANGES
+
+    assert set(STAGE_RANGES) <= {f.name for f in dataclasses.fields(Stage)}
+    assert set(MODEL_RANGES) <= {f.name for f in dataclasses.fields(MicroDiTConfig)}
+    assert not {"p_std", "sigma_data", "p_mean"} & set(STAGE_RANGES)         # owned by EDMConfig
+    with pytest.raises(ValueError, match=r"Stage: EDMConfig.p_std: expected a positive number, got -1"):
+        Stage(p_std=-1)
+    with pytest.raises(ValueError, match=r"Stage.mask_ratio: expected a value in \[0, 1\), got 1.0"):
+        Stage(mask_ratio=1.0)

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import numbers
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import yaml
 
@@ -170,27 +172,99 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-# what each annotation of a numeric config accepts (an int is a fine float; a bool is never a number)
-_TYPE_CHECKS = {
-    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_pair(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) == 2 and all(map(_is_number, value))
+
+
+# what each field annotation of a config accepts (an int is a fine float; a bool is never a number);
+# ``X | None`` is derived from ``X``. A new annotation needs one line here (check_field_types says so)
+FIELD_TYPES = {
+    "int": (_is_int, "an integer"),
     "float": (_is_number, "a number"),
     "bool": (lambda v: isinstance(v, bool), "true or false"),
-    "tuple[float, float]": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(map(_is_number, v)),
-                            "two numbers [first, last]"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "list": (lambda v: isinstance(v, (list, tuple)), "a list"),
+    "dict": (lambda v: isinstance(v, dict), "a mapping"),
+    "tuple[float, float]": (_is_pair, "two numbers [first, last]"),
 }
 
 
-def check_field_types(config: Any) -> None:
-    """``ValueError`` naming the first field of a dataclass config whose value has the wrong type.
+def _coerce(value: Any, base: str) -> Any:
+    """Paths to str, numpy and other numbers to int or float, for the annotations that take them."""
+    if base == "str" and isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if base == "int" and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if base == "float" and isinstance(value, numbers.Real) and not isinstance(value, (bool, int)):
+        return float(value)
+    return value
 
-    Used by ``MicroDiTConfig``, so ``model_overrides: {norm_eps: abc}`` says ``MicroDiTConfig.norm_eps:
-    expected a number, got 'abc'`` instead of a ``TypeError`` deep in a comparison.
+
+def check_field_types(config: Any) -> None:
+    """Check (and coerce: paths to str, numpy numbers to Python's) every field of a dataclass config by its annotation.
+
+    A ``ValueError`` names the first wrong field, so ``model_overrides: {norm_eps: abc}`` says
+    ``MicroDiTConfig.norm_eps: expected a number, got 'abc'`` instead of a ``TypeError`` deep in a
+    comparison. Run it first in ``__post_init__``; the range checks after it can then compare freely.
     """
+    owner = type(config).__name__
     for f in dataclasses.fields(config):
-        check = _TYPE_CHECKS.get(str(f.type))
-        if check is not None:
-            ok, expected = check
-            require(ok(getattr(config, f.name)), type(config).__name__, f.name, expected, getattr(config, f.name))
+        annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        base, optional = (annotation[:-len(" | None")], True) if annotation.endswith(" | None") else (annotation, False)
+        if base not in FIELD_TYPES:
+            raise TypeError(f"{owner}.{f.name}: no type check for the annotation {annotation!r}; "
+                            "add it to workbench.config.FIELD_TYPES")
+        ok, expected = FIELD_TYPES[base]
+        value = _coerce(getattr(config, f.name), base)
+        require((optional and value is None) or ok(value), owner, f.name,
+                expected + (" or null" if optional else ""), value)
+        object.__setattr__(config, f.name, value)
+
+
+def check_ranges(config: Any, ranges: dict[str, tuple[Callable[[Any], bool], str]]) -> None:
+    """``require`` each ``field: (ok, expected)`` of a config's range table, in the table's order."""
+    for name, (ok, expected) in ranges.items():
+        require(ok(getattr(config, name)), type(config).__name__, name, expected, getattr(config, name))
+
+
+def _positive(value: Any) -> bool:
+    return value > 0
+
+
+def _non_negative(value: Any) -> bool:
+    return value >= 0
+
+
+POSITIVE_INT = (_positive, "a positive integer")
+NON_NEGATIVE_INT = (_non_negative, "an integer >= 0")
+POSITIVE = (_positive, "a positive number")
+NON_NEGATIVE = (_non_negative, "a number >= 0")
+
+
+def in_unit_interval(value: Any) -> bool:
+    """``0 <= value < 1`` (a ratio, a probability, a decay)."""
+    return 0.0 <= value < 1.0
+
+
+def _two_positive(value: Any) -> bool:
+    return all(r > 0 for r in value)
+
+
+# MicroDiTConfig's ranges, checked in this order after the types
+MODEL_RANGES = {
+    **{name: POSITIVE_INT for name in ("in_channels", "sample_size", "patch_size", "caption_dim", "width", "depth",
+                                       "head_dim", "ffn_multiple_of", "num_experts", "timestep_freqs")},
+    **{name: NON_NEGATIVE_INT for name in ("mixer_depth", "moe_every", "conv_stem")},
+    "qkv_ratio": (lambda v: _two_positive(v) and max(v) <= 1.0, "two positive numbers (first, last), at most 1.0"),
+    "mlp_ratio": (_two_positive, "two positive numbers (first, last)"),
+    **{name: POSITIVE for name in ("mixer_mlp_ratio", "caption_mlp_ratio", "expert_capacity", "pos_interp_scale",
+                                   "norm_eps")},
+    "timestep_freqs": (lambda v: v % 2 == 0, "an even number"),
+}
 
 
 @dataclass
@@ -231,26 +305,11 @@ class MicroDiTConfig:
         check_field_types(self)                        # types first, so the range checks below cannot TypeError
         self.qkv_ratio = tuple(float(r) for r in self.qkv_ratio)
         self.mlp_ratio = tuple(float(r) for r in self.mlp_ratio)
-        for name in ("in_channels", "sample_size", "patch_size", "caption_dim", "width", "depth", "head_dim",
-                     "ffn_multiple_of", "num_experts", "timestep_freqs"):
-            value = getattr(self, name)
-            require(isinstance(value, int) and value > 0, own, name, "a positive integer", value)
-        for name in ("mixer_depth", "moe_every", "conv_stem"):
-            value = getattr(self, name)
-            require(isinstance(value, int) and value >= 0, own, name, "an integer >= 0", value)
+        check_ranges(self, MODEL_RANGES)
         require(self.width % self.head_dim == 0, own, "width", f"a multiple of head_dim={self.head_dim}", self.width)
-        if self.mixer_depth:
-            require(isinstance(self.mixer_width, int) and self.mixer_width > 0 and self.mixer_width % self.head_dim == 0,
-                    own, "mixer_width", f"a positive multiple of head_dim={self.head_dim}", self.mixer_width)
         require(self.width % 4 == 0, own, "width", "a multiple of 4 (2-D sin-cos positions)", self.width)
+        if self.mixer_depth:
+            require(self.mixer_width > 0 and self.mixer_width % self.head_dim == 0,
+                    own, "mixer_width", f"a positive multiple of head_dim={self.head_dim}", self.mixer_width)
         require(self.sample_size % self.patch_size == 0, own, "sample_size",
                 f"a multiple of patch_size={self.patch_size}", self.sample_size)
-        for name in ("qkv_ratio", "mlp_ratio"):
-            value = getattr(self, name)
-            require(len(value) == 2 and all(r > 0 for r in value), own, name, "two positive numbers (first, last)", value)
-        require(max(self.qkv_ratio) <= 1.0, own, "qkv_ratio", "ratios <= 1.0", self.qkv_ratio)
-        for name in ("mixer_mlp_ratio", "caption_mlp_ratio", "expert_capacity", "pos_interp_scale",
-                     "norm_eps"):
-            value = getattr(self, name)
-            require(value > 0, own, name, "a positive number", value)
-        require(self.timestep_freqs % 2 == 0, own, "timestep_freqs", "an even number", self.timestep_freqs)

@@ -207,7 +207,7 @@ def test_paths_and_numpy_numbers_are_accepted_as_their_plain_types(tmp_path):
     assert (stage.runs_dir, stage.data, stage.init_from) == (str(tmp_path / "runs"), str(tmp_path / "data"),
                                                              str(tmp_path / "s1"))
     assert type(stage.steps) is int and type(stage.lr) is float and stage.mask_ratio == 0.5
-    with pytest.raises(ValueError, match="Stage.steps: expected a value of type int"):
+    with pytest.raises(ValueError, match="Stage.steps: expected an integer"):
         Stage(steps=True)
 
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ..config import POSITIVE, check_field_types, check_ranges, require
+
 # Edges of the σ bins used by `loss_per_sigma_bin` (σ_min ... σ_max of the paper).
 DEFAULT_SIGMA_BIN_EDGES = (0.002, 0.1, 0.5, 1.0, 2.0, 5.0, 80.0)
 
@@ -38,13 +40,10 @@ class EDMConfig:
     p_std: float = 1.2        # training noise: std of ln σ
 
     def __post_init__(self):
-        for name in ("sigma_data", "sigma_min", "sigma_max", "rho", "p_std"):
-            value = getattr(self, name)
-            if not value > 0:
-                raise ValueError(f"EDMConfig.{name} must be > 0, got {value!r}")
-        if not self.sigma_min < self.sigma_max:
-            raise ValueError(f"EDMConfig.sigma_min must be < sigma_max ({self.sigma_max!r}), "
-                             f"got {self.sigma_min!r}")
+        check_field_types(self)
+        check_ranges(self, {name: POSITIVE for name in ("sigma_data", "sigma_min", "sigma_max", "rho", "p_std")})
+        require(self.sigma_min < self.sigma_max, "EDMConfig", "sigma_min", f"< sigma_max ({self.sigma_max!r})",
+                self.sigma_min)
 
 
 @dataclass

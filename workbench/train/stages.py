@@ -9,18 +9,15 @@ unmasked); each stage starts from the previous one's final checkpoint (``init_fr
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import numbers
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 import torch
 
-from ..config import check_known_keys, dump_yaml, from_dict, load_yaml, require, to_dict
+from ..config import (NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, check_field_types, check_known_keys,
+                      check_ranges, dump_yaml, from_dict, in_unit_interval, load_yaml, require, to_dict)
 from ..data.prepared import PreparedInfo
 from ..diffusion import EDMConfig
 from ..model import preset_config
@@ -31,11 +28,6 @@ DEFAULT_PROMPTS = ("a red circle", "a blue square", "a green triangle", "a yello
 SCHEDULES = ("cosine", "constant")
 PRECISIONS = ("no", "bf16", "fp16")
 INIT_MODES = ("weights", "full")
-
-
-# the Python types each annotation accepts (an int is a fine float; a bool is never a number)
-_FIELD_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "list": (list, tuple),
-                "dict": (dict,), "str | None": (str, type(None)), "tuple[float, float]": (list, tuple)}
 
 
 def is_single_path_component(name: str) -> bool:
@@ -51,15 +43,39 @@ def is_single_path_component(name: str) -> bool:
 FOLDER_NAME_RULE = "one folder name: not empty, no '/' or '\\', not '.' or '..', no leading '.'"
 
 
-def _coerce(value: Any, annotation: str) -> Any:
-    """Paths to str, numpy / other numbers to int or float, for the fields that take them; others unchanged."""
-    if annotation in ("str", "str | None") and isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if annotation == "int" and isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        return int(value)
-    if annotation == "float" and isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return float(value) if not isinstance(value, int) else value
-    return value
+def _one_of(choices: tuple[str, ...], joiner: str = " or ") -> tuple:
+    return (lambda v: v in choices, joiner.join(choices))
+
+
+# Stage's ranges, checked in this order after the field types (config.check_field_types); the EDM
+# constants (p_std, sigma_data) are EDMConfig's to check
+STAGE_RANGES = {
+    **{name: POSITIVE_INT for name in ("steps", "global_batch", "micro_batch", "resolution", "sample_steps",
+                                       "eval_samples_per_prompt")},
+    **{name: NON_NEGATIVE_INT for name in ("warmup_steps", "ema_start", "sample_every", "eval_every",
+                                           "checkpoint_every", "log_every", "seed")},
+    "keep_last": (lambda v: v >= 1, "at least 1"),
+    "max_nonfinite": (lambda v: v >= 1, "at least 1"),
+    "lr": POSITIVE,
+    "moe_lr_scale": POSITIVE,
+    "repa_weight": NON_NEGATIVE,
+    "repa_depth": (lambda v: v >= 1, "a block number >= 1"),
+    "repa_encoder": (lambda v: v == "codec" or v.startswith("vae:"), "'codec' or 'vae:PATH'"),
+    "mask_ratio": (in_unit_interval, "a value in [0, 1)"),
+    "caption_dropout": (in_unit_interval, "a value in [0, 1)"),
+    "ema_decay": (in_unit_interval, "a value in [0, 1)"),
+    "ema_power": (lambda v: v >= 0, "a number >= 0 (0: a fixed decay)"),
+    "final_lr_fraction": (lambda v: 0.0 <= v <= 1.0, "a value in [0, 1]"),
+    "weight_decay": NON_NEGATIVE,
+    "grad_clip": NON_NEGATIVE,
+    "betas": (lambda v: all(0 <= b < 1 for b in v), "two values in [0, 1)"),
+    "sample_cfg_scale": (lambda v: v >= 1.0, "a guidance scale >= 1"),
+    "schedule": _one_of(SCHEDULES),
+    "mixed_precision": _one_of(PRECISIONS, " | "),
+    "init_mode": _one_of(INIT_MODES),
+    "name": (is_single_path_component, FOLDER_NAME_RULE),
+    "run": (is_single_path_component, FOLDER_NAME_RULE),
+}
 
 
 @dataclass
@@ -114,68 +130,20 @@ class Stage:
     tensorboard: bool = False                  # also log to TensorBoard through accelerate
 
     def __post_init__(self) -> None:
-        own = "Stage"
-        for f in dataclasses.fields(self):             # types first, so the range checks below cannot TypeError
-            value, allowed = _coerce(getattr(self, f.name), str(f.type)), _FIELD_TYPES[str(f.type)]
-            require(isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed), own, f.name,
-                    f"a value of type {f.type}", value)
-            setattr(self, f.name, value)
-        require(all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in self.betas), own, "betas",
-                "two numbers", self.betas)
+        check_field_types(self)                        # types first, so the range checks below cannot TypeError
         self.betas = tuple(float(b) for b in self.betas)
         self.sample_prompts = [str(p) for p in self.sample_prompts]
-        for name in ("steps", "global_batch", "micro_batch", "resolution", "sample_steps"):
-            value = getattr(self, name)
-            require(isinstance(value, int) and value > 0, own, name, "a positive integer", value)
-        require(isinstance(self.moe_lr_scale, (int, float)) and self.moe_lr_scale > 0, own, "moe_lr_scale",
-                "a positive number", self.moe_lr_scale)
-        require(isinstance(self.repa_weight, (int, float)) and self.repa_weight >= 0, own, "repa_weight",
-                "a number >= 0", self.repa_weight)
-        require(isinstance(self.repa_depth, int) and self.repa_depth >= 1, own, "repa_depth", "a block number >= 1",
-                self.repa_depth)
-        require(self.repa_encoder == "codec" or str(self.repa_encoder).startswith("vae:"), own, "repa_encoder",
-                "'codec' or 'vae:PATH'", self.repa_encoder)
-        require(isinstance(self.eval_samples_per_prompt, int) and self.eval_samples_per_prompt > 0, own,
-                "eval_samples_per_prompt", "a positive integer", self.eval_samples_per_prompt)
-        for name in ("warmup_steps", "ema_start", "sample_every", "eval_every", "checkpoint_every", "log_every",
-                     "seed"):
-            value = getattr(self, name)
-            require(isinstance(value, int) and value >= 0, own, name, "an integer >= 0", value)
-        require(self.keep_last >= 1, own, "keep_last", "at least 1", self.keep_last)
-        require(self.max_nonfinite >= 1, own, "max_nonfinite", "at least 1", self.max_nonfinite)
-        require(isinstance(self.lr, (int, float)) and self.lr > 0, own, "lr", "a positive number", self.lr)
-        require(0.0 <= self.mask_ratio < 1.0, own, "mask_ratio", "a value in [0, 1)", self.mask_ratio)
-        require(0.0 <= self.caption_dropout < 1.0, own, "caption_dropout", "a value in [0, 1)", self.caption_dropout)
-        require(0.0 <= self.ema_decay < 1.0, own, "ema_decay", "a value in [0, 1)", self.ema_decay)
-        require(self.ema_power >= 0, own, "ema_power", "a number >= 0 (0: a fixed decay)", self.ema_power)
-        require(0.0 <= self.final_lr_fraction <= 1.0, own, "final_lr_fraction", "a value in [0, 1]",
-                self.final_lr_fraction)
-        require(self.weight_decay >= 0, own, "weight_decay", "a number >= 0", self.weight_decay)
-        require(self.grad_clip >= 0, own, "grad_clip", "a number >= 0", self.grad_clip)
-        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), own, "betas", "two values in [0, 1)",
-                self.betas)
-        require(self.p_std > 0 and self.sigma_data > 0, own, "p_std/sigma_data", "positive numbers",
-                (self.p_std, self.sigma_data))
-        require(self.sample_cfg_scale >= 1.0, own, "sample_cfg_scale", "a guidance scale >= 1", self.sample_cfg_scale)
-        require(self.schedule in SCHEDULES, own, "schedule", " or ".join(SCHEDULES), self.schedule)
-        require(self.mixed_precision in PRECISIONS, own, "mixed_precision", " | ".join(PRECISIONS),
-                self.mixed_precision)
-        require(self.init_mode in INIT_MODES, own, "init_mode", " or ".join(INIT_MODES), self.init_mode)
-        require(self.global_batch % self.micro_batch == 0, own, "global_batch",
+        check_ranges(self, STAGE_RANGES)
+        require(self.global_batch % self.micro_batch == 0, "Stage", "global_batch",
                 f"a multiple of micro_batch={self.micro_batch}", self.global_batch)
-        require(isinstance(self.model_overrides, dict), own, "model_overrides", "a mapping of MicroDiTConfig fields",
-                self.model_overrides)
-        for name in ("name", "run"):
-            value = getattr(self, name)
-            require(is_single_path_component(value), own, name, FOLDER_NAME_RULE, value)
-        from ..model import preset_config
-
+        try:
+            self.edm                                   # EDMConfig checks its own constants
+        except ValueError as err:
+            raise ValueError(f"Stage: {err}") from None
         preset_config(self.model, **self.model_overrides)  # unknown preset or bad override fails here
 
     def architecture(self) -> dict:
         """The ``MicroDiTConfig`` (as a dict) this stage trains: its preset with ``model_overrides``."""
-        from ..model import preset_config
-
         return to_dict(preset_config(self.model, **self.model_overrides))
 
     # ------------------------------------------------------------------ paths
