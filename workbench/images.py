@@ -117,17 +117,6 @@ def save_png(image: np.ndarray, path: str | Path, scale: int = 1) -> Path:
     return atomic_write_bytes(path, png_bytes(image, scale))
 
 
-def png_size(data: bytes) -> tuple[int, int]:
-    """(width, height) of PNG bytes; raises ``ValueError`` for anything that is not a PNG."""
-    from PIL import Image
-
-    if not data or data[:8] != b"\x89PNG\r\n\x1a\n":
-        raise ValueError("not PNG bytes")
-    with Image.open(io.BytesIO(data)) as image:
-        image.load()
-        return image.size
-
-
 def png_data_uri(image) -> str:
     """``data:image/png;base64,...`` of a PNG file path, PNG bytes, or a uint8 (H, W, 3) array."""
     if isinstance(image, np.ndarray):

@@ -3,10 +3,36 @@
 import numpy as np
 import pytest
 
-from workbench.data.shapes import EVAL_CATEGORIES, Scene, ShapeObject, eval_prompts, render_scene
-from workbench.eval.compositional import (ground_truth_scene, score_image, score_images, summarise,
-                                          worst_failures)
+from workbench.data.shapes import EVAL_CATEGORIES, EvalPrompt, Scene, ShapeObject, eval_prompts, render_scene
+from workbench.eval.compositional import named_objects, score_image, score_images, summarise, worst_failures
 from workbench.eval.detector import Detection, Detector
+
+
+def ground_truth_scene(prompt: EvalPrompt, seed: int = 0) -> Scene:
+    """A scene that satisfies ``prompt`` exactly, laid out like the training scenes (what a correct image shows).
+
+    Render it with ``render_scene(scene, resolution)``; the scorer must call it correct.
+    """
+    import random
+
+    from workbench.data.shapes import place_grid, place_pair, place_single
+
+    rng = random.Random(f"ground-truth/{seed}/{prompt.prompt}")
+    named = named_objects(prompt)
+    sizes = ["small" if len(named) > 2 else rng.choice(["small", "large"]) for _ in named]
+    items = [(n["shape"], z) for n, z in zip(named, sizes)]
+    if len(named) == 1:
+        centres = [place_single(rng, *items[0])]
+    elif len(named) == 2:
+        rel = prompt.relation[1] if prompt.relation else None
+        axis = (0 if rel in ("left_of", "right_of") else 1) if rel else rng.randrange(2)
+        centres = place_pair(rng, items, axis, dominant=rel is not None)
+        if rel in ("right_of", "below"):          # place_pair puts the first item first along the axis
+            centres.reverse()
+    else:
+        centres = place_grid(rng, items)
+    objects = tuple(ShapeObject(n["shape"], n["colour"], z, *xy) for n, z, xy in zip(named, sizes, centres))
+    return Scene(objects, prompt.prompt, "eval", prompt.relation)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import torch
 from workbench.data.shapes import shapes_arrays
 from workbench.diffusion.edm import precondition
 from workbench.widgets import MaskExplorer, patch_grid_image
-from workbench.images import png_size
+from .png import png_size
 from workbench.widgets.common import default_text_encoder
 
 from . import one_torch_thread, tiny_model  # noqa: F401

@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from workbench.diffusion import SAMPLER_NAMES, EDMConfig, sample
-from workbench.images import display_scale, image_grid, png_size
+from workbench.images import display_scale, image_grid
+
+from .png import png_size
 from workbench.widgets import SamplerPanel
 from workbench.widgets.common import default_text_encoder
 

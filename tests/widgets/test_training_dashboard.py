@@ -8,7 +8,7 @@ from workbench.data.prepare import prepare
 from workbench.train import Stage, Trainer
 from workbench.train.checkpoint import list_checkpoints
 from workbench.widgets import SamplerPanel, TrainingDashboard
-from workbench.images import png_size
+from .png import png_size
 from workbench.widgets.common import blank_png
 from workbench.widgets.training_dashboard import sigma_bin_names, thin
 

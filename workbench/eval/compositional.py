@@ -44,7 +44,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..data.shapes import EVAL_CATEGORIES, EvalPrompt, Scene, eval_prompts
+from ..data.shapes import EVAL_CATEGORIES, EvalPrompt, eval_prompts
 from ..io import digest
 from .detector import Detection, Detector, relation_holds
 
@@ -76,7 +76,7 @@ class SampleResult:
 #  One image against one prompt
 # ---------------------------------------------------------------------------------------------
 
-def _named_objects(prompt: EvalPrompt) -> list[dict]:
+def named_objects(prompt: EvalPrompt) -> list[dict]:
     """The prompt's objects, one entry per named instance (a count of 3 names 3 objects)."""
     return [{"shape": o["shape"], "colour": o["colour"]} for o in prompt.objects for _ in range(o["count"])]
 
@@ -97,7 +97,7 @@ def match_objects(named: Sequence[dict], detections: Sequence[Detection]) -> lis
 
 def score_image(prompt: EvalPrompt, detections: Sequence[Detection]) -> tuple[bool, dict]:
     """``(correct, attributes)`` of one image's detections against ``prompt`` (see the module docstring)."""
-    named = _named_objects(prompt)
+    named = named_objects(prompt)
     matched = match_objects(named, detections)
     colour = float(np.mean([m is not None and m.colour == n["colour"] for n, m in zip(named, matched)]))
     shape = float(np.mean([m is not None and m.shape == n["shape"] for n, m in zip(named, matched)]))
@@ -180,33 +180,6 @@ def worst_failures(results: Sequence[SampleResult], n: int = 8) -> list[SampleRe
         (rest if r.prompt_index in seen else firsts).append(r)
         seen.add(r.prompt_index)
     return (firsts + rest)[:n]
-
-
-def ground_truth_scene(prompt: EvalPrompt, seed: int = 0) -> Scene:
-    """A scene that satisfies ``prompt`` exactly, laid out like the training scenes (what a correct image shows).
-
-    Render it with ``render_scene(scene, resolution)``; the scorer must call it correct (a test checks it).
-    """
-    import random
-
-    from ..data.shapes import ShapeObject, place_grid, place_pair, place_single
-
-    rng = random.Random(f"ground-truth/{seed}/{prompt.prompt}")
-    named = _named_objects(prompt)
-    sizes = ["small" if len(named) > 2 else rng.choice(["small", "large"]) for _ in named]
-    items = [(n["shape"], z) for n, z in zip(named, sizes)]
-    if len(named) == 1:
-        centres = [place_single(rng, *items[0])]
-    elif len(named) == 2:
-        rel = prompt.relation[1] if prompt.relation else None
-        axis = (0 if rel in ("left_of", "right_of") else 1) if rel else rng.randrange(2)
-        centres = place_pair(rng, items, axis, dominant=rel is not None)
-        if rel in ("right_of", "below"):          # place_pair puts the first item first along the axis
-            centres.reverse()
-    else:
-        centres = place_grid(rng, items)
-    objects = tuple(ShapeObject(n["shape"], n["colour"], z, *xy) for n, z, xy in zip(named, sizes, centres))
-    return Scene(objects, prompt.prompt, "eval", prompt.relation)
 
 
 def describe_detections(detections: Sequence[Detection]) -> str:

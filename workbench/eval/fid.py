@@ -173,15 +173,6 @@ def train_feature_net(n_scenes: int = 20000, epochs: int = 6, batch: int = 128, 
 #  Metrics
 # ---------------------------------------------------------------------------------------------
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """The Fréchet distance between two Gaussians, directly with numpy/scipy (the reference formula)."""
-    from scipy import linalg
-
-    covmean = linalg.sqrtm(sigma1 @ sigma2)
-    covmean = covmean.real if np.iscomplexobj(covmean) else covmean
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
-
-
 def cache_dir() -> Path:
     """Where reference statistics are cached: ``$WORKBENCH_CACHE`` or ``~/.cache/workbench``, then ``fid/``."""
     return Path(os.environ.get("WORKBENCH_CACHE") or Path.home() / ".cache" / "workbench") / "fid"
