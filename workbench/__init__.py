@@ -24,7 +24,7 @@ _EXPORTS = {
     "shapes_dataset": "workbench.data.shapes",
     "Stage": "workbench.train",
     "Trainer": "workbench.train",
-    "load_for_sampling": "workbench.train.sampling",
+    "load_for_sampling": "workbench.train.inference",
     "Detector": "workbench.eval.detector",
     "describe_detections": "workbench.eval.compositional",
     "MicroDiTPipeline": "workbench.interop",

@@ -161,7 +161,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from .train.sampling import sample_checkpoint
+    from .train.inference import sample_checkpoint
 
     path = sample_checkpoint(args.checkpoint, args.prompt, out=args.out, steps=args.steps, cfg_scale=args.cfg_scale,
                              seed=args.seed, per_prompt=args.n, use_ema=not args.raw, sampler=args.sampler,

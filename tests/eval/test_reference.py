@@ -2,7 +2,7 @@
 
 from workbench.eval.compositional import evaluate_sampler, summarise
 from workbench.train import checkpoint as ckpt
-from workbench.train.sampling import REFERENCE_DIR, load_for_sampling
+from workbench.train.inference import REFERENCE_DIR, load_for_sampling
 
 
 def test_the_reference_model_ships_small_and_self_contained():

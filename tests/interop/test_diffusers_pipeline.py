@@ -16,7 +16,7 @@ from workbench.diffusion.schedulers import make_scheduler
 from workbench.interop import MicroDiTHeunScheduler, MicroDiTPipeline, export_pipeline
 from workbench.model import MicroDiT
 from workbench.train import Trainer
-from workbench.train.sampling import load_for_sampling
+from workbench.train.inference import load_for_sampling
 
 
 @pytest.fixture

@@ -23,7 +23,8 @@ from workbench.interop import MicroDiTPipeline, OfficialCheckpointError, convert
 from workbench.interop.official import official_config, workbench_name
 from workbench.model import MicroDiT
 from workbench.train import checkpoint as ckpt
-from workbench.train.sampling import load_checkpoint_model, load_for_sampling
+from workbench.train.checkpoint import load_model
+from workbench.train.inference import load_for_sampling
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "official_dit"
 STATE = FIXTURE / "official_state_dict.safetensors"
@@ -46,7 +47,7 @@ def converted(tmp_path_factory):
 
 
 def test_the_converted_network_equals_the_official_one_at_mask_0_and_0_75(converted, reference):
-    model = load_checkpoint_model(converted)
+    model = load_model(converted)
     assert model.config.caption_mask_compat and model.config.sample_size == 8
     r = reference
     with torch.no_grad():
@@ -62,7 +63,7 @@ def test_the_converted_network_equals_the_official_one_at_mask_0_and_0_75(conver
 
 @pytest.mark.parametrize("tag, ratio", [("0", 0.0), ("75", 0.75)])
 def test_the_edm_loss_equals_the_official_one(converted, reference, tag, ratio):
-    model = load_checkpoint_model(converted).train()
+    model = load_model(converted).train()
     r = reference
     out = EDMLoss(EDMConfig(sigma_data=0.9))(model, r["x0"], r["caption"], mask_ratio=ratio,
                                             sigma=r[f"loss_sigma{tag}"], noise=r[f"loss_noise{tag}"],
@@ -71,7 +72,7 @@ def test_the_edm_loss_equals_the_official_one(converted, reference, tag, ratio):
 
 
 def test_30_heun_steps_with_cfg_5_equal_the_official_sampler(converted, reference):
-    model = load_checkpoint_model(converted)
+    model = load_model(converted)
     r = reference
     x = sample(model, r["caption"], steps=30, cfg_scale=5.0, noise=r["heun_noise"], edm=EDMConfig(sigma_data=0.9))
     # 60 chained forwards with CFG 5 amplify fp32 rounding, which differs between CPUs (their SIMD paths): the

@@ -15,7 +15,8 @@ import torch
 from tests.data.tiny_models import tiny_clip_dir  # noqa: F401  (fixture)
 from tests.train.conftest import BASE, TINY_MODEL, losses
 from workbench.train import Stage, Trainer
-from workbench.train.sampling import load_checkpoint_model, sample_checkpoint
+from workbench.train.checkpoint import load_model
+from workbench.train.inference import sample_checkpoint
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch sees none)")
 
@@ -52,7 +53,7 @@ def test_training_on_the_gpu_learns_in_each_precision(gpu_stage, precision):
     # fp16 may skip a few overflowing steps while the GradScaler finds its scale; the others none
     assert trainer.nonfinite_total <= (10 if precision == "fp16" else 0)
     # the checkpoint written on the GPU loads on the CPU and gives the GPU model's EMA output
-    cpu_model = load_checkpoint_model(stage.stage_dir)
+    cpu_model = load_model(stage.stage_dir)
     x, c_noise = torch.randn(2, 3, 16, 16), torch.zeros(2)
     caption, mask = torch.randn(2, 8, 32), torch.ones(2, 8, dtype=torch.long)
     with torch.no_grad():
@@ -89,7 +90,7 @@ def test_compiled_training_matches_eager(gpu_stage):
     for step in a:
         assert a[step] == pytest.approx(b[step], rel=1e-2), (step, a[step], b[step])
     # the compiled trainer's checkpoint holds plain parameter names (no _orig_mod prefix) and loads anywhere
-    load_checkpoint_model(compiled.stage.stage_dir)
+    load_model(compiled.stage.stage_dir)
 
 
 def test_sample_checkpoint_on_gpu_matches_cpu(gpu_stage, tmp_path):

@@ -16,7 +16,8 @@ from workbench.data.loader import PreparedLoader
 from workbench.diffusion import EDMLoss
 from workbench.train import Trainer, TrainingDiverged
 from workbench.train import checkpoint as ckpt
-from workbench.train.sampling import load_checkpoint_model, sample_checkpoint
+from workbench.train.checkpoint import load_model
+from workbench.train.inference import sample_checkpoint
 from workbench.train.trainer import lr_factor
 
 
@@ -170,7 +171,7 @@ def test_ema_follows_its_formula_differs_from_raw_and_both_sample(make_stage, tm
     assert (stage.stage_dir / "samples" / "step_0000005.png").is_file()
 
     # both weight sets come back from the checkpoint and both sample
-    ema_model, raw_model = load_checkpoint_model(stage.stage_dir), load_checkpoint_model(stage.stage_dir, use_ema=False)
+    ema_model, raw_model = load_model(stage.stage_dir), load_model(stage.stage_dir, ema=False)
     assert same_tensors({n: p for n, p in ema_model.named_parameters()}, {n: p.detach() for n, p in ema.items()})
     assert same_tensors(dict(raw_model.state_dict()), raw)
     images = {}

@@ -60,7 +60,7 @@ def evaluate_trainer(trainer, val: Path, protocol: dict) -> dict:
     from ..eval.compositional import evaluate_sampler, summarise
     from ..eval.fid import add_generated, fid_proxy_metric
     from ..eval.heldout import model_heldout_loss
-    from ..train.sampling import bundle_for_trainer
+    from ..train.inference import bundle_for_trainer
 
     stage, t0 = trainer.stage, time.perf_counter()
     heldout = model_heldout_loss(trainer.sampling_model(), val, stage.resolution, stage.sigma_data,

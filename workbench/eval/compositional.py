@@ -202,7 +202,7 @@ def evaluate_sampler(bundle, samples_per_prompt: int = 4, steps: int = 30, cfg_s
                      categories: Sequence[str] | None = None) -> tuple[list[SampleResult], np.ndarray]:
     """Sample every prompt ``samples_per_prompt`` times with a loaded model and score the images.
 
-    ``bundle`` is a ``train.sampling.SamplingBundle`` (``load_for_sampling(path)``). Each sample's
+    ``bundle`` is a ``train.inference.SamplingBundle`` (``load_for_sampling(path)``). Each sample's
     initial noise is seeded by (seed, prompt, sample), so scores do not depend on ``batch``.
     ``categories`` restricts the prompts (e.g. ``("single_object", "colours")``).
     Returns ``(results, images)`` with images uint8 (N, H, W, 3) in the results' order.
@@ -235,7 +235,7 @@ def evaluate_checkpoint(spec: str | Path, samples_per_prompt: int = 4, steps: in
     makes the score reproducible (samples, steps, CFG, seed, sampler, EMA, the checkpoint and its
     weights' hash, the detector's hash). ``cfg_scale`` defaults to the stage's ``sample_cfg_scale``.
     """
-    from ..train.sampling import load_for_sampling
+    from ..train.inference import load_for_sampling
 
     t0 = time.perf_counter()
     bundle = load_for_sampling(spec, use_ema=use_ema, device=device)
@@ -268,7 +268,7 @@ def trainer_evaluator(samples_per_prompt: int | None = None, steps: int = 20, se
     cache = {}
 
     def evaluate(trainer) -> dict:
-        from ..train.sampling import bundle_for_trainer
+        from ..train.inference import bundle_for_trainer
 
         if "bundle" not in cache:
             cache["bundle"] = bundle_for_trainer(trainer)

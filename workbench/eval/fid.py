@@ -281,7 +281,7 @@ def evaluate_fid_checkpoint(spec: str | Path, samples: int = 500, steps: int = 3
     Returns ``{"metric", "value", "protocol", "seconds"}``. The metric is the FID-proxy unless
     ``inception_weights`` is given.
     """
-    from ..train.sampling import load_for_sampling
+    from ..train.inference import load_for_sampling
 
     t0 = time.perf_counter()
     bundle = load_for_sampling(spec, use_ema=use_ema, device=device)

@@ -100,7 +100,7 @@ def heldout_loss(checkpoint: str | Path, data: str | Path | None = None, use_ema
     ``data``: a prepared validation set; by default the shapes val split prepared with the checkpoint's own
     codec and text encoder (``val_data``, cached), so the loss is on the same kind of latents it trained on.
     """
-    from ..train.sampling import load_for_sampling
+    from ..train.inference import load_for_sampling
 
     bundle = load_for_sampling(checkpoint, use_ema=use_ema, device=device)
     if data is None:

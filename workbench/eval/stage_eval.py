@@ -51,7 +51,7 @@ def evaluate_stage(stage_dir: str | Path, samples_per_prompt: int = 4, steps: in
     ``fid_samples`` images of val-split captions give the FID-proxy (0 skips it). Nothing is
     sampled again when the saved file has the same protocol and weights, unless ``force``.
     """
-    from ..train.sampling import load_for_sampling
+    from ..train.inference import load_for_sampling
     from .compositional import detector_hash
     from .fid import PROXY_LABEL, add_generated, fid_proxy_metric
 

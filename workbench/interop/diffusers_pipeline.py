@@ -141,7 +141,7 @@ def export_pipeline(spec: str | Path, out: str | Path, use_ema: bool = True) -> 
     The text encoder and codec are the ones the checkpoint records (``load_for_sampling``); the
     scheduler is ``MicroDiTHeunScheduler`` with the stage's σ_data. Returns ``out``.
     """
-    from ..train.sampling import load_for_sampling
+    from ..train.inference import load_for_sampling
 
     bundle = load_for_sampling(spec, use_ema=use_ema, device="cpu")
     encoder, edm = bundle.text_encoder, bundle.edm

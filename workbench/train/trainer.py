@@ -37,7 +37,7 @@ from .lock import StageLock
 from .monitor import MetricsLog, PromptGrid
 from .noise import draw_sample_noise
 from .resume import applied_line, check_resume, resumable_checkpoint
-from .sampling import sampling_record
+from .inference import sampling_record
 from .stage_folder import clear_outputs, samples_path, stopped_line
 from .stages import Stage, check_stage, ema_decay_at, lr_factor
 

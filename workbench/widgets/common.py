@@ -73,7 +73,7 @@ def open_checkpoint(spec, text_encoder=None, codec=None, vae=None, use_ema: bool
     A text encoder or codec given as an object is kept; given as a path (``"vae:PATH"`` for the codec,
     or ``vae=PATH``) it replaces the recorded one; None takes the checkpoint's own.
     """
-    from ..train.sampling import load_for_sampling
+    from ..train.inference import load_for_sampling
 
     vae = vae or (codec[4:] if isinstance(codec, str) and codec.startswith("vae:") else None)
     bundle = load_for_sampling(spec, use_ema=use_ema, device="cpu", vae=vae,

@@ -37,7 +37,7 @@ class SamplerPanel(DisplayMixin):
     """Interactive sampling from a MicroDiT or a checkpoint.
 
     Args:
-        model_or_checkpoint: a ``MicroDiT``, or a checkpoint / stage folder (``train.sampling.load_for_sampling``;
+        model_or_checkpoint: a ``MicroDiT``, or a checkpoint / stage folder (``train.inference.load_for_sampling``;
             its text encoder and codec then default to the ones it records).
         text_encoder: None (the default above, or the embedded MiniLM-L6 for a bare model), a
             ``TextEncoder`` or folder path, or False for all-zero captions.

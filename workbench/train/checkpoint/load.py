@@ -124,10 +124,14 @@ def has_ema(path: str | Path) -> bool:
     return EMA_FILE in read_manifest(resolve_checkpoint(path))["files"]
 
 
-def load_model(path: str | Path, *, ema: bool = False, cls: type | None = None) -> torch.nn.Module:
-    """Build a model from a checkpoint's saved config and load its (EMA) weights; eval mode.
+def load_model(path: str | Path, *, ema: bool | None = None, cls: type | None = None) -> torch.nn.Module:
+    """The one way to build a model from a checkpoint: its saved config, its (EMA) weights; eval mode.
 
-    ``cls`` defaults to :class:`workbench.model.MicroDiT`.
+    ``path`` is a ``step_NNNNNNN`` folder or a stage folder (its newest checkpoint). ``ema``: None takes
+    the EMA weights when the checkpoint has them, True requires them, False takes the raw weights.
+    ``cls`` defaults to :class:`workbench.model.MicroDiT`::
+
+        model = load_model("runs/demo/stage4")            # EMA weights when kept
     """
     path = resolve_checkpoint(path)
     config = read_config(path).get("model")
@@ -137,7 +141,7 @@ def load_model(path: str | Path, *, ema: bool = False, cls: type | None = None) 
     if cls is None:
         from workbench.model import MicroDiT as cls
     model = cls(**config)
-    load_model_weights(path, model, ema=ema)
+    load_model_weights(path, model, ema=has_ema(path) if ema is None else ema)
     return model.eval()
 
 
@@ -157,8 +161,7 @@ def check_model_config(path: str | Path, model: torch.nn.Module, *, strict: bool
         return
     message = (f"checkpoint {path} was saved from a model with another config "
                f"({format_diff(diff, 'checkpoint', 'model')}). Build the model "
-               f"from the checkpoint's config (workbench.train.checkpoint.load_model({str(path)!r}), or "
-               f"MicroDiT(**read_config(path)['model'])), or pass ignore_fields=[...] for fields that do not "
+               f"from the checkpoint's config (workbench.train.checkpoint.load_model({str(path)!r})), or pass ignore_fields=[...] for fields that do not "
                f"change the weights (e.g. sample_size, pos_interp_scale)")
     if strict:
         raise ValueError(message)

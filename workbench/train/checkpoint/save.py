@@ -40,7 +40,7 @@ def save_checkpoint(root: str | Path, step: int, *, model: torch.nn.Module, opti
         state: the :class:`TrainingState` (step, RNG, loader position, counters).
         stage_config: a JSON-able dict of the stage config (paths and dataclasses are converted).
         sampling: what sampling needs (codec, text encoder, σ_data, resolution, prompts; see
-            ``train.sampling.sampling_record``), so the checkpoint samples without its training data.
+            ``train.inference.sampling_record``), so the checkpoint samples without its training data.
         final: mark the stage's final checkpoint; retention never deletes it.
         keep_last: the retention this checkpoint is written under, for the advice of a full-disk error.
 

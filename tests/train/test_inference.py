@@ -8,7 +8,7 @@ import pytest
 
 from workbench.train import Trainer
 from workbench.train import checkpoint as ckpt
-from workbench.train.sampling import load_for_sampling, sample_checkpoint
+from workbench.train.inference import load_for_sampling, sample_checkpoint
 
 
 def test_a_checkpoint_samples_from_another_folder_with_its_training_data_deleted(make_stage, shapes_data, tmp_path,
@@ -92,7 +92,7 @@ def rewrite_config(path, config):
 
 
 def test_an_export_for_sampling_is_slim_half_precision_and_samples_like_the_checkpoint(make_stage, tmp_path):
-    from workbench.train.sampling import export_for_sampling
+    from workbench.train.inference import export_for_sampling
 
     stage = make_stage(steps=2, ema_decay=0.9)
     Trainer(stage, progress=False).run()
@@ -131,7 +131,7 @@ def test_a_16_channel_vae_like_the_ostris_one_trains_and_samples(tmp_path, one_t
 
 
 def test_a_checkpoint_saved_before_newer_model_fields_loads_and_samples_identically(make_stage, tmp_path):
-    from workbench.train.sampling import REFERENCE_DIR
+    from workbench.train.inference import REFERENCE_DIR
 
     old = tmp_path / "reference_before"
     shutil.copytree(REFERENCE_DIR, old)

@@ -155,8 +155,7 @@ def export_for_sampling(spec: str | Path, out: str | Path, use_ema: bool = True,
     path = ckpt.resolve_checkpoint(spec)
     config = ckpt.read_config(path)
     ema = use_ema and ckpt.has_ema(path)
-    model = MicroDiT(**config["model"])
-    ckpt.load_model_weights(path, model, ema=ema)
+    model = ckpt.load_model(path, ema=ema)
     if half:
         model = model.half()
     out = Path(out)
@@ -211,9 +210,7 @@ def load_for_sampling(spec: str | Path, use_ema: bool = True, device: str | torc
         raise FileNotFoundError(f"{err}. This checkpoint's text encoder is missing here: pass its folder with "
                                 f"text_encoder='/models/text-encoder'") from err
     ema = use_ema and ckpt.has_ema(path)
-    model = MicroDiT(**config["model"])
-    ckpt.load_model_weights(path, model, ema=ema)             # fp16 weights (an export) load into fp32
-    model = model.eval().to(device or default_device())
+    model = ckpt.load_model(path, ema=ema).to(device or default_device())   # an export's fp16 weights into fp32
     resolution = record.get("resolution") or model.arch.sample_size * codec.downsample
     return SamplingBundle(model=model, codec=codec, text_encoder=encoder, edm=EDMConfig(sigma_data=record["sigma_data"]),
                           resolution=int(resolution), checkpoint=path, ema=ema,
@@ -232,14 +229,6 @@ def bundle_for_trainer(trainer) -> SamplingBundle:
                           resolution=stage.resolution, checkpoint=None, ema=trainer.ema is not None,
                           default_prompts=list(stage.sample_prompts), default_cfg_scale=stage.sample_cfg_scale,
                           default_steps=stage.sample_steps)
-
-
-def load_checkpoint_model(spec: str | Path, use_ema: bool = True) -> MicroDiT:
-    """Only the model of a checkpoint (or of a stage folder's newest checkpoint), in eval mode."""
-    path = ckpt.resolve_checkpoint(spec)
-    model = MicroDiT(**ckpt.read_config(path)["model"])
-    ckpt.load_model_weights(path, model, ema=use_ema and ckpt.has_ema(path))
-    return model.eval()
 
 
 def sample_checkpoint(spec: str | Path, prompts: list[str], out: str | Path = "samples.png", steps: int = 30,
