@@ -16,8 +16,12 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
+import torch
+
+from ..config import RESOLUTION_FIELDS, architecture_diff, format_diff, to_dict
 from ..errors import WorkbenchError
 from . import checkpoint as ckpt
+from .stages import lr_factor
 
 # take effect from the resumed step on (``steps`` also re-spans a cosine schedule, so its LR changes from there);
 # micro_batch is not here: the data loader's saved position is counted in micro-batches
@@ -101,3 +105,38 @@ def resumable_checkpoint(root: Path, load: Callable[[Path], object]):
         raise WorkbenchError(f"every checkpoint in {root} is unusable ({listed}); nothing was overwritten. Start over "
                              f"on purpose with fresh=True (--fresh) or another run name, or restore a good copy")
     return None, None
+
+
+def resumed_lines(stage, path: Path, step: int, applied: list[tuple]) -> str:
+    """What resuming says: one line (two with applied changes): resuming, finished, or past the stage's steps."""
+    name = f"{stage.run}/{stage.name}"
+    if step > stage.steps:
+        return (f"{name}: already at step {step}, past steps={stage.steps}: nothing to do ({path}); "
+                f"to train a shorter stage, use another run name or fresh=True (--fresh)")
+    doing = "finished" if step == stage.steps else "resuming"
+    line = applied_line(stage, applied)
+    return ((line + "\n") if line else "") + (f"{name}: {doing} at step {step} of {stage.steps} from {path} "
+                                              "(fresh=True or another run name starts over)")
+
+
+def start_from(stage, model: torch.nn.Module, ema: torch.nn.Module | None, optimizer) -> dict:
+    """``Stage.init_from``: another stage's weights (+EMA), and its optimiser state in ``full`` mode.
+
+    Refuses another architecture (resolution fields aside: a 256 px stage may start a 512 px one).
+    """
+    path = ckpt.resolve_checkpoint(stage.init_from)
+    saved = ckpt.read_config(path)["model"]
+    diff = architecture_diff(saved, to_dict(model.arch))
+    if diff:
+        raise ValueError(f"init_from {path} has another architecture ({format_diff(diff, 'checkpoint', 'stage')}); "
+                         f"use the same model preset and overrides as the stage it comes from")
+    ckpt.load_model_weights(path, model, ignore_fields=RESOLUTION_FIELDS)
+    if ema is not None:
+        ckpt.load_model_weights(path, ema, ema=ckpt.has_ema(path), ignore_fields=RESOLUTION_FIELDS)
+    if stage.init_mode == "full":
+        ckpt.load_optimizer_state(path, optimizer)      # moments and step counts; it also restores the
+        for group in optimizer.param_groups:            # old stage's settings: use this stage's instead
+            base = stage.lr * (stage.moe_lr_scale if group.get("name") == "moe" else 1.0)
+            group.update(initial_lr=base, lr=base * lr_factor(0, stage), betas=stage.betas,
+                         weight_decay=stage.weight_decay)
+    return {"path": str(path), "mode": stage.init_mode}

@@ -13,6 +13,7 @@ over processes and micro-batches, and a resumed run repeats the uninterrupted on
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import threading
 import time
@@ -24,7 +25,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from ..config import RESOLUTION_FIELDS, architecture_diff, format_diff, to_dict
+from ..config import to_dict
 from ..data.loader import PreparedLoader
 from ..diffusion import EDMLoss, loss_per_sigma_bin
 from ..errors import out_of_memory, writing
@@ -36,7 +37,7 @@ from .interrupt import StopOnInterrupt
 from .lock import StageLock
 from .monitor import MetricsLog, PromptGrid
 from .noise import draw_sample_noise
-from .resume import applied_line, check_resume, resumable_checkpoint
+from .resume import check_resume, resumable_checkpoint, resumed_lines, start_from
 from .inference import sampling_record
 from .stage_folder import clear_outputs, samples_path, stopped_line
 from .stages import Stage, check_stage, ema_decay_at, lr_factor
@@ -102,12 +103,24 @@ class Trainer:
         set_seed(stage.seed)
         self._lock = None
 
-        model = MicroDiT.from_preset(stage.model, **stage.model_overrides)
         self.edm = stage.edm
         self.loss_fn = EDMLoss(self.edm)
-        self.ema = None
-        if stage.ema_decay > 0:
-            self.ema = copy.deepcopy(model).requires_grad_(False).eval()
+        self._build_model_and_optimizer()
+        self.grid = PromptGrid(self.info, stage.sample_prompts, stage.sample_steps, stage.sample_cfg_scale, seed=stage.seed,
+                               edm=self.edm, resolution=stage.resolution)
+        if acc.is_main_process:                 # validated: from here on this Trainer writes the stage folder
+            self._lock = StageLock.acquire(stage.stage_dir, owner=self)        # one writer, for the Trainer's life
+        try:
+            self._open_stage_folder(resume, fresh)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build_model_and_optimizer(self) -> None:
+        """The model (+EMA, +REPA), AdamW and its schedule, the loader; ``init_from``; accelerate's wrappers."""
+        stage, acc = self.stage, self.accelerator
+        model = MicroDiT.from_preset(stage.model, **stage.model_overrides)
+        self.ema = copy.deepcopy(model).requires_grad_(False).eval() if stage.ema_decay > 0 else None
         self.repa = None
         if stage.repa_weight > 0:
             from .repa import build_repa
@@ -119,7 +132,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, stage))
         self.loader = PreparedLoader(stage.data, stage.resolution, stage.micro_batch, seed=stage.seed,
                                      device=acc.device, rank=acc.process_index, world_size=acc.num_processes)
-        self.init_info = self._init_from(model, optimizer) if stage.init_from else None
+        self.init_info = start_from(stage, model, self.ema, optimizer) if stage.init_from else None
         if self.repa is not None:
             self.repa.to(acc.device)
         self.model, self.optimizer = acc.prepare(model, optimizer)
@@ -127,29 +140,25 @@ class Trainer:
             self.ema.to(acc.device)
         if stage.compile:
             self.model = torch.compile(self.model)
-        self.grid = PromptGrid(self.info, stage.sample_prompts, stage.sample_steps, stage.sample_cfg_scale, seed=stage.seed,
-                               edm=self.edm, resolution=stage.resolution)
-        if acc.is_main_process:                 # validated: from here on this Trainer writes the stage folder
-            self._lock = StageLock.acquire(stage.stage_dir, owner=self)        # one writer, for the Trainer's life
-        try:
-            if acc.is_main_process:
-                ckpt.remove_stale_temps(stage.checkpoint_dir)                   # half-written by dead writers
-                removed = clear_outputs(stage) if fresh else []     # only what the workbench wrote there
-                if removed:
-                    print(f"{stage.run}/{stage.name}: starting over (fresh=True removed {', '.join(removed)} "
-                          f"in {stage.stage_dir})", flush=True)
-            acc.wait_for_everyone()
-            self.metrics = MetricsLog(stage.stage_dir / "metrics.jsonl")
-            self.resumed_from = self._resume(resume)
-            if acc.is_main_process and not self.past_steps:     # a stage past its steps records nothing new
-                with writing("stage.yaml", stage.stage_dir):
-                    stage.to_yaml(stage.stage_dir / "stage.yaml")
-            if stage.tensorboard:
-                acc.init_trackers(stage.run, config={k: v for k, v in stage.to_dict().items()
-                                                     if isinstance(v, (int, float, str, bool))})
-        except BaseException:
-            self.close()
-            raise
+
+    def _open_stage_folder(self, resume, fresh: bool) -> None:
+        """Temp folders of dead writers removed, ``fresh``'s deletions, the metrics log, resume, stage.yaml."""
+        stage, acc = self.stage, self.accelerator
+        if acc.is_main_process:
+            ckpt.remove_stale_temps(stage.checkpoint_dir)                   # half-written by dead writers
+            removed = clear_outputs(stage) if fresh else []     # only what the workbench wrote there
+            if removed:
+                print(f"{stage.run}/{stage.name}: starting over (fresh=True removed {', '.join(removed)} "
+                      f"in {stage.stage_dir})", flush=True)
+        acc.wait_for_everyone()
+        self.metrics = MetricsLog(stage.stage_dir / "metrics.jsonl")
+        self.resumed_from = self._resume(resume)
+        if acc.is_main_process and not self.past_steps:     # a stage past its steps records nothing new
+            with writing("stage.yaml", stage.stage_dir):
+                stage.to_yaml(stage.stage_dir / "stage.yaml")
+        if stage.tensorboard:
+            acc.init_trackers(stage.run, config={k: v for k, v in stage.to_dict().items()
+                                                 if isinstance(v, (int, float, str, bool))})
 
     # ------------------------------------------------------------------ set-up
     def param_groups(self, model: MicroDiT) -> list[dict]:
@@ -164,25 +173,6 @@ class Trainer:
         if self.repa is not None:
             groups.append({"params": list(self.repa.projector.parameters()), "name": "repa"})
         return groups
-
-    def _init_from(self, model: MicroDiT, optimizer) -> dict:
-        """Start from another stage's checkpoint: weights (+EMA), and the optimiser state in ``full`` mode."""
-        path = ckpt.resolve_checkpoint(self.stage.init_from)
-        saved = ckpt.read_config(path)["model"]
-        diff = architecture_diff(saved, to_dict(model.arch))
-        if diff:
-            raise ValueError(f"init_from {path} has another architecture ({format_diff(diff, 'checkpoint', 'stage')}); "
-                             f"use the same model preset and overrides as the stage it comes from")
-        ckpt.load_model_weights(path, model, ignore_fields=RESOLUTION_FIELDS)
-        if self.ema is not None:
-            ckpt.load_model_weights(path, self.ema, ema=ckpt.has_ema(path), ignore_fields=RESOLUTION_FIELDS)
-        if self.stage.init_mode == "full":
-            ckpt.load_optimizer_state(path, optimizer)      # moments and step counts; it also restores the
-            for group in optimizer.param_groups:            # old stage's settings: use this stage's instead
-                base = self.stage.lr * (self.stage.moe_lr_scale if group.get("name") == "moe" else 1.0)
-                group.update(initial_lr=base, lr=base * lr_factor(0, self.stage), betas=self.stage.betas,
-                             weight_decay=self.stage.weight_decay)
-        return {"path": str(path), "mode": self.stage.init_mode}
 
     def _resume(self, resume) -> str | None:
         root = self.stage.checkpoint_dir
@@ -221,21 +211,8 @@ class Trainer:
         self.history = [r for r in self.metrics.read() if r.get("step", 0) <= state.step]
         if self.accelerator.is_main_process:
             self.metrics.truncate_after(state.step)
-            self._say_resumed(path, state.step, applied[path])
+            print(resumed_lines(self.stage, path, state.step, applied[path]), flush=True)
         return str(path)
-
-    def _say_resumed(self, path: Path, step: int, applied: list[tuple]) -> None:
-        """One line (two with applied changes): resuming, finished, or past the stage's steps."""
-        name = f"{self.stage.run}/{self.stage.name}"
-        if step > self.stage.steps:
-            print(f"{name}: already at step {step}, past steps={self.stage.steps}: nothing to do ({path}); "
-                  f"to train a shorter stage, use another run name or fresh=True (--fresh)", flush=True)
-            return
-        if line := applied_line(self.stage, applied):
-            print(line, flush=True)
-        doing = "finished" if step == self.stage.steps else "resuming"
-        print(f"{name}: {doing} at step {step} of {self.stage.steps} from {path} "
-              f"(fresh=True or another run name starts over)", flush=True)
 
     # ------------------------------------------------------------------ training
     @property
@@ -250,53 +227,79 @@ class Trainer:
 
     def step(self) -> dict:
         """One optimiser step over ``global_batch`` samples; returns its metrics."""
-        acc, stage, model = self.accelerator, self.stage, self.model
+        acc, stage = self.accelerator, self.stage
         start = time.perf_counter()
         batches = self._batches()
-        per_sample, sigmas, repa_losses = [], [], []
-        model.train()
-        for i, batch in enumerate(batches):
-            c, h, w = batch.latents.shape[1:]
-            tokens = (h // self._patch) * (w // self._patch)
-            sigma, noise, mask_noise, drop = draw_sample_noise(batch.indices, self.step_count, stage, self.edm, (c, h, w),
-                                                               tokens)
-            caption, caption_mask = batch.caption_emb, batch.caption_mask
-            if not self.raw_model.arch.caption_mask_compat:     # same loss, less work: see trim_caption_padding
-                caption, caption_mask = trim_caption_padding(caption, caption_mask)
-            if drop.any():
-                null, null_mask = null_caption(caption, caption_mask)
-                d = drop.to(caption.device)
-                caption = torch.where(d[:, None, None], null, caption)                 # (B, L, D)
-                caption_mask = torch.where(d[:, None], null_mask, caption_mask)       # (B, L)
-            sync = acc.no_sync(model) if i < len(batches) - 1 and acc.num_processes > 1 else nullcontext()
-            with sync, acc.autocast():
-                out = self.loss_fn(model, batch.latents, caption, caption_mask, stage.mask_ratio,
-                                   sigma=sigma.to(acc.device), noise=noise.to(acc.device),
-                                   mask_noise=mask_noise.to(acc.device))
-                total = out.loss
-                if self.repa is not None:
-                    repa = self.repa.per_sample_loss(batch.latents, stage.mask_ratio, mask_noise.to(acc.device))
-                    repa_losses.append(repa.detach())
-                    total = total + stage.repa_weight * repa.mean()
-                acc.backward(total / len(batches))
-            per_sample.append(out.per_sample.detach())
-            sigmas.append(out.sigma.detach())
+        self.model.train()
+        outs = [self._forward_backward(batch, len(batches), last=i == len(batches) - 1)
+                for i, batch in enumerate(batches)]
         grad_norm = acc.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
                                         stage.grad_clip if stage.grad_clip > 0 else float("inf"))
         grad_norm = float(grad_norm)
-        losses = acc.gather(torch.cat(per_sample))                                       # (global_batch,)
-        all_sigmas = acc.gather(torch.cat(sigmas))                                       # (global_batch,)
+        losses = acc.gather(torch.cat([out.per_sample for out, _ in outs]))               # (global_batch,)
+        all_sigmas = acc.gather(torch.cat([out.sigma for out, _ in outs]))                # (global_batch,)
         loss = losses.float().mean().item()
-        finite = math.isfinite(grad_norm) and math.isfinite(loss)
-        if finite or acc.scaler is not None:    # fp16: on a non-finite step the GradScaler skips the update
-            self.optimizer.step()               # itself and lowers its scale (without this it never drops)
+        lr = self._update(finite=math.isfinite(grad_norm) and math.isfinite(loss))
+        elapsed = time.perf_counter() - start
+        metrics = {"step": self.step_count, "loss": loss, "lr": lr,
+                   "grad_norm": grad_norm, "img_per_s": stage.global_batch / elapsed, "mask_ratio": stage.mask_ratio,
+                   "nonfinite_steps": self.nonfinite_total,
+                   "loss_per_sigma": loss_per_sigma_bin(losses, all_sigmas)}
+        if self.repa is not None:
+            metrics["repa_loss"] = acc.gather(torch.cat([repa for _, repa in outs])).float().mean().item()
+        self.history.append(metrics)
+        return metrics
+
+    def _forward_backward(self, batch, micro_batches: int, *, last: bool) -> tuple:
+        """One micro-batch: its noise, the caption (dropped for CFG), the loss and its gradient.
+
+        Returns the detached ``LossOutput`` and the per-sample REPA loss (None without REPA). Gradients
+        are only all-reduced on the ``last`` micro-batch of a step.
+        """
+        acc, stage, model = self.accelerator, self.stage, self.model
+        c, h, w = batch.latents.shape[1:]
+        tokens = (h // self._patch) * (w // self._patch)
+        sigma, noise, mask_noise, drop = draw_sample_noise(batch.indices, self.step_count, stage, self.edm, (c, h, w),
+                                                           tokens)
+        caption, caption_mask = batch.caption_emb, batch.caption_mask
+        if not self.raw_model.arch.caption_mask_compat:     # same loss, less work: see trim_caption_padding
+            caption, caption_mask = trim_caption_padding(caption, caption_mask)
+        if drop.any():
+            null, null_mask = null_caption(caption, caption_mask)
+            d = drop.to(caption.device)
+            caption = torch.where(d[:, None, None], null, caption)                 # (B, L, D)
+            caption_mask = torch.where(d[:, None], null_mask, caption_mask)       # (B, L)
+        sync = acc.no_sync(model) if not last and acc.num_processes > 1 else nullcontext()
+        repa = None
+        with sync, acc.autocast():
+            out = self.loss_fn(model, batch.latents, caption, caption_mask, stage.mask_ratio,
+                               sigma=sigma.to(acc.device), noise=noise.to(acc.device),
+                               mask_noise=mask_noise.to(acc.device))
+            total = out.loss
+            if self.repa is not None:
+                repa = self.repa.per_sample_loss(batch.latents, stage.mask_ratio, mask_noise.to(acc.device))
+                total = total + stage.repa_weight * repa.mean()
+            acc.backward(total / micro_batches)
+        detached = dataclasses.replace(out, loss=out.loss.detach(), per_sample=out.per_sample.detach(),
+                                       sigma=out.sigma.detach())
+        return detached, None if repa is None else repa.detach()
+
+    def _update(self, *, finite: bool) -> float:
+        """The optimiser, schedule and EMA updates after the backward passes; returns the LR this step used.
+
+        A non-finite step updates nothing (fp16 aside: its GradScaler skips the update itself and lowers
+        its scale); ``max_nonfinite`` of them in a row raise ``TrainingDiverged``.
+        """
+        stage = self.stage
+        if finite or self.accelerator.scaler is not None:
+            self.optimizer.step()
         if finite:
             self.nonfinite_streak = 0
         else:
             self.nonfinite_total += 1
             self.nonfinite_streak += 1
         self.optimizer.zero_grad(set_to_none=True)
-        lr = self.scheduler.get_last_lr()[0]                                             # the LR this step used
+        lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         self.step_count += 1
         if finite:
@@ -306,15 +309,7 @@ class Trainer:
                 f"{self.nonfinite_streak} consecutive steps had a non-finite loss or gradient (last at step "
                 f"{self.step_count}); the last good checkpoint in {stage.checkpoint_dir} is intact. Lower the LR, "
                 f"raise warmup_steps or use grad_clip")
-        elapsed = time.perf_counter() - start
-        metrics = {"step": self.step_count, "loss": loss, "lr": lr,
-                   "grad_norm": grad_norm, "img_per_s": stage.global_batch / elapsed, "mask_ratio": stage.mask_ratio,
-                   "nonfinite_steps": self.nonfinite_total,
-                   "loss_per_sigma": loss_per_sigma_bin(losses, all_sigmas)}
-        if repa_losses:
-            metrics["repa_loss"] = acc.gather(torch.cat(repa_losses)).float().mean().item()
-        self.history.append(metrics)
-        return metrics
+        return lr
 
     @property
     def raw_model(self) -> MicroDiT:
