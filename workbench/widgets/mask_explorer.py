@@ -100,8 +100,6 @@ class MaskExplorer(DisplayMixin):
     def __init__(self, model, image=None, text_encoder=None, caption: str | None = None, *, codec=None,
                  resolution: int | None = None, mask_ratio: float = 0.75, sigma: float = 1.0, seed: int = 0,
                  sigma_data: float | None = None, scene: int = 0):
-        import ipywidgets as W
-
         self.checkpoint = None
         if isinstance(model, (str, os.PathLike)):
             parts = open_checkpoint(model, text_encoder, codec)
@@ -121,6 +119,17 @@ class MaskExplorer(DisplayMixin):
             raise ValueError(f"resolution {self.resolution} is not a multiple of the patch side in pixels "
                              f"({model.config.patch_size} x downsample {down} = {self.patch_px})")
 
+        caption = self._load_image(image, caption, scene)
+        self._build_widgets(mask_ratio, sigma, seed, caption)
+        self._embed(caption)
+        self.mask_ratio.observe(self._on_change, names="value")
+        self.sigma.observe(self._on_change, names="value")
+        self.seed.observe(self._on_change, names="value")
+        self.caption_text.observe(self._on_caption, names="value")
+        self.update()
+
+    def _load_image(self, image, caption: str | None, scene: int) -> str:
+        """The image (a validation scene when None) in pixels and latents; returns the caption to show."""
         if image is None:
             from ..data.shapes import shapes_arrays
 
@@ -131,9 +140,14 @@ class MaskExplorer(DisplayMixin):
             self.pixels = load_image(image, self.resolution)                     # (R, R, 3) uint8
             caption = "" if caption is None else caption
         self.x0 = self.codec.encode(self.pixels[None]).float().to(self.device)   # (1, C, h, w)
-        p = model.config.patch_size
+        p = self.model.config.patch_size
         self.num_tokens = (self.x0.shape[-2] // p) * (self.x0.shape[-1] // p)                # T
         self.scale = display_scale(self.resolution)
+        return caption
+
+    def _build_widgets(self, mask_ratio: float, sigma: float, seed: int, caption: str) -> None:
+        """The sliders, the caption box and the five image panels (``self.widget``)."""
+        import ipywidgets as W
 
         # ------------------------------------------------------------ controls
         lo, hi = (math.log10(s) for s in SIGMA_RANGE)
@@ -147,9 +161,8 @@ class MaskExplorer(DisplayMixin):
                                    layout=W.Layout(width="28em"))
         # ------------------------------------------------------------ outputs
         image_layout = W.Layout(width=f"{max(128, self.resolution * self.scale)}px")
-        make = lambda: W.Image(format="png", layout=image_layout)  # noqa: E731
-        self.image_view, self.patch_view, self.noisy_view = make(), make(), make()
-        self.unmasked_view, self.masked_view = make(), make()
+        self.image_view, self.patch_view, self.noisy_view, self.unmasked_view, self.masked_view = (
+            W.Image(format="png", layout=image_layout) for _ in range(5))
         self.image_view.value = png_bytes(self.pixels, self.scale)
         self.info = W.HTML()
         panels = [(self.image_view, "image"), (self.patch_view, "kept / dropped patches"),
@@ -163,13 +176,6 @@ class MaskExplorer(DisplayMixin):
                     for view, title in panels]),
             self.info,
         ])
-
-        self._embed(caption)
-        self.mask_ratio.observe(self._on_change, names="value")
-        self.sigma.observe(self._on_change, names="value")
-        self.seed.observe(self._on_change, names="value")
-        self.caption_text.observe(self._on_caption, names="value")
-        self.update()
 
     # ---------------------------------------------------------------- callbacks
     def _embed(self, caption: str) -> None:
