@@ -94,6 +94,20 @@ def step_complete(step: Step, state: PipelineState) -> tuple[bool, str]:
     return True, "complete"
 
 
+def refuse_changed_steps(config: PipelineConfig, steps: list[Step], state: PipelineState) -> None:
+    """A complete prepare or train step whose parameters changed would mix two recipes in one run: refused."""
+    changed = [(s, state.steps[s.key]) for s in steps
+               if s.kind not in RERUN_KINDS and state.steps.get(s.key, {}).get("status") == "complete"
+               and state.steps[s.key].get("fingerprint") != s.fingerprint]
+    if changed:
+        step, entry = changed[0]
+        diffs = [k for k in set(step.parameters) | set(entry.get("parameters", {}))
+                 if k not in UNFINGERPRINTED and step.parameters.get(k) != entry.get("parameters", {}).get(k)]
+        raise PipelineConfigError(
+            f"{step.key}: already complete in {config.run_dir} with other parameters ({', '.join(sorted(diffs))}); "
+            f"choose another run name (--set run=NAME) or delete {config.run_dir} to start again")
+
+
 @dataclass
 class PipelineResult:
     run_dir: Path
@@ -117,16 +131,7 @@ def run_pipeline(config: PipelineConfig, *, stream: bool = True, printer: Callab
     workdir = Path(workdir or os.getcwd()).resolve()
     steps = plan_steps(config, workdir)
     state = PipelineState(config.run_dir)
-    changed = [(s, state.steps[s.key]) for s in steps
-               if s.kind not in RERUN_KINDS and state.steps.get(s.key, {}).get("status") == "complete"
-               and state.steps[s.key].get("fingerprint") != s.fingerprint]
-    if changed:
-        step, entry = changed[0]
-        diffs = [k for k in set(step.parameters) | set(entry.get("parameters", {}))
-                 if k not in UNFINGERPRINTED and step.parameters.get(k) != entry.get("parameters", {}).get(k)]
-        raise PipelineConfigError(
-            f"{step.key}: already complete in {config.run_dir} with other parameters ({', '.join(sorted(diffs))}); "
-            f"choose another run name (--set run=NAME) or delete {config.run_dir} to start again")
+    refuse_changed_steps(config, steps, state)
     config.run_dir.mkdir(parents=True, exist_ok=True)
     (config.run_dir / "pipeline.yaml").write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
 
