@@ -22,8 +22,8 @@ def layer_norm(dim: int, eps: float, affine: bool = True) -> nn.LayerNorm:
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN modulation: (B, T, D) * (1 + scale) + shift with (B, D) shift and scale."""
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+    """adaLN modulation: (B, T, D) * (1 + scale) + shift with (B, 1, D) shift and scale."""
+    return x * (1 + scale) + shift
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -76,9 +76,13 @@ class Attention(nn.Module):
             k, v = self.kv(context).chunk(2, dim=-1)        # (B, L, I) each
         else:
             q, k, v = self.qkv(x).chunk(3, dim=-1)          # (B, N, I) each
-        q, k = self.q_norm(q).to(v.dtype), self.k_norm(k).to(v.dtype)
-        split = lambda t: t.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)  # noqa: E731 (B, H, N, hd)
-        return split(q), split(k), split(v)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if q.dtype != v.dtype:                              # autocast: the norms run in fp32
+            q, k = q.to(v.dtype), k.to(v.dtype)
+        return self._split(q), self._split(k), self._split(v)
+
+    def _split(self, t: torch.Tensor) -> torch.Tensor:
+        return t.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)        # (B, N, I) -> (B, H, N, hd)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 key_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -134,10 +138,11 @@ class DiTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, context: torch.Tensor,
                 context_mask: torch.Tensor | None = None) -> torch.Tensor:
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaln(F.gelu(c, approximate="tanh")).chunk(6, dim=1)  # (B, D) each
-        x = x + gate1.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift1, scale1))          # (B, T, D)
+        modulation = self.adaln(F.gelu(c, approximate="tanh"))[:, None]                          # (B, 1, 6D)
+        shift1, scale1, gate1, shift2, scale2, gate2 = modulation.chunk(6, dim=-1)               # (B, 1, D) each
+        x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1))                       # (B, T, D)
         x = x + self.cross_attn(self.norm2(x), context, key_mask=context_mask)                  # (B, T, D)
-        return x + gate2.unsqueeze(1) * self.ffn(modulate(self.norm3(x), shift2, scale2))       # (B, T, D)
+        return x + gate2 * self.ffn(modulate(self.norm3(x), shift2, scale2))                    # (B, T, D)
 
 
 class FinalLayer(nn.Module):
@@ -150,5 +155,5 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(width, out_dim)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaln(F.gelu(c, approximate="tanh")).chunk(2, dim=1)  # (B, D) each
+        shift, scale = self.adaln(F.gelu(c, approximate="tanh"))[:, None].chunk(2, dim=-1)  # (B, 1, D) each
         return self.linear(modulate(self.norm(x), shift, scale))                  # (B, T, p*p*C)
