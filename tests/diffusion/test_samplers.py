@@ -248,7 +248,8 @@ def test_edm_stochastic_samples_have_the_data_std():
 
 
 def test_edm_stochastic_without_churn_is_the_heun_sampler_exactly():
-    noise, sigmas = torch.randn(50, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64), karras_sigmas(9)
+    noise = torch.randn(50, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    sigmas = karras_sigmas(9)
     heun = sample_heun(gaussian_denoiser(), noise * 80, sigmas)
     assert torch.equal(sample_edm_stochastic(gaussian_denoiser(), noise * 80, sigmas, s_churn=0.0), heun)
     outside = sample_edm_stochastic(gaussian_denoiser(), noise * 80, sigmas, s_tmin=100.0, s_tmax=200.0)
@@ -259,6 +260,7 @@ def test_edm_stochastic_is_reproducible_with_a_generator():
     noise, sigmas = torch.randn(8, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64), karras_sigmas(9)
 
     def run(seed):
-        return sample_edm_stochastic(gaussian_denoiser(), noise * 80, sigmas, generator=torch.Generator().manual_seed(seed))
+        generator = torch.Generator().manual_seed(seed)
+        return sample_edm_stochastic(gaussian_denoiser(), noise * 80, sigmas, generator=generator)
 
     assert torch.equal(run(3), run(3)) and not torch.equal(run(3), run(4))

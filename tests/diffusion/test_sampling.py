@@ -107,7 +107,8 @@ def test_sample_with_cfg_scale_one_equals_sampling_the_conditional_model():
     guided = sample(model, caption, steps=3, cfg_scale=1.0, seed=0, latent_size=(4, 6))
     noise = torch.randn(2, 2, 4, 6, generator=torch.Generator().manual_seed(0))
     sigmas = karras_sigmas(3)
-    conditional = sample_heun(lambda x, s: precondition(model, x, s, caption, sigma_data=SD)[0], noise.double() * 80, sigmas)
+    conditional = sample_heun(lambda x, s: precondition(model, x, s, caption, sigma_data=SD)[0], noise.double() * 80,
+                              sigmas)
     torch.testing.assert_close(guided, conditional.float())
 
 

@@ -19,6 +19,7 @@ from workbench.diffusion.samplers import (
     SCHEDULES,
     SamplerEntry,
     SamplerOption,
+    denoise_at,
     get_sampler,
     get_schedule,
     karras_schedule,
@@ -41,8 +42,8 @@ from workbench.diffusion.sampling import cfg_denoiser, sample
 __all__ = [
     "DEFAULT_SIGMA_BIN_EDGES", "EDMConfig", "EDMLoss", "LossOutput", "draw_training_sigmas", "edm_scalings",
     "loss_per_sigma_bin", "patch_loss", "precondition",
-    "DEFAULT_SAMPLER", "DEFAULT_SCHEDULE", "SAMPLERS", "SCHEDULES", "SamplerEntry", "SamplerOption", "get_sampler",
-    "get_schedule", "karras_schedule", "karras_sigmas", "ode_derivative", "register_sampler",
+    "DEFAULT_SAMPLER", "DEFAULT_SCHEDULE", "SAMPLERS", "SCHEDULES", "SamplerEntry", "SamplerOption", "denoise_at",
+    "get_sampler", "get_schedule", "karras_schedule", "karras_sigmas", "ode_derivative", "register_sampler",
     "sample_edm_stochastic", "sample_euler", "sample_heun",
     "DIFFUSERS_SCHEDULERS", "make_scheduler", "sample_diffusers_dpmpp", "sample_diffusers_euler",
     "sample_with_diffusers",

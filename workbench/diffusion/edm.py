@@ -76,9 +76,10 @@ def _param_dtype(model) -> torch.dtype | None:
 
 
 def edm_scalings(sigma, sigma_data: float):
-    """EDM's scalings ``(c_skip, c_out, c_in)`` at noise level ``sigma`` (a float or a tensor): Karras et al. 2022, Table 1.
+    """EDM's scalings ``(c_skip, c_out, c_in)`` at noise level ``sigma`` (a float or a tensor).
 
-    These are numbers; ``precondition`` applies them around a network to make the denoiser D.
+    Karras et al. 2022, Table 1. These are numbers; ``precondition`` applies them around a network F
+    to make the denoiser D.
     """
     total = sigma ** 2 + sigma_data ** 2
     return sigma_data ** 2 / total, sigma * sigma_data / total ** 0.5, 1 / total ** 0.5
@@ -112,7 +113,7 @@ def precondition(model, x: torch.Tensor, sigma, caption: torch.Tensor, caption_m
     sigma = torch.as_tensor(sigma, dtype=dtype, device=x.device).reshape(-1)
     sigma = sigma.expand(x.shape[0])                            # (B,)
     s = sigma.view(-1, *([1] * (x.dim() - 1)))                  # (B, 1, 1, 1)
-    c_skip, c_out, c_in = edm_scalings(s, sigma_data)          # (B, 1, 1, 1) each
+    c_skip, c_out, c_in = edm_scalings(s, sigma_data)           # (B, 1, 1, 1) each
     c_noise = sigma.log() / 4                                   # (B,)
     net_dtype = _param_dtype(model) or dtype
     extra = {k: v for k, v in (("generator", generator), ("mask_noise", mask_noise)) if v is not None}

@@ -150,19 +150,19 @@ def ode_derivative(x: torch.Tensor, denoised: torch.Tensor, sigma: float) -> tor
     return (x - denoised) / sigma
 
 
-def _denoise(denoiser, x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Call the denoiser in float32 with a (B,) sigma; return float64."""
+def denoise_at(denoiser, x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """D(x; σ): the denoiser called in float32 with a (B,) σ, returned in float64 (the samplers' arithmetic)."""
     s = torch.full((x.shape[0],), sigma, dtype=torch.float32, device=x.device)  # (B,)
     return denoiser(x.to(torch.float32), s).to(torch.float64)
 
 
 def _heun_step(denoiser, x: torch.Tensor, sigma: float, sigma_next: float) -> tuple[torch.Tensor, torch.Tensor]:
     """One step of Heun's method from σ to σ_next, Euler when σ_next = 0; returns (x_next, D(x; σ))."""
-    denoised = _denoise(denoiser, x, sigma)
+    denoised = denoise_at(denoiser, x, sigma)
     d = ode_derivative(x, denoised, sigma)
     x_next = x + (sigma_next - sigma) * d
     if sigma_next > 0:                                   # 2nd-order correction
-        d_next = ode_derivative(x_next, _denoise(denoiser, x_next, sigma_next), sigma_next)
+        d_next = ode_derivative(x_next, denoise_at(denoiser, x_next, sigma_next), sigma_next)
         x_next = x + (sigma_next - sigma) * (d + d_next) / 2
     return x_next, denoised
 
@@ -191,7 +191,7 @@ def sample_euler(denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, generator=N
     out_dtype, x = x.dtype, x.to(torch.float64)
     levels = sigmas.tolist()
     for i, (sigma, sigma_next) in enumerate(zip(levels[:-1], levels[1:])):
-        denoised = _denoise(denoiser, x, sigma)
+        denoised = denoise_at(denoiser, x, sigma)
         x = x + (sigma_next - sigma) * ode_derivative(x, denoised, sigma)
         if callback is not None:
             callback(i, sigma, x, denoised)
@@ -208,8 +208,8 @@ def sample_euler(denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, generator=N
 def sample_edm_stochastic(denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, generator=None, callback=None,
                           s_churn: float = 40.0, s_tmin: float = 0.05, s_tmax: float = 50.0,
                           s_noise: float = 1.003) -> torch.Tensor:
-    """EDM's stochastic sampler (Karras et al. 2022, Algorithm 2): raise σ to σ̂ = (1 + γ)·σ with fresh noise, then
-    take a Heun step from σ̂. The defaults are the paper's ImageNet-64 settings (Table 5); ``s_churn=0`` is Heun.
+    """EDM's stochastic sampler (Karras et al. 2022, Algorithm 2): σ up to σ̂ = (1 + γ)·σ with fresh noise, then
+    a Heun step from σ̂. The defaults are the paper's ImageNet-64 settings (Table 5); ``s_churn=0`` is Heun.
     """
     out_dtype, x = x.dtype, x.to(torch.float64)
     levels = sigmas.tolist()

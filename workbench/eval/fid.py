@@ -263,7 +263,8 @@ def inception_fid_metric(weights_path: str | Path | None):
     return FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(path), normalize=False)
 
 
-def add_generated(metric, bundle, samples: int, steps: int, cfg_scale: float, sampler: str = DEFAULT_SAMPLER, seed: int = 0,
+def add_generated(metric, bundle, samples: int, steps: int, cfg_scale: float, sampler: str = DEFAULT_SAMPLER,
+                  seed: int = 0,
                   batch: int = 50, progress: bool = True) -> None:
     """Sample ``samples`` images of val-split captions (scene seed ``seed + 1``) and add them as fakes to ``metric``.
 
