@@ -264,3 +264,19 @@ def test_edm_stochastic_is_reproducible_with_a_generator():
         return sample_edm_stochastic(gaussian_denoiser(), noise * 80, sigmas, generator=generator)
 
     assert torch.equal(run(3), run(3)) and not torch.equal(run(3), run(4))
+
+
+def test_the_adding_a_sampler_example_of_the_docs_runs_as_written():
+    from pathlib import Path
+
+    from workbench.diffusion.sampling import sample
+    from .test_sampling import CaptionNet, captions
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "architecture.md").read_text()
+    example = doc.split("## Adding a sampler", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    try:
+        exec(example, {})
+        undamped = sample(CaptionNet(), captions(), steps=3, sampler="damped-euler", sampler_options={"damping": 1.0})
+        assert torch.equal(undamped, sample(CaptionNet(), captions(), steps=3, sampler="euler"))
+    finally:
+        SAMPLERS.pop("damped-euler", None)
