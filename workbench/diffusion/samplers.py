@@ -69,7 +69,7 @@ class SamplerEntry:
         if unknown:
             takes = f"takes {', '.join(known)}" if known else "takes no options"
             raise ValueError(f"sampler {self.name!r} has no option {', '.join(map(repr, unknown))}; it {takes}")
-        return {**known, **{k: float(v) for k, v in (options or {}).items()}}
+        return {**known, **(options or {})}
 
 
 SAMPLERS: dict[str, SamplerEntry] = {}   # name -> entry, in registration order (the CLI and widget order)

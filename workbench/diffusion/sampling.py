@@ -107,7 +107,8 @@ def sample(model, caption: torch.Tensor, caption_mask: torch.Tensor | None = Non
         seed: seeds one CPU generator that draws the initial noise and then any noise a stochastic sampler
             adds, so a seed gives the same samples on every device.
         noise: (B, C, H, W) unit-variance initial noise to use instead of drawing it from ``seed``
-            (e.g. one generator per sample, so a sample does not depend on its batch).
+            (e.g. one generator per sample, so a sample does not depend on its batch; the noise a stochastic
+            sampler adds is still drawn for the whole batch from ``seed``).
         sampler: a name in ``SAMPLERS`` ("heun", "euler", "edm-stochastic", "diffusers-euler", "diffusers-dpmpp").
         sampler_options: the sampler's extra options (e.g. ``{"s_churn": 10.0}``); the rest keep their defaults.
         schedule: a name in ``SCHEDULES``, the σ levels the sampler follows (default "karras").

@@ -28,7 +28,7 @@ from ..diffusion import SAMPLERS, EDMConfig, sample
 
 
 class MicroDiTHeunScheduler(SchedulerMixin, ConfigMixin):
-    """The workbench's EDM Heun sampler (Karras et al. 2022, Algorithm 2) as a pipeline component.
+    """The workbench's EDM Heun sampler (Karras et al. 2022, Algorithm 1) as a pipeline component.
 
     It holds the σ schedule and σ_data; ``MicroDiTPipeline`` samples with the registered sampler whose
     ``pipeline_scheduler`` it is, "heun" (``workbench.diffusion.SAMPLERS``).
