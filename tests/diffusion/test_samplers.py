@@ -270,6 +270,7 @@ def test_the_adding_a_sampler_example_of_the_docs_runs_as_written():
     from pathlib import Path
 
     from workbench.diffusion.sampling import sample
+
     from .test_sampling import CaptionNet, captions
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "architecture.md").read_text()

@@ -30,6 +30,7 @@ from workbench.diffusion.samplers import (
     sample_euler,
     sample_heun,
 )
+from workbench.diffusion.sampling import cfg_denoiser, sample
 from workbench.diffusion.schedulers import (  # registers the diffusers samplers
     DIFFUSERS_SCHEDULERS,
     make_scheduler,
@@ -37,7 +38,6 @@ from workbench.diffusion.schedulers import (  # registers the diffusers samplers
     sample_diffusers_euler,
     sample_with_diffusers,
 )
-from workbench.diffusion.sampling import cfg_denoiser, sample
 
 __all__ = [
     "DEFAULT_SIGMA_BIN_EDGES", "EDMConfig", "EDMLoss", "LossOutput", "draw_training_sigmas", "edm_scalings",

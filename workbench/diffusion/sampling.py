@@ -19,7 +19,6 @@ from workbench.diffusion.edm import EDMConfig, _param_dtype, precondition
 from workbench.diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE, get_sampler, get_schedule
 from workbench.model import null_caption, trim_caption_padding
 
-
 # -----------------------------------------------------------------------------
 # Classifier-free guidance
 
