@@ -64,6 +64,56 @@ def test_train_with_a_missing_config_file_says_so(tmp_path, capsys):
     assert "Stage config file not found" in capsys.readouterr().err
 
 
+def sample_subparser():
+    """The ``workbench sample`` argparse parser."""
+    from workbench.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    return sub.choices["sample"]
+
+
+def test_every_sample_option_has_a_help_text_and_its_default():
+    for action in sample_subparser()._actions:
+        if action.dest in ("help", "debug"):
+            continue
+        assert action.help, action.dest
+        if not action.required and action.const is None and action.default is not None:
+            assert "default" in action.help, action.dest       # e.g. "--steps ... (default 30)"
+
+
+def test_sample_help_lists_the_registered_samplers_and_their_options(capsys):
+    from workbench.diffusion import SAMPLERS
+
+    with pytest.raises(SystemExit):
+        main(["sample", "--help"])
+    out = capsys.readouterr().out
+    assert all(name in out and entry.description[:30] in out for name, entry in SAMPLERS.items())
+    assert "--s-churn" in out and "edm-stochastic only; default 40" in out
+
+
+def test_sample_passes_the_sampler_and_its_options(monkeypatch, tmp_path, capsys):
+    from workbench.train import sampling
+
+    seen = {}
+    monkeypatch.setattr(sampling, "sample_checkpoint", lambda spec, prompts, **kw: seen.update(kw) or tmp_path)
+    assert main(["sample", "--checkpoint", "x", "--prompt", "a", "--sampler", "edm-stochastic", "--s-churn", "5"]) == 0
+    assert seen["sampler"] == "edm-stochastic" and seen["sampler_options"] == {"s_churn": 5.0}
+    assert main(["sample", "--checkpoint", "x", "--prompt", "a"]) == 0
+    assert seen["sampler"] == "heun" and seen["sampler_options"] == {}
+
+
+def test_sample_with_an_unknown_sampler_lists_the_known_ones(capsys):
+    with pytest.raises(SystemExit):
+        main(["sample", "--checkpoint", "x", "--prompt", "a", "--sampler", "ddim"])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'ddim'" in err and "'edm-stochastic'" in err and "'diffusers-dpmpp'" in err
+
+
+def test_sample_with_an_option_its_sampler_does_not_take_is_one_line(capsys):
+    assert main(["sample", "--checkpoint", "nowhere", "--prompt", "a", "--s-churn", "5"]) == 2
+    assert "sampler 'heun' has no option 's_churn'" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- console script (slow)
 
 @pytest.mark.slow

@@ -160,12 +160,56 @@ def cmd_train(args) -> int:
     return 0
 
 
+def sampler_option_flags() -> dict[str, tuple[str, float, str]]:
+    """``--flag`` -> (option name, default, help) for every option of every registered sampler."""
+    from .diffusion import SAMPLERS
+
+    flags = {}
+    for entry in SAMPLERS.values():
+        for option in entry.options:
+            flag = "--" + option.name.replace("_", "-")
+            takers = [e.name for e in SAMPLERS.values() if option.name in {o.name for o in e.options}]
+            flags.setdefault(flag, (option.name, option.default, f"{option.help} ({', '.join(takers)} only; "
+                                                                 f"default {option.default:g})"))
+    return flags
+
+
+def add_sample_parser(sub) -> None:
+    """``workbench sample``: its sampler choices and options come from the sampler registry."""
+    from .diffusion import DEFAULT_SAMPLER, SAMPLERS
+
+    samp = sub.add_parser("sample", help="sample prompts from a checkpoint into a PNG grid",
+                          formatter_class=argparse.RawDescriptionHelpFormatter,
+                          epilog="samplers:\n" + "\n".join(f"  {name:<16} {entry.description}"
+                                                           for name, entry in SAMPLERS.items()))
+    samp.add_argument("--checkpoint", required=True, help="a checkpoint folder, or a stage folder (newest checkpoint)")
+    samp.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
+    samp.add_argument("--cfg-scale", type=float, default=5.0, help="classifier-free guidance scale (default 5.0)")
+    samp.add_argument("--steps", type=int, default=30, help="σ levels of the Karras schedule (default 30)")
+    samp.add_argument("--seed", type=int, default=0, help="seed of the initial noise and of any noise the sampler "
+                                                          "adds (default 0; the same images on every device)")
+    samp.add_argument("--n", type=int, default=4, help="images per prompt (default 4)")
+    samp.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=list(SAMPLERS), metavar="NAME",
+                      help=f"one of {', '.join(SAMPLERS)} (default {DEFAULT_SAMPLER}; listed below)")
+    for flag, (name, _default, text) in sampler_option_flags().items():
+        samp.add_argument(flag, dest=name, type=float, default=None, metavar="X", help=text)
+    samp.add_argument("--raw", action="store_true", help="use the raw weights even when an EMA exists")
+    samp.add_argument("--out", default="samples.png", help="the PNG grid to write, a row per prompt "
+                                                           "(default samples.png)")
+    samp.add_argument("--device", default=None, help="cuda, cpu, ... (default: the GPU when there is one)")
+    samp.set_defaults(fn=cmd_sample)
+
+
 def cmd_sample(args) -> int:
+    from .diffusion import get_sampler
     from .train.inference import sample_checkpoint
 
+    given = {name: getattr(args, name) for name, _, _ in sampler_option_flags().values()
+             if getattr(args, name) is not None}
+    get_sampler(args.sampler).resolve(given)                   # a misplaced option fails before loading anything
     path = sample_checkpoint(args.checkpoint, args.prompt, out=args.out, steps=args.steps, cfg_scale=args.cfg_scale,
                              seed=args.seed, per_prompt=args.n, use_ema=not args.raw, sampler=args.sampler,
-                             device=args.device)
+                             device=args.device, sampler_options=given)
     print(f"wrote {path}")
     return 0
 
@@ -337,18 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_pipeline_arguments(pipe)
     pipe.set_defaults(fn=run_pipeline_cli)
 
-    samp = sub.add_parser("sample", help="sample prompts from a checkpoint into a PNG grid")
-    samp.add_argument("--checkpoint", required=True, help="a checkpoint folder, or a stage folder (newest checkpoint)")
-    samp.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
-    samp.add_argument("--cfg-scale", type=float, default=5.0, help="classifier-free guidance scale")
-    samp.add_argument("--steps", type=int, default=30)
-    samp.add_argument("--seed", type=int, default=0)
-    samp.add_argument("--n", type=int, default=4, help="images per prompt")
-    samp.add_argument("--sampler", default="heun")
-    samp.add_argument("--raw", action="store_true", help="use the raw weights even when an EMA exists")
-    samp.add_argument("--out", default="samples.png")
-    samp.add_argument("--device", default=None, help="cuda, cpu, ... (default: the GPU when there is one)")
-    samp.set_defaults(fn=cmd_sample)
+    add_sample_parser(sub)
 
     from .eval.command import add_parser as add_eval_parser     # compositional | fid | detector | val-loss
     add_eval_parser(sub)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -14,8 +15,9 @@ from workbench.diffusion.edm import (
     EDMLoss,
     loss_per_sigma_bin,
     patch_loss,
+    draw_training_sigmas,
+    edm_scalings,
     precondition,
-    sample_sigmas,
 )
 
 SD = 0.9  # σ_data of the paper
@@ -106,16 +108,30 @@ def test_precondition_feeds_network_scaled_input_and_log_sigma_over_4():
     assert keep is None
 
 
+def test_precondition_has_no_sigma_data_default():
+    param = inspect.signature(precondition).parameters["sigma_data"]
+    assert param.default is inspect.Parameter.empty and param.kind is inspect.Parameter.KEYWORD_ONLY
+    with pytest.raises(TypeError, match="sigma_data"):
+        precondition(Recorder(), torch.randn(1, 2, 4, 4), 1.0, caption_for(1))
+
+
+def test_edm_scalings_are_table_1_of_the_paper():
+    sigma = torch.tensor([0.01, 1.0, 50.0], dtype=torch.float64)
+    for ours, hand_written in zip(edm_scalings(sigma, SD), coefficients(sigma)):
+        torch.testing.assert_close(ours, hand_written)
+
+
 def test_precondition_accepts_scalar_sigma():
     x = torch.randn(2, 2, 4, 4, dtype=torch.float64)
-    d_scalar, _ = precondition(Recorder(), x, 0.7, caption_for(2))
-    d_batch, _ = precondition(Recorder(), x, torch.full((2,), 0.7, dtype=torch.float64), caption_for(2))
+    d_scalar, _ = precondition(Recorder(), x, 0.7, caption_for(2), sigma_data=SD)
+    d_batch, _ = precondition(Recorder(), x, torch.full((2,), 0.7, dtype=torch.float64), caption_for(2),
+                               sigma_data=SD)
     torch.testing.assert_close(d_scalar, d_batch)
 
 
 def test_precondition_computes_in_float32_at_least():
     x = torch.randn(2, 2, 4, 4).to(torch.bfloat16)
-    denoised, _ = precondition(lambda x, c, y, **kw: x, x, 1.0, caption_for(2))
+    denoised, _ = precondition(lambda x, c, y, **kw: x, x, 1.0, caption_for(2), sigma_data=SD)
     assert denoised.dtype == torch.float32
 
 
@@ -127,7 +143,8 @@ def test_denoiser_tends_to_identity_as_sigma_goes_to_zero():
         return Out(net(x) + c_noise.view(-1, 1, 1, 1))
 
     x = torch.randn(2, 2, 8, 8, dtype=torch.float64)
-    gaps = [(precondition(f, x, sigma, caption_for(2))[0] - x).abs().max().item() for sigma in (1e-2, 1e-4, 1e-6)]
+    gaps = [(precondition(f, x, sigma, caption_for(2), sigma_data=SD)[0] - x).abs().max().item()
+            for sigma in (1e-2, 1e-4, 1e-6)]
     assert gaps[0] > gaps[1] > gaps[2]
     assert gaps[2] < 1e-5
 
@@ -135,18 +152,18 @@ def test_denoiser_tends_to_identity_as_sigma_goes_to_zero():
 # -----------------------------------------------------------------------------
 # Training noise levels
 
-def test_sample_sigmas_are_lognormal_with_p_mean_and_p_std():
+def test_draw_training_sigmas_are_lognormal_with_p_mean_and_p_std():
     cfg = EDMConfig()
-    sigma = sample_sigmas(20000, cfg, torch.Generator().manual_seed(0))
+    sigma = draw_training_sigmas(20000, cfg, torch.Generator().manual_seed(0))
     assert sigma.shape == (20000,) and (sigma > 0).all()
     assert abs(sigma.log().mean().item() - cfg.p_mean) < 0.03
     assert abs(sigma.log().std().item() - cfg.p_std) < 0.03
 
 
-def test_sample_sigmas_are_reproducible_with_a_generator():
+def test_draw_training_sigmas_are_reproducible_with_a_generator():
     cfg = EDMConfig(p_mean=0.0, p_std=0.6)
-    a = sample_sigmas(8, cfg, torch.Generator().manual_seed(3))
-    b = sample_sigmas(8, cfg, torch.Generator().manual_seed(3))
+    a = draw_training_sigmas(8, cfg, torch.Generator().manual_seed(3))
+    b = draw_training_sigmas(8, cfg, torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
 
 

@@ -7,8 +7,15 @@ import torch
 from diffusers import EDMDPMSolverMultistepScheduler, EDMEulerScheduler
 
 from workbench.diffusion.edm import EDMConfig
-from workbench.diffusion.sampling import karras_sigmas, sample_euler, sample_heun
-from workbench.diffusion.schedulers import DIFFUSERS_SCHEDULERS, _raw_output, make_scheduler, sample_with_diffusers
+from workbench.diffusion.samplers import karras_sigmas, sample_euler, sample_heun
+from workbench.diffusion.schedulers import (
+    DIFFUSERS_SCHEDULERS,
+    _raw_output,
+    make_scheduler,
+    sample_diffusers_dpmpp,
+    sample_diffusers_euler,
+    sample_with_diffusers,
+)
 
 MU, S = 1.5, 0.5  # the 1-D Gaussian data set N(MU, S²)
 
@@ -57,7 +64,7 @@ def test_adapter_output_is_mapped_back_to_our_denoised_by_the_scheduler(sigma):
 def test_our_euler_matches_diffusers_edm_euler(denoiser, steps):
     noise = torch.randn(4, 2, 8, 8, generator=torch.Generator().manual_seed(steps))
     ours = sample_euler(denoiser, noise.double() * 80.0, karras_sigmas(steps)).float()
-    theirs = sample_with_diffusers(denoiser, noise * 80.0, "diffusers-euler", steps, EDMConfig())
+    theirs = sample_diffusers_euler(denoiser, noise * 80.0, karras_sigmas(steps))
     torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-5)
 
 
@@ -65,7 +72,7 @@ def test_dpmpp_recovers_gaussian_mean_and_std():
     half = torch.randn(10000, 1, generator=torch.Generator().manual_seed(0))
     noise = torch.cat([half, -half])
     noise = noise / noise.std()          # mean 0, std 1 exactly: only the sampler's error remains
-    x = sample_with_diffusers(gaussian_denoiser, noise * 80.0, "diffusers-dpmpp", 30, EDMConfig())
+    x = sample_diffusers_dpmpp(gaussian_denoiser, noise * 80.0, karras_sigmas(30))
     assert x.mean().item() == pytest.approx(MU, rel=0.03)
     assert x.std().item() == pytest.approx(S, rel=0.03)
 
@@ -73,17 +80,41 @@ def test_dpmpp_recovers_gaussian_mean_and_std():
 def test_dpmpp_agrees_with_heun_on_a_nonlinear_denoiser():
     noise = torch.randn(4, 2, 8, 8, generator=torch.Generator().manual_seed(0))
     heun = sample_heun(nonlinear_denoiser, noise.double() * 80.0, karras_sigmas(40)).float()
-    dpm = sample_with_diffusers(nonlinear_denoiser, noise * 80.0, "diffusers-dpmpp", 40, EDMConfig())
+    dpm = sample_diffusers_dpmpp(nonlinear_denoiser, noise * 80.0, karras_sigmas(40))
     torch.testing.assert_close(dpm, heun, rtol=0, atol=0.02)
 
 
 def test_diffusers_callback_sees_each_step():
     events = []
-    sample_with_diffusers(gaussian_denoiser, torch.randn(3, 1) * 80.0, "diffusers-dpmpp", 4, EDMConfig(),
-                          callback=lambda i, sigma, x, denoised: events.append((i, sigma, denoised.shape)))
+    sample_diffusers_dpmpp(gaussian_denoiser, torch.randn(3, 1) * 80.0, karras_sigmas(4),
+                           callback=lambda i, sigma, x, denoised: events.append((i, sigma, denoised.shape)))
     assert [e[0] for e in events] == [0, 1, 2, 3]
     assert [e[1] for e in events] == pytest.approx(karras_sigmas(4)[:-1].tolist(), rel=1e-6)
     assert events[0][2] == (3, 1)
+
+
+@pytest.mark.parametrize("name", sorted(DIFFUSERS_SCHEDULERS))
+def test_diffusers_schedulers_follow_the_schedule_they_are_given(name):
+    sigmas = karras_sigmas(6, sigma_min=0.05, sigma_max=20.0, rho=3.0)
+    seen = []
+    sample_with_diffusers(gaussian_denoiser, torch.randn(3, 1) * 20.0, sigmas, name,
+                          callback=lambda i, sigma, x, denoised: seen.append(sigma))
+    assert seen == pytest.approx(sigmas[:-1].tolist(), rel=1e-6)
+
+
+def test_diffusers_sampling_matches_the_scheduler_on_its_own_schedule():
+    """Following our schedule is what the scheduler does with its own Karras schedule (same σ within float32)."""
+    noise = torch.randn(4, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    ours = sample_diffusers_dpmpp(nonlinear_denoiser, noise * 80.0, karras_sigmas(12))
+    scheduler = make_scheduler("diffusers-dpmpp", EDMConfig())
+    scheduler.set_timesteps(12)
+    scheduler.set_begin_index(0)
+    x = noise * 80.0
+    for i, t in enumerate(scheduler.timesteps):
+        sigma = scheduler.sigmas[i].item()
+        denoised = nonlinear_denoiser(x, torch.full((4,), sigma))
+        x = scheduler.step(_raw_output(x, denoised, sigma, scheduler.config.sigma_data), t, x).prev_sample
+    torch.testing.assert_close(ours, x, rtol=0, atol=1e-5)
 
 
 def test_unknown_scheduler_lists_the_choices():

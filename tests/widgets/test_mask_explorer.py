@@ -59,9 +59,9 @@ def test_masked_prediction_is_precondition_with_a_seeded_mask(explorer, model):
     noise = torch.randn(explorer.x0.shape, generator=torch.Generator().manual_seed(3))
     x = explorer.x0 + 1.0 * noise
     with torch.no_grad():
-        masked, keep = precondition(model, x, 1.0, explorer.caption_states, None, mask_ratio=0.75,
-                                    generator=torch.Generator().manual_seed(3))
-        unmasked, _ = precondition(model, x, 1.0, explorer.caption_states, None)
+        masked, keep = precondition(model, x, 1.0, explorer.caption_states, None, sigma_data=explorer.sigma_data,
+                                    mask_ratio=0.75, generator=torch.Generator().manual_seed(3))
+        unmasked, _ = precondition(model, x, 1.0, explorer.caption_states, None, sigma_data=explorer.sigma_data)
     torch.testing.assert_close(explorer.denoised_masked, masked)
     torch.testing.assert_close(explorer.denoised_unmasked, unmasked)
     assert (explorer.keep == keep[0].numpy()).all()

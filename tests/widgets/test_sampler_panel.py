@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from workbench.diffusion import SAMPLER_NAMES, EDMConfig, sample
+from workbench.diffusion import SAMPLERS, EDMConfig, sample
 from workbench.images import display_scale, image_grid
 
 from .png import png_size
@@ -69,13 +69,42 @@ def test_batch_size_sets_the_number_of_samples(panel):
     assert png_size(panel.grid.value) == (w * 8, h * 8)
 
 
-def test_sampler_dropdown_offers_ours_and_the_diffusers_schedulers(panel):
-    assert set(panel.sampler.options) == set(SAMPLER_NAMES)
-    assert {"heun", "euler", "diffusers-euler", "diffusers-dpmpp"} <= set(panel.sampler.options)
+def test_sampler_dropdown_offers_every_registered_sampler(panel):
+    assert list(panel.sampler.options) == list(SAMPLERS)
+    assert {"heun", "euler", "edm-stochastic", "diffusers-euler", "diffusers-dpmpp"} <= set(panel.sampler.options)
     assert panel.sampler.value == "heun"
 
 
-@pytest.mark.parametrize("name", SAMPLER_NAMES)
+def test_option_boxes_follow_the_selected_sampler(panel):
+    assert set(panel.options) == {"s_churn", "s_tmin", "s_tmax", "s_noise"}
+    assert all(box.layout.display == "none" for box in panel.options.values())
+    assert panel.settings()["sampler_options"] == {}
+    panel.sampler.value = "edm-stochastic"
+    assert all(box.layout.display is None for box in panel.options.values())
+    assert "Algorithm 2" in panel.sampler_help.value
+    panel.options["s_churn"].value = 0.0
+    assert panel.settings()["sampler_options"] == {"s_churn": 0.0, "s_tmin": 0.05, "s_tmax": 50.0, "s_noise": 1.003}
+
+
+def test_edm_stochastic_panel_output_is_the_package_sample(model, tmp_path):
+    panel = SamplerPanel(model, text_encoder=False, steps=3, batch_size=2, sampler="edm-stochastic",
+                         sampler_options={"s_churn": 30.0, "s_tmin": 0.0}, out_dir=tmp_path)
+    assert panel.options["s_churn"].value == 30.0
+    panel.generate(wait=True)
+    expected = sample(model, torch.zeros(2, 77, 384), None, steps=3, cfg_scale=3.0, seed=0, sampler="edm-stochastic",
+                      sampler_options={"s_churn": 30.0, "s_tmin": 0.0}, latent_size=16, edm=EDMConfig())
+    torch.testing.assert_close(panel.latents, expected)
+    heun = sample(model, torch.zeros(2, 77, 384), None, steps=3, cfg_scale=3.0, seed=0, latent_size=16,
+                  edm=EDMConfig())
+    assert not torch.allclose(panel.latents, heun)            # the churn changed the samples
+
+
+def test_an_option_the_sampler_does_not_take_is_refused(model):
+    with pytest.raises(ValueError, match="'heun' has no option 's_churn'"):
+        SamplerPanel(model, text_encoder=False, sampler_options={"s_churn": 1.0})
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
 def test_every_sampler_runs(panel, name):
     assert name in panel.sampler.options
     panel.sampler.value = name

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..diffusion import DEFAULT_SAMPLER
 from ..io import atomic_write_json
 from .suite import Suite
 
@@ -50,7 +51,8 @@ def protocol(suite: Suite) -> dict:
     return {"training_flops": FLOPS, "data": suite.data, "finetune": suite.finetune,
             "heldout": heldout_protocol(min(e["val_n"], suite.data["val_n"])),
             "compositional": {"prompts": 55, "samples_per_prompt": e["samples_per_prompt"], "steps": e["steps"],
-                              "sampler": "heun", "cfg_scale": e["cfg_scale"], "seed": 0, "weights": "EMA when kept"},
+                              "sampler": DEFAULT_SAMPLER, "cfg_scale": e["cfg_scale"], "seed": 0,
+                              "weights": "EMA when kept"},
             "fid_proxy": {"samples": e["fid_samples"], "reference": "2000 val-split renders", "steps": e["steps"],
                           "cfg_scale": e["cfg_scale"], "note": "biased upwards at few samples: compare equal counts"}}
 

@@ -1,29 +1,51 @@
-"""Diffusion: EDM preconditioning and loss, EDM samplers with classifier-free guidance, diffusers adapter."""
+"""Diffusion: EDM preconditioning and loss, the sampler registry (EDM Heun / Euler / stochastic, diffusers
+schedulers), classifier-free guidance and the one-call `sample`."""
 
 from workbench.diffusion.edm import (
     DEFAULT_SIGMA_BIN_EDGES,
     EDMConfig,
     EDMLoss,
     LossOutput,
+    draw_training_sigmas,
+    edm_scalings,
     loss_per_sigma_bin,
     patch_loss,
     precondition,
-    sample_sigmas,
 )
-from workbench.diffusion.sampling import (
-    SAMPLER_NAMES,
+from workbench.diffusion.samplers import (
+    DEFAULT_SAMPLER,
+    DEFAULT_SCHEDULE,
     SAMPLERS,
-    cfg_denoiser,
+    SCHEDULES,
+    SamplerEntry,
+    SamplerOption,
+    denoise_at,
+    get_sampler,
+    get_schedule,
+    karras_schedule,
     karras_sigmas,
-    sample,
+    ode_derivative,
+    register_sampler,
+    sample_edm_stochastic,
     sample_euler,
     sample_heun,
 )
-from workbench.diffusion.schedulers import DIFFUSERS_SCHEDULERS, make_scheduler, sample_with_diffusers
+from workbench.diffusion.sampling import cfg_denoiser, sample
+from workbench.diffusion.schedulers import (  # registers the diffusers samplers
+    DIFFUSERS_SCHEDULERS,
+    make_scheduler,
+    sample_diffusers_dpmpp,
+    sample_diffusers_euler,
+    sample_with_diffusers,
+)
 
 __all__ = [
-    "DEFAULT_SIGMA_BIN_EDGES", "EDMConfig", "EDMLoss", "LossOutput", "loss_per_sigma_bin", "patch_loss",
-    "precondition", "sample_sigmas",
-    "SAMPLER_NAMES", "SAMPLERS", "cfg_denoiser", "karras_sigmas", "sample", "sample_euler", "sample_heun",
-    "DIFFUSERS_SCHEDULERS", "make_scheduler", "sample_with_diffusers",
+    "DEFAULT_SIGMA_BIN_EDGES", "EDMConfig", "EDMLoss", "LossOutput", "draw_training_sigmas", "edm_scalings",
+    "loss_per_sigma_bin", "patch_loss", "precondition",
+    "DEFAULT_SAMPLER", "DEFAULT_SCHEDULE", "SAMPLERS", "SCHEDULES", "SamplerEntry", "SamplerOption", "denoise_at",
+    "get_sampler", "get_schedule", "karras_schedule", "karras_sigmas", "ode_derivative", "register_sampler",
+    "sample_edm_stochastic", "sample_euler", "sample_heun",
+    "DIFFUSERS_SCHEDULERS", "make_scheduler", "sample_diffusers_dpmpp", "sample_diffusers_euler",
+    "sample_with_diffusers",
+    "cfg_denoiser", "sample",
 ]

@@ -74,16 +74,23 @@ def _param_dtype(model) -> torch.dtype | None:
     return None
 
 
-def preconditioning(sigma, sigma_data: float):
-    """EDM's ``(c_skip, c_out, c_in)`` at noise level ``sigma`` (a float or a tensor): Karras et al. 2022, Table 1."""
+def edm_scalings(sigma, sigma_data: float):
+    """EDM's scalings ``(c_skip, c_out, c_in)`` at noise level ``sigma`` (a float or a tensor).
+
+    Karras et al. 2022, Table 1. These are numbers; ``precondition`` applies them around a network F
+    to make the denoiser D.
+    """
     total = sigma ** 2 + sigma_data ** 2
     return sigma_data ** 2 / total, sigma * sigma_data / total ** 0.5, 1 / total ** 0.5
 
 
-def precondition(model, x: torch.Tensor, sigma, caption: torch.Tensor, caption_mask: torch.Tensor | None = None,
-                 mask_ratio: float = 0.0, sigma_data: float = 0.9, generator: torch.Generator | None = None,
+def precondition(model, x: torch.Tensor, sigma, caption: torch.Tensor, caption_mask: torch.Tensor | None = None, *,
+                 sigma_data: float, mask_ratio: float = 0.0, generator: torch.Generator | None = None,
                  mask_noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The EDM denoiser D(x; σ) = c_skip·x + c_out·F(c_in·x, ln σ / 4, caption).
+    """The EDM denoiser D(x; σ) = c_skip·x + c_out·F(c_in·x, ln σ / 4, caption), with the `edm_scalings`.
+
+    ``sigma_data`` has no default: a wrong σ_data gives wrong images without an error, so the caller
+    passes the one the model was trained with (``EDMConfig.sigma_data`` of its stage).
 
     Args:
         model: the network F, called as ``model(x_in, c_noise, caption, caption_mask=..., mask_ratio=...)``
@@ -92,8 +99,8 @@ def precondition(model, x: torch.Tensor, sigma, caption: torch.Tensor, caption_m
         sigma: noise level, a float, a scalar tensor or a (B,) tensor.
         caption: (B, L, D) caption token embeddings.
         caption_mask: (B, L) 1 for real tokens, or None.
+        sigma_data: std of the data the model was trained on (required).
         mask_ratio: fraction of patches the model drops (training only).
-        sigma_data: std of the data.
         generator: when given, passed to the model to draw its patch mask (reproducible masking).
         mask_noise: when given, (B, T) uniform noise that defines the model's patch mask.
 
@@ -105,7 +112,7 @@ def precondition(model, x: torch.Tensor, sigma, caption: torch.Tensor, caption_m
     sigma = torch.as_tensor(sigma, dtype=dtype, device=x.device).reshape(-1)
     sigma = sigma.expand(x.shape[0])                            # (B,)
     s = sigma.view(-1, *([1] * (x.dim() - 1)))                  # (B, 1, 1, 1)
-    c_skip, c_out, c_in = preconditioning(s, sigma_data)        # (B, 1, 1, 1) each
+    c_skip, c_out, c_in = edm_scalings(s, sigma_data)           # (B, 1, 1, 1) each
     c_noise = sigma.log() / 4                                   # (B,)
     net_dtype = _param_dtype(model) or dtype
     extra = {k: v for k, v in (("generator", generator), ("mask_noise", mask_noise)) if v is not None}
@@ -116,9 +123,9 @@ def precondition(model, x: torch.Tensor, sigma, caption: torch.Tensor, caption_m
     return denoised, keep
 
 
-def sample_sigmas(batch: int, cfg: EDMConfig, generator: torch.Generator | None = None,
+def draw_training_sigmas(batch: int, cfg: EDMConfig, generator: torch.Generator | None = None,
                   device: torch.device | str | None = None) -> torch.Tensor:
-    """Training noise levels: ln σ ~ N(p_mean, p_std²), shape (B,) float32.
+    """Training noise levels: ln σ ~ N(p_mean, p_std²), shape (B,) float32 (the sampling schedule is `karras_sigmas`).
 
     Drawn on the generator's device (CPU when there is none), then moved to ``device``.
     """
@@ -168,7 +175,7 @@ class EDMLoss:
         cfg, sd = self.config, self.config.sigma_data
         x0 = x0.to(torch.promote_types(x0.dtype, torch.float32))            # (B, C, H, W)
         if sigma is None:
-            sigma = sample_sigmas(x0.shape[0], cfg, generator, x0.device)   # (B,)
+            sigma = draw_training_sigmas(x0.shape[0], cfg, generator, x0.device)  # (B,)
         sigma = sigma.to(x0.device, x0.dtype)
         if noise is None:
             draw_device = generator.device if generator is not None else x0.device
@@ -176,8 +183,8 @@ class EDMLoss:
         n = noise.to(x0.device, x0.dtype)                                   # (B, C, H, W)
         s = sigma.view(-1, 1, 1, 1)                                         # (B, 1, 1, 1)
         weight = (s ** 2 + sd ** 2) / (s * sd) ** 2                         # (B, 1, 1, 1)
-        denoised, keep = precondition(model, x0 + n * s, sigma, caption, caption_mask, mask_ratio, sd, generator,
-                                      mask_noise)
+        denoised, keep = precondition(model, x0 + n * s, sigma, caption, caption_mask, sigma_data=sd,
+                                      mask_ratio=mask_ratio, generator=generator, mask_noise=mask_noise)
         loss = weight * (denoised - x0) ** 2                                # (B, C, H, W)
         per_sample = loss.flatten(1).mean(1) if keep is None else patch_loss(loss, keep)  # (B,)
         return LossOutput(loss=per_sample.mean(), per_sample=per_sample, sigma=sigma)

@@ -13,6 +13,8 @@ import json
 
 def add_parser(sub) -> None:
     """Add ``workbench eval`` to the CLI's subparsers."""
+    from ..diffusion import DEFAULT_SAMPLER, SAMPLERS
+
     ev = sub.add_parser("eval", help="score a checkpoint: compositional (GenEval-like), fid, val-loss (held-out "
                                      "denoising loss), or the detector itself")
     ev.add_argument("what", choices=["compositional", "fid", "detector", "val-loss"])
@@ -21,10 +23,11 @@ def add_parser(sub) -> None:
     ev.add_argument("--checkpoint", help="a checkpoint, or a stage folder (newest checkpoint)")
     ev.add_argument("--samples-per-prompt", type=int, default=4, help="compositional: images per eval prompt")
     ev.add_argument("--samples", type=int, default=500, help="fid: generated images")
-    ev.add_argument("--steps", type=int, default=30)
+    ev.add_argument("--steps", type=int, default=30, help="σ levels of the Karras schedule (default 30)")
     ev.add_argument("--cfg-scale", type=float, default=None, help="CFG scale (default: the stage's sample_cfg_scale)")
     ev.add_argument("--seed", type=int, default=0, help="sampling seed; val-loss: the fixed noise's seed")
-    ev.add_argument("--sampler", default="heun")
+    ev.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=list(SAMPLERS), metavar="NAME",
+                    help=f"one of {', '.join(SAMPLERS)} with its default options (default {DEFAULT_SAMPLER})")
     ev.add_argument("--batch", type=int, default=32, help="images per sampling batch")
     ev.add_argument("--raw", action="store_true", help="use the raw weights even when an EMA exists")
     ev.add_argument("--device", default=None, help="cuda, cpu, ... (default: the GPU when there is one; "

@@ -45,6 +45,7 @@ from typing import Sequence
 import numpy as np
 
 from ..data.shapes import EVAL_CATEGORIES, EvalPrompt, eval_prompts
+from ..diffusion import DEFAULT_SAMPLER
 from ..io import digest
 from .detector import Detection, Detector, relation_holds
 
@@ -197,7 +198,7 @@ def prompt_noise_seed(seed: int, prompt_index: int, sample_index: int) -> int:
 
 
 def evaluate_sampler(bundle, samples_per_prompt: int = 4, steps: int = 30, cfg_scale: float = 5.0, seed: int = 0,
-                     sampler: str = "heun", batch: int = 32, prompts: Sequence[EvalPrompt] | None = None,
+                     sampler: str = DEFAULT_SAMPLER, batch: int = 32, prompts: Sequence[EvalPrompt] | None = None,
                      detector: Detector | None = None, progress: bool = True,
                      categories: Sequence[str] | None = None) -> tuple[list[SampleResult], np.ndarray]:
     """Sample every prompt ``samples_per_prompt`` times with a loaded model and score the images.
@@ -226,7 +227,7 @@ def evaluate_sampler(bundle, samples_per_prompt: int = 4, steps: int = 30, cfg_s
 
 
 def evaluate_checkpoint(spec: str | Path, samples_per_prompt: int = 4, steps: int = 30, cfg_scale: float | None = None,
-                        seed: int = 0, sampler: str = "heun", batch: int = 32, use_ema: bool = True,
+                        seed: int = 0, sampler: str = DEFAULT_SAMPLER, batch: int = 32, use_ema: bool = True,
                         device: str | None = None, progress: bool = True,
                         categories: Sequence[str] | None = None) -> dict:
     """Load a checkpoint (or a stage / run folder's newest), sample the eval prompts and score them.

@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data.shapes import COLOURS, SHAPES, Scene, make_scenes, render_scene
+from ..diffusion import DEFAULT_SAMPLER
 from ..io import digest
 from .detector import ASSETS, degrade
 
@@ -253,7 +254,8 @@ def inception_fid_metric(weights_path: str | Path | None):
     return FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(path), normalize=False)
 
 
-def add_generated(metric, bundle, samples: int, steps: int, cfg_scale: float, sampler: str = "heun", seed: int = 0,
+def add_generated(metric, bundle, samples: int, steps: int, cfg_scale: float, sampler: str = DEFAULT_SAMPLER,
+                  seed: int = 0,
                   batch: int = 50, progress: bool = True) -> None:
     """Sample ``samples`` images of val-split captions (scene seed ``seed + 1``) and add them as fakes to ``metric``.
 
@@ -273,7 +275,7 @@ def add_generated(metric, bundle, samples: int, steps: int, cfg_scale: float, sa
 
 
 def evaluate_fid_checkpoint(spec: str | Path, samples: int = 500, steps: int = 30, cfg_scale: float | None = None,
-                            seed: int = 0, sampler: str = "heun", batch: int = 50, n_reference: int = 2000,
+                            seed: int = 0, sampler: str = DEFAULT_SAMPLER, batch: int = 50, n_reference: int = 2000,
                             inception_weights: str | Path | None = None, use_ema: bool = True,
                             device: str | None = None, progress: bool = True) -> dict:
     """Sample ``samples`` images of training-distribution captions (val split) from a checkpoint; FID against real.

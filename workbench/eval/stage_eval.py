@@ -19,6 +19,7 @@ import json
 import time
 from pathlib import Path
 
+from ..diffusion import DEFAULT_SAMPLER
 from ..images import display_scale, save_png
 from ..io import atomic_write_json
 from .compositional import describe_detections, evaluate_sampler, summarise, worst_failures
@@ -43,7 +44,7 @@ def read_stage_scores(stage_dir: str | Path) -> dict | None:
 
 
 def evaluate_stage(stage_dir: str | Path, samples_per_prompt: int = 4, steps: int = 30, cfg_scale: float | None = None,
-                   seed: int = 0, sampler: str = "heun", fid_samples: int = 200, n_reference: int = 1000,
+                   seed: int = 0, sampler: str = DEFAULT_SAMPLER, fid_samples: int = 200, n_reference: int = 1000,
                    failures: int = 8, batch: int = 64, device: str | None = None, progress: bool = True,
                    force: bool = False) -> dict:
     """Score a stage's newest checkpoint (EMA weights) and save ``<stage>/eval/scores.json``; returns it.

@@ -24,14 +24,14 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..data.codecs import PixelCodec, VAECodec
 from ..data.text import TextEncoder
-from ..diffusion import EDMConfig, sample
+from ..diffusion import SAMPLERS, EDMConfig, sample
 
 
 class MicroDiTHeunScheduler(SchedulerMixin, ConfigMixin):
-    """The workbench's EDM Heun sampler (Karras et al. 2022, Algorithm 2) as a pipeline component.
+    """The workbench's EDM Heun sampler (Karras et al. 2022, Algorithm 1) as a pipeline component.
 
-    It holds the σ schedule and σ_data; ``MicroDiTPipeline`` samples with
-    ``workbench.diffusion.sample(..., sampler="heun")``.
+    It holds the σ schedule and σ_data; ``MicroDiTPipeline`` samples with the registered sampler whose
+    ``pipeline_scheduler`` it is, "heun" (``workbench.diffusion.SAMPLERS``).
     """
 
     config_name = "scheduler_config.json"
@@ -42,9 +42,8 @@ class MicroDiTHeunScheduler(SchedulerMixin, ConfigMixin):
         pass
 
 
-# scheduler class name -> the workbench sampler that runs it
-SCHEDULER_SAMPLERS = {"MicroDiTHeunScheduler": "heun", "EDMEulerScheduler": "diffusers-euler",
-                      "EDMDPMSolverMultistepScheduler": "diffusers-dpmpp"}
+# scheduler class name -> the workbench sampler that runs it, read from the sampler registry
+SCHEDULER_SAMPLERS = {entry.pipeline_scheduler: name for name, entry in SAMPLERS.items() if entry.pipeline_scheduler}
 
 
 class MicroDiTPipeline(DiffusionPipeline):

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..devices import default_device
-from ..diffusion import EDMConfig, sample
+from ..diffusion import DEFAULT_SAMPLER, EDMConfig, sample
 from ..io import digest
 from ..model import MicroDiT
 from . import checkpoint as ckpt
@@ -109,9 +109,12 @@ class SamplingBundle:
         return self.text_encoder.encode(list(prompts))
 
     def sample_latents(self, prompts: Sequence[str], steps: int | None = None, cfg_scale: float | None = None,
-                       seed: int = 0, sampler: str = "heun", seeds: Sequence[int] | None = None,
-                       callback=None) -> torch.Tensor:
-        """Latents (N, C, h, w) for ``prompts``; ``seeds`` gives each sample its own initial noise."""
+                       seed: int = 0, sampler: str = DEFAULT_SAMPLER, seeds: Sequence[int] | None = None,
+                       callback=None, sampler_options: dict | None = None) -> torch.Tensor:
+        """Latents (N, C, h, w) for ``prompts``; ``seeds`` gives each sample its own initial noise.
+
+        ``sampler_options`` are the sampler's extras (e.g. ``{"s_churn": 10.0}`` for "edm-stochastic").
+        """
         caption, mask = self.encode_prompts(prompts)
         side = self.latent_size
         noise = None
@@ -122,12 +125,15 @@ class SamplingBundle:
                                              generator=torch.Generator().manual_seed(int(s))) for s in seeds])
         return sample(self.model, caption, mask, steps=steps or self.default_steps,
                       cfg_scale=self.default_cfg_scale if cfg_scale is None else cfg_scale, seed=seed,
-                      sampler=sampler, latent_size=side, edm=self.edm, callback=callback, noise=noise)
+                      sampler=sampler, sampler_options=sampler_options, latent_size=side, edm=self.edm,
+                      callback=callback, noise=noise)
 
     def sample(self, prompts: Sequence[str], steps: int | None = None, cfg_scale: float | None = None, seed: int = 0,
-               sampler: str = "heun", seeds: Sequence[int] | None = None, callback=None) -> np.ndarray:
+               sampler: str = DEFAULT_SAMPLER, seeds: Sequence[int] | None = None, callback=None,
+               sampler_options: dict | None = None) -> np.ndarray:
         """uint8 images (N, H, W, 3) for ``prompts`` (see ``sample_latents``)."""
-        return self.codec.decode(self.sample_latents(prompts, steps, cfg_scale, seed, sampler, seeds, callback))
+        return self.codec.decode(self.sample_latents(prompts, steps, cfg_scale, seed, sampler, seeds, callback,
+                                                     sampler_options))
 
 
 def weights_sha256(path: Path, ema: bool) -> str:
@@ -233,7 +239,8 @@ def bundle_for_trainer(trainer) -> SamplingBundle:
 
 def sample_checkpoint(spec: str | Path, prompts: list[str], out: str | Path = "samples.png", steps: int = 30,
                       cfg_scale: float = 5.0, seed: int = 0, per_prompt: int = 1, use_ema: bool = True,
-                      sampler: str = "heun", device: str | None = None) -> Path:
+                      sampler: str = DEFAULT_SAMPLER, device: str | None = None,
+                      sampler_options: dict | None = None) -> Path:
     """Sample ``per_prompt`` images of each prompt from a checkpoint into one PNG grid (a row per prompt).
 
     ``device`` defaults to the GPU when torch sees one, else the CPU; a seed gives the same
@@ -243,5 +250,5 @@ def sample_checkpoint(spec: str | Path, prompts: list[str], out: str | Path = "s
 
     bundle = load_for_sampling(spec, use_ema=use_ema, device=device)
     images = bundle.sample([p for p in prompts for _ in range(per_prompt)], steps=steps, cfg_scale=cfg_scale,
-                           seed=seed, sampler=sampler)
+                           seed=seed, sampler=sampler, sampler_options=sampler_options)
     return save_png(image_grid(images, per_prompt), out, scale=display_scale(images.shape[1]))

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..diffusion import EDMConfig, sample
+from ..diffusion import DEFAULT_SAMPLER, EDMConfig, sample
 from ..errors import writing
 from ..images import labelled_grid, save_png
 from ..io import atomic_write_text
@@ -64,7 +64,7 @@ class PromptGrid:
     """
 
     def __init__(self, info, prompts, steps: int = 30, cfg_scale: float = 5.0, seed: int = 0,
-                 edm: EDMConfig | None = None, resolution: int | None = None, sampler: str = "heun",
+                 edm: EDMConfig | None = None, resolution: int | None = None, sampler: str = DEFAULT_SAMPLER,
                  columns: int | None = None):
         self.info, self.prompts, self.steps, self.cfg_scale, self.seed = info, list(prompts), steps, cfg_scale, seed
         self.edm = edm or EDMConfig()

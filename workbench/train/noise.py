@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..diffusion import EDMConfig, sample_sigmas
+from ..diffusion import EDMConfig, draw_training_sigmas
 
 
 def sample_seed(seed: int, step: int, row: int) -> int:
@@ -24,7 +24,7 @@ def draw_sample_noise(rows, step: int, stage, edm: EDMConfig, shape: tuple[int, 
     sigmas, noises, mask_noises, drops = [], [], [], []
     for row in rows:
         gen = torch.Generator().manual_seed(sample_seed(stage.seed, step, int(row)))
-        sigmas.append(sample_sigmas(1, edm, gen)[0])                                # EDM's ln σ ~ N(P_mean, P_std²)
+        sigmas.append(draw_training_sigmas(1, edm, gen)[0])                        # EDM's ln σ ~ N(P_mean, P_std²)
         noises.append(torch.randn(shape, generator=gen))
         mask_noises.append(torch.rand(tokens, generator=gen))
         drops.append(torch.rand((), generator=gen) < stage.caption_dropout)

@@ -10,7 +10,7 @@ the model's denoised prediction with and without masking.
     explorer.keep.sum()                               # int(T * (1 - 0.5)) kept patches
 
 The masked prediction is exactly what training computes: ``precondition(model, x, σ, caption,
-mask_ratio=r, generator=seeded)``. The backbone sees only the kept patches; at dropped positions the
+sigma_data=σ_data, mask_ratio=r, generator=seeded)``. The backbone sees only the kept patches; at dropped positions the
 network output is the mask token, so there the denoiser returns (almost) only c_skip·x.
 """
 

@@ -4,6 +4,8 @@
     panel = SamplerPanel("runs/demo/stage4")          # a checkpoint or stage folder (EMA weights)
     panel                                             # shows the widget in a notebook
     panel.prompt.value = "a blue square"
+    panel.sampler.value = "edm-stochastic"            # any registered sampler (workbench.diffusion.SAMPLERS)
+    panel.options["s_churn"].value = 10.0             # its options appear below the dropdown
     panel.generate(wait=True)                         # what the Generate button does, then waits
     panel.images.shape                                # (batch, H, W, 3) uint8
     panel.save("blue_square.png")                     # what the Save button does
@@ -23,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..diffusion import EDMConfig, SAMPLER_NAMES, sample
+from ..diffusion import DEFAULT_SAMPLER, SAMPLERS, EDMConfig, get_sampler, sample
 from ..images import display_scale, grid_png, image_grid, save_png
 from .common import (DisplayMixin, blank_png, check_codec, embed_captions, open_checkpoint, resolve_codec,
                      resolve_text_encoder)
@@ -47,12 +49,16 @@ class SamplerPanel(DisplayMixin):
         resolution: image side in pixels (default: the checkpoint's training resolution, or
             ``model.config.sample_size`` x the codec's downsample).
         edm: EDM constants (default: σ_data of the checkpoint's stage, or ``EDMConfig()``).
-        prompt, steps, cfg_scale, sampler, seed, batch_size: initial control values.
+        prompt, steps, cfg_scale, sampler, seed, batch_size: initial control values (``sampler``: a name in
+            ``workbench.diffusion.SAMPLERS``).
+        sampler_options: initial values of the sampler's extra options (e.g. ``{"s_churn": 10.0}``).
         out_dir: where Save writes when the path box is left at its default.
         preview_every: decode the denoised estimate into the preview every this many steps.
 
     Attributes:
-        prompt, cfg_scale, steps, sampler, seed, batch_size: the controls; generate_button, save_button,
+        prompt, cfg_scale, steps, sampler, seed, batch_size: the controls; options (option name -> ``FloatText``,
+        one per option of any registered sampler, shown while the selected sampler takes it) and sampler_help
+        (the selected sampler's description); generate_button, save_button,
         save_path (Text: where Save writes; reset after each generation); preview, grid
         (``ipywidgets.Image``); progress; status; images (uint8 (B, H, W, 3)) and latents of the last run;
         preview_updates (count of preview refreshes in the last run); error (of the last run, or None).
@@ -61,7 +67,8 @@ class SamplerPanel(DisplayMixin):
     def __init__(self, model_or_checkpoint, text_encoder=None, codec=None, *, vae: str | Path | None = None,
                  use_ema: bool = True,
                  resolution: int | None = None, edm: EDMConfig | None = None, prompt: str = "a red circle",
-                 steps: int = 20, cfg_scale: float = 3.0, sampler: str = "heun", seed: int = 0, batch_size: int = 4,
+                 steps: int = 20, cfg_scale: float = 3.0, sampler: str = DEFAULT_SAMPLER,
+                 sampler_options: dict | None = None, seed: int = 0, batch_size: int = 4,
                  out_dir: str | Path = ".", preview_every: int = 1):
         import ipywidgets as W
 
@@ -83,15 +90,24 @@ class SamplerPanel(DisplayMixin):
         self.resolution = self.latent_side * getattr(self.codec, "downsample", 1)
         self.out_dir = Path(out_dir)
         self.preview_every = max(1, int(preview_every))
-        if sampler not in SAMPLER_NAMES:
-            raise ValueError(f"unknown sampler {sampler!r}; choose one of {list(SAMPLER_NAMES)}")
+        initial_options = get_sampler(sampler).resolve(sampler_options)   # an unknown name is an error here
 
         # ------------------------------------------------------------ controls
         self.prompt = W.Text(value=prompt, description="prompt", layout=W.Layout(width="30em"))
         self.cfg_scale = W.FloatSlider(value=cfg_scale, min=1.0, max=10.0, step=0.5, description="CFG",
                                        readout_format=".1f")
         self.steps = W.IntSlider(value=steps, min=1, max=100, description="steps")
-        self.sampler = W.Dropdown(options=list(SAMPLER_NAMES), value=sampler, description="sampler")
+        self.sampler = W.Dropdown(options=list(SAMPLERS), value=sampler, description="sampler")
+        self.sampler_help = W.HTML()
+        self.options = {}                                 # option name -> FloatText, over every registered sampler
+        for entry in SAMPLERS.values():
+            for option in entry.options:
+                if option.name not in self.options:
+                    self.options[option.name] = W.FloatText(value=initial_options.get(option.name, option.default),
+                                                            description=option.name, tooltip=option.help,
+                                                            layout=W.Layout(width="14em"))
+        self.sampler.observe(lambda _change: self._show_sampler(), names="value")
+        self._show_sampler()
         self.seed = W.IntText(value=seed, description="seed", layout=W.Layout(width="14em"))
         self.batch_size = W.IntSlider(value=batch_size, min=1, max=16, description="batch")
         self.generate_button = W.Button(description="Generate", button_style="primary", icon="play")
@@ -107,6 +123,7 @@ class SamplerPanel(DisplayMixin):
             self.prompt,
             W.HBox([self.cfg_scale, self.steps]),
             W.HBox([self.sampler, self.seed, self.batch_size]),
+            W.HBox([self.sampler_help, *self.options.values()]),
             W.HBox([self.generate_button, self.progress, self.status]),
             W.HBox([W.VBox([W.HTML("<b>denoised estimate (live)</b>"), self.preview]),
                     W.VBox([W.HTML("<b>samples</b>"), self.grid])]),
@@ -128,10 +145,21 @@ class SamplerPanel(DisplayMixin):
         """True while a generation runs on its background thread."""
         return self._thread is not None and self._thread.is_alive()
 
+    def _show_sampler(self) -> None:
+        """Show the selected sampler's description and only the option boxes it takes."""
+        entry = get_sampler(self.sampler.value)
+        self.sampler_help.value = f"<small>{html.escape(entry.description)}</small>"
+        taken = {option.name for option in entry.options}
+        for name, box in self.options.items():
+            box.layout.display = None if name in taken else "none"
+
     def settings(self) -> dict:
         """The current control values, as ``sample`` keywords plus prompt and batch size."""
+        entry = get_sampler(self.sampler.value)
         return {"prompt": self.prompt.value, "steps": int(self.steps.value), "cfg_scale": float(self.cfg_scale.value),
-                "sampler": self.sampler.value, "seed": int(self.seed.value), "batch_size": int(self.batch_size.value)}
+                "sampler": entry.name, "sampler_options": {o.name: float(self.options[o.name].value)
+                                                           for o in entry.options},
+                "seed": int(self.seed.value), "batch_size": int(self.batch_size.value)}
 
     def generate(self, wait: bool = False, timeout: float | None = None) -> threading.Thread:
         """Start sampling with the current controls on a background thread (the Generate button).
@@ -180,7 +208,8 @@ class SamplerPanel(DisplayMixin):
             caption = caption.expand(batch, -1, -1)                                     # (B, L, D)
             mask = mask.expand(batch, -1) if mask is not None else None                 # (B, L)
             latents = sample(self.model, caption, mask, steps=steps, cfg_scale=settings["cfg_scale"],
-                             seed=settings["seed"], sampler=settings["sampler"], latent_size=self.latent_side,
+                             seed=settings["seed"], sampler=settings["sampler"],
+                             sampler_options=settings["sampler_options"], latent_size=self.latent_side,
                              edm=self.edm, callback=callback)                           # (B, C, h, w)
             images = self.codec.decode(latents)                                         # (B, H, W, 3) uint8
             self.latents, self.images = latents.cpu(), images
