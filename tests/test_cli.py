@@ -92,10 +92,10 @@ def test_sample_help_lists_the_registered_samplers_and_their_options(capsys):
 
 
 def test_sample_passes_the_sampler_and_its_options(monkeypatch, tmp_path, capsys):
-    from workbench.train import sampling
+    from workbench.train import inference
 
     seen = {}
-    monkeypatch.setattr(sampling, "sample_checkpoint", lambda spec, prompts, **kw: seen.update(kw) or tmp_path)
+    monkeypatch.setattr(inference, "sample_checkpoint", lambda spec, prompts, **kw: seen.update(kw) or tmp_path)
     assert main(["sample", "--checkpoint", "x", "--prompt", "a", "--sampler", "edm-stochastic", "--s-churn", "5"]) == 0
     assert seen["sampler"] == "edm-stochastic" and seen["sampler_options"] == {"s_churn": 5.0}
     assert main(["sample", "--checkpoint", "x", "--prompt", "a"]) == 0

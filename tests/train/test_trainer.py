@@ -313,7 +313,7 @@ def test_eval_every_without_an_evaluator_warns(make_stage):
 def test_fused_adamw_and_the_three_op_clip_match_torchs_reference_loop(make_stage, monkeypatch):
     """The host-overhead kernels (fused AdamW, foreach clipping, the listed-once EMA) change no result beyond
     float rounding: 6 steps against torch's per-parameter AdamW and ``clip_grad_norm_``, with clipping active."""
-    import workbench.train.trainer as trainer_module
+    from workbench.train import optim
 
     stage = make_stage(steps=6, grad_clip=0.05, ema_decay=0.9, log_every=1)
     fast = Trainer(stage.replace(name="fast"), progress=False)
@@ -324,7 +324,7 @@ def test_fused_adamw_and_the_three_op_clip_match_torchs_reference_loop(make_stag
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         return torch.nn.utils.clip_grad_norm_(params, self.stage.grad_clip, foreach=False)
 
-    monkeypatch.setattr(trainer_module, "adamw_kernel", lambda stage, device: {"foreach": False, "fused": False})
+    monkeypatch.setattr(optim, "adamw_kernel", lambda stage, device: {"foreach": False, "fused": False})
     monkeypatch.setattr(Trainer, "_clip_gradients", reference_clip)
     slow = Trainer(stage.replace(name="reference"), progress=False)
     slow_history = [slow.step() for _ in range(6)]

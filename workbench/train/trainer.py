@@ -30,29 +30,17 @@ from ..data.loader import PreparedLoader
 from ..diffusion import EDMLoss, loss_per_sigma_bin
 from ..errors import out_of_memory, writing
 from ..model import MicroDiT, null_caption, trim_caption_padding
-from ..model.moe import ExpertChoiceMoE
 from . import checkpoint as ckpt
 from .accelerator import make_accelerator
 from .interrupt import StopOnInterrupt
 from .lock import StageLock
 from .monitor import MetricsLog, PromptGrid
 from .noise import draw_sample_noise
-from .resume import check_resume, resumable_checkpoint, resumed_lines, start_from
+from .optim import clip_grad_norm, make_optimizer
 from .inference import sampling_record
+from .resume import check_resume, resumable_checkpoint, resumed_lines, start_from
 from .stage_folder import clear_outputs, samples_path, stopped_line
 from .stages import Stage, check_stage, ema_decay_at, lr_factor
-
-
-def adamw_kernel(stage: Stage, device: torch.device) -> dict:
-    """AdamW's implementation: the fused kernel (one op for all parameters, CPU and CUDA), else foreach.
-
-    The per-parameter loop torch falls back to on the CPU costs ~10 dispatched ops per parameter
-    tensor (2,100 a step for ``micro``); fused and loop agree to float rounding
-    (tests/train/test_trainer.py). FSDP's sharded parameters take the foreach kernel.
-    """
-    if not stage.fsdp and device.type in ("cpu", "cuda"):
-        return {"fused": True}
-    return {"foreach": True}
 
 
 class TrainingDiverged(RuntimeError):
@@ -139,8 +127,7 @@ class Trainer:
 
             self.repa = build_repa(stage.repa_encoder, self.info, model, stage.repa_depth)
             self.repa.attach(model)
-        optimizer = torch.optim.AdamW(self.param_groups(model), lr=stage.lr, betas=stage.betas,
-                                      weight_decay=stage.weight_decay, **adamw_kernel(stage, acc.device))
+        optimizer = make_optimizer(model, stage, acc.device, self.repa)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, stage))
         self.loader = PreparedLoader(stage.data, stage.resolution, stage.micro_batch, seed=stage.seed,
                                      device=acc.device, rank=acc.process_index, world_size=acc.num_processes)
@@ -173,19 +160,6 @@ class Trainer:
                                                  if isinstance(v, (int, float, str, bool))})
 
     # ------------------------------------------------------------------ set-up
-    def param_groups(self, model: MicroDiT) -> list[dict]:
-        """AdamW groups: MoE parameters get ``lr * moe_lr_scale`` (the paper's intended half LR); REPA's projector."""
-        moe = {id(p) for m in model.modules() if isinstance(m, ExpertChoiceMoE) for p in m.parameters()}
-        scale = self.stage.moe_lr_scale
-        dense = [p for p in model.parameters() if id(p) not in moe]
-        experts = [p for p in model.parameters() if id(p) in moe]
-        groups = [{"params": dense, "name": "dense"}]
-        if experts:
-            groups.append({"params": experts, "name": "moe", "lr": self.stage.lr * scale})
-        if self.repa is not None:
-            groups.append({"params": list(self.repa.projector.parameters()), "name": "repa"})
-        return groups
-
     def _resume(self, resume) -> str | None:
         root = self.stage.checkpoint_dir
         if resume in (None, "never"):
@@ -336,21 +310,16 @@ class Trainer:
         return [next(self._iterator) for _ in range(self.accumulation)]
 
     def _clip_gradients(self) -> torch.Tensor:
-        """Clip the global gradient norm to ``grad_clip`` (0: measure only); returns the norm before clipping.
+        """Clip the global gradient norm to ``grad_clip`` (0: measure only); the norm before clipping.
 
-        ``torch.nn.utils.clip_grad_norm_``'s arithmetic in three dispatched ops (it moves each
-        parameter's norm with its own ``.to``); accelerate still unscales fp16 gradients first, and
-        clips FSDP's sharded gradients itself.
+        accelerate unscales fp16 gradients first, and clips FSDP's sharded gradients itself.
         """
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         max_norm = self.stage.grad_clip if self.stage.grad_clip > 0 else float("inf")
         if self.stage.fsdp:
             return self.accelerator.clip_grad_norm_(params, max_norm)
         self.accelerator.unscale_gradients()
-        grads = [p.grad for p in params if p.grad is not None]
-        total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))            # () as torch's
-        torch._foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp(max=1.0))   # clip_grad_norm_, 3 ops not 400
-        return total
+        return clip_grad_norm(params, max_norm)
 
     def _update_ema(self) -> None:
         if self.ema is None:
