@@ -222,7 +222,7 @@ def cmd_convert_official(args) -> int:
 
 
 def cmd_import_mds(args) -> int:
-    from .data.mds import import_mds
+    from .data.mds_import import import_mds
 
     info = import_mds(args.source, args.out, vae=args.vae, text_encoder=args.text_encoder,
                       caption_key=args.caption_key)

@@ -139,7 +139,7 @@ def bench_data(n: int = 512, resolution: int = 32, batch_size: int = 32, prepare
 
 
 def _captions(path) -> list[str]:
-    from ..data.prepared import load_prepared
+    from ..data.prepared_format import load_prepared
 
     return load_prepared(path, format=None)["caption"]
 

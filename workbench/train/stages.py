@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ..config import check_known_keys, dump_yaml, from_dict, load_yaml, require, to_dict
-from ..data.prepared import PreparedInfo
+from ..data.prepared_format import PreparedInfo
 from ..diffusion import EDMConfig
 from ..model import preset_config
 from . import checkpoint as ckpt
