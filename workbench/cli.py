@@ -42,8 +42,9 @@ class _PrepareHelpFormatter(argparse.HelpFormatter):
 
         if action.dest == "source":
             return f"{spec_help()} (default shapes)".replace("%", "%%")
-        options = " ".join(f"[{kind}] " + "; ".join(f"{name}: {text}" for name, text in source_class(kind).options.items())
-                           + "." for kind in source_kinds() if source_class(kind).options)
+        kinds = [source_class(kind) for kind in source_kinds() if source_class(kind).options]
+        options = " ".join(f"[{cls.kind}] " + "; ".join(f"{name}: {text}" for name, text in cls.options.items()) + "."
+                           for cls in kinds)
         return f"a source option (repeatable). {options}".replace("%", "%%")
 
 

@@ -79,7 +79,7 @@ def _write_part(writer: PreparedWriter, first: int, end: int, shard: str, rows: 
     import pyarrow as pa
 
     t0, (L, D) = time.perf_counter(), writer.caption_shape
-    expected = {f"latents_{r}": s for r, s in writer.latent_shapes.items()} | {"caption_emb": (L, D)}   # column -> shape
+    expected = {f"latents_{r}": s for r, s in writer.latent_shapes.items()} | {"caption_emb": (L, D)}   # -> shape
     sources = {f"latents_{r}": f"latents_{r}" for r in writer.latent_shapes} | {"caption_emb": f"{caption_key}_latents"}
     skips, arrays, captions, keys = Skips(), {column: [] for column in expected}, [], []
     for i, row in enumerate(rows):

@@ -21,8 +21,8 @@ end (temp file + rename), so a run killed at 90 % keeps nothing. Instead the rec
 into fixed-size shards of ``shard_size`` *source records* (skipped ones included, so shard
 boundaries depend only on the source). Each shard is encoded with ``Dataset.map(batched=True)``
 (Arrow batches in, Arrow batches out), saved with ``save_to_disk`` into ``shard_<start>.tmp`` and
-renamed into place (``PreparedWriter.write_part``), so a SIGKILL leaves only complete shards. A rerun with the same settings
-keeps them, continues from the first record after the last complete shard
+renamed into place (``PreparedWriter.write_part``), so a SIGKILL leaves only complete shards. A
+rerun with the same settings keeps them, continues from the first record after the last complete shard
 (``source.records(start=...)``) and finally concatenates the shards (``concatenate_datasets``).
 Every valid sample is therefore present exactly once. Keys already written are remembered
 across the resume, so a key repeated in the source is written once.

@@ -110,7 +110,8 @@ class PreparedWriter:
         out = self.out
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out {str(out)!r} is a file, not a folder; choose another --out")
-        if not out.is_dir() or not [p for p in out.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp"))]:
+        files = list(out.iterdir()) if out.is_dir() else []
+        if not [p for p in files if not (p.name.startswith(".") and p.name.endswith(".tmp"))]:
             return False                                             # absent, empty, or only our temp files
         settings_file = out / SETTINGS_FILE
         if not settings_file.is_file():

@@ -89,7 +89,11 @@ class Source(ABC):
     - ``summary``: how the spec help names it ("a .tar shard or a folder of shards");
     - ``options``: its own ``open_source`` options (constructor keywords) with their help text;
     - ``recognise(path)``: what marks an existing path as this kind, for specs with no prefix;
-    - ``reads_path``: False when the text after ``kind:`` is not a path (``shapes:val``).
+    - ``reads_path``: False when the text after ``kind:`` is not a path (``shapes:val``);
+    - ``precedence`` (lower wins when several kinds recognise a path), ``single_file`` (the lone file
+      it reads, for the error on any other file), ``reads_any_folder`` (it takes the folders no kind
+      recognises, as ``imagefolder`` does);
+    - ``from_spec`` and ``option_defaults``: override them only for a spec or defaults of its own (shapes).
 
     The common settings (``COMMON_SETTINGS``) reach the constructor when it takes them. Register
     the class with ``@register_source``.
@@ -232,8 +236,8 @@ def caption_field(row: Mapping[str, Any], caption_column: str | None) -> Any:
 
 def image_record(key: str, caption: Caption, read: Callable[[], bytes], min_side: int,
                   name: str | None = None) -> SourceRecord:
-    """A checked record: decode the image, then check the caption (random bytes named .jpg are ``not_an_image``, whatever the
-    caption); ``read`` returns the encoded image bytes. ``name`` is the file's path relative to the
+    """A checked record: decode the image, then check the caption (random bytes named .jpg are
+    ``not_an_image``, whatever the caption); ``read`` returns the encoded image bytes. ``name`` is the file's path relative to the
     source, which a skip carries as ``file`` for the report."""
     try:
         data = read()

@@ -37,9 +37,9 @@ class HFDiskSource(Source):
         saved = (path / "state.json").is_file() and (path / "dataset_info.json").is_file()
         return "a saved dataset" if saved or (path / "dataset_dict.json").is_file() else None
 
-    def __init__(self, path: str | os.PathLike, *, image_column: str | None = "image", caption_column: str | None = None,
-                 key_column: str | None = None, split: str | None = None, min_side: int = 0,
-                 limit: int | None = None):
+    def __init__(self, path: str | os.PathLike, *, image_column: str | None = "image",
+                 caption_column: str | None = None, key_column: str | None = None, split: str | None = None,
+                 min_side: int = 0, limit: int | None = None):
         import datasets
 
         super().__init__(min_side=min_side, limit=limit)
