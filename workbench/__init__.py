@@ -30,7 +30,7 @@ _EXPORTS = {
     "MicroDiTPipeline": "workbench.interop",
     "MicroDiTHeunScheduler": "workbench.interop",
     "convert_official": "workbench.interop",
-    "import_mds": "workbench.data.mds",
+    "import_mds": "workbench.data.mds_import",
     "MaskExplorer": "workbench.widgets",
     "SamplerPanel": "workbench.widgets",
     "TrainingDashboard": "workbench.widgets",

@@ -28,11 +28,30 @@ import sys
 import warnings
 
 
+class _PrepareHelpFormatter(argparse.HelpFormatter):
+    """``workbench prepare --help``: the ``--source`` and ``--option`` help come from the source registry.
+
+    The registry (``workbench.data.sources``) is imported only when the help is shown, so the other
+    commands start without it.
+    """
+
+    def _get_help_string(self, action) -> str:
+        if action.dest not in ("source", "option"):
+            return super()._get_help_string(action)
+        from .data.sources import source_class, source_kinds, spec_help
+
+        if action.dest == "source":
+            return f"{spec_help()} (default shapes)".replace("%", "%%")
+        kinds = [source_class(kind) for kind in source_kinds() if source_class(kind).options]
+        options = " ".join(f"[{cls.kind}] " + "; ".join(f"{name}: {text}" for name, text in cls.options.items()) + "."
+                           for cls in kinds)
+        return f"a source option (repeatable). {options}".replace("%", "%%")
+
+
 def _add_prepare_arguments(parser) -> None:
     """The ``workbench prepare`` options."""
-    parser.add_argument("--source", default="shapes",
-                        help="shapes | shapes:val | image folder | tar shard(s) | save_to_disk folder | MDS folder "
-                             "(default shapes)")
+    parser.formatter_class = _PrepareHelpFormatter
+    parser.add_argument("--source", default="shapes", help="a source spec (the kinds are listed with --help)")
     parser.add_argument("--out", required=True, help="output folder, e.g. data/prepared/NAME")
     parser.add_argument("--codec", default="pixel", help="pixel | vae:PATH (a local AutoencoderKL folder)")
     parser.add_argument("--text-encoder", default="default",
@@ -44,8 +63,9 @@ def _add_prepare_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="rows per encode batch")
     parser.add_argument("--shard-size", type=int, default=512, help="source records per resumable shard")
     parser.add_argument("--seed", type=int, default=0, help="seed of the VAE posterior noise")
-    parser.add_argument("--image-column", default="image",
-                        help="image column of a saved dataset or MDS shards (MDS default: jpg, jpeg, png, image, webp)")
+    parser.add_argument("--image-column", default=None,
+                        help="image column of a saved dataset (default image) or MDS shards (default: jpg, jpeg, png, "
+                             "image, webp)")
     parser.add_argument("--caption-column", default=None, help="caption column / metadata field")
     parser.add_argument("--max-length", type=int, default=None, help="caption tokens (text encoder default 77)")
     parser.add_argument("--trim-padding", action="store_true",
@@ -54,7 +74,7 @@ def _add_prepare_arguments(parser) -> None:
     parser.add_argument("--device", default=None,
                         help="device of the codec and text encoder (default cuda if available)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                        help="source option, e.g. n=5000 or split=val for shapes (repeatable)")
+                        help="a source option, e.g. n=5000 (the options are listed with --help)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print report.json at the end")
 
@@ -266,7 +286,7 @@ def cmd_convert_official(args) -> int:
 
 
 def cmd_import_mds(args) -> int:
-    from .data.mds import import_mds
+    from .data.mds_import import import_mds
 
     info = import_mds(args.source, args.out, vae=args.vae, text_encoder=args.text_encoder,
                       caption_key=args.caption_key)

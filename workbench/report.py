@@ -274,7 +274,7 @@ def prepared_preview(path: str | os.PathLike, n: int = 16, resolution: int | Non
     """
     import torch
 
-    from .data.prepared import PreparedInfo, load_prepared, open_prepared_codec
+    from .data.prepared_format import PreparedInfo, load_prepared, open_prepared_codec
 
     info = PreparedInfo.read(path)
     resolution = int(resolution or info.resolutions[-1])

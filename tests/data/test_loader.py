@@ -12,7 +12,7 @@ import torch
 from tests.data.tiny_models import tiny_clip_dir  # noqa: F401  (fixture)
 from workbench.data.loader import Batch, PreparedLoader, distributed_defaults
 from workbench.data.prepare import prepare
-from workbench.data.prepared import to_arrow
+from workbench.data.prepared_format import to_arrow
 
 N, C, H, L, D = 50, 3, 4, 6, 5
 

@@ -16,9 +16,10 @@ import pytest
 from tests.data.mds_writer import write_mds
 from tests.data.tiny_models import save_tiny_vae
 from workbench.cli import main
-from workbench.data import mds as mds_module
-from workbench.data.mds import MDSError, MDSReader, import_mds
-from workbench.data.prepared import PreparedInfo, load_prepared
+from workbench.data import mds_import as mds_module
+from workbench.data.mds_import import import_mds
+from workbench.data.mds_reader import MDSError, MDSReader
+from workbench.data.prepared_format import PreparedInfo, load_prepared
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 MDS = FIXTURES / "mds"
@@ -91,12 +92,12 @@ def test_an_interrupted_import_resumes_without_redoing_finished_shards(tmp_path,
     class Killed(Exception):
         pass
 
-    def dies_on_the_second(part, *args):
-        calls.append(part.name)
+    def dies_on_the_second(writer, first, end, shard, *args):
+        calls.append(shard)
         if len(calls) == 2 and not died:
-            died.append(part.name)
+            died.append(shard)
             raise Killed
-        real(part, *args)
+        real(writer, first, end, shard, *args)
 
     monkeypatch.setattr(mds_module, "_write_part", dies_on_the_second)
     with pytest.raises(Killed):
@@ -104,7 +105,7 @@ def test_an_interrupted_import_resumes_without_redoing_finished_shards(tmp_path,
     assert not (tmp_path / "out" / "prepared.json").exists()
     calls.clear()
     info = import_mds(src, tmp_path / "out", vae=vae, text_encoder=OPENCLIP, progress=False)
-    assert calls == ["mds_000001", "mds_000002"] and info.num_rows == 6
+    assert calls == ["shard.00001.mds", "shard.00002.mds"] and info.num_rows == 6
 
 
 def test_non_finite_rows_are_skipped_and_reported(tmp_path, vae):
@@ -182,3 +183,30 @@ def test_an_mds_folder_of_images_is_a_prepare_source(tmp_path):
     assert report.written == 2 and report.skipped == {"not_an_image": 1, "empty_caption": 1, "too_small": 1}
     with pytest.raises(ValueError, match=r"image_column: .* not 'photo'"):
         open_source(tmp_path / "images", image_column="photo")
+
+
+def test_import_mds_and_prepare_share_the_writer_and_its_report(tmp_path, vae, monkeypatch):
+    from workbench.data.prepare import prepare
+    from workbench.data.prepared_writer import PreparedWriter
+
+    finished, parts = [], []
+    real_finish, real_write_part = PreparedWriter.finish, PreparedWriter.write_part
+
+    def finish(self, **kwargs):
+        finished.append(self.out.name)
+        return real_finish(self, **kwargs)
+
+    def write_part(self, start, end, *args, **kwargs):
+        parts.append((self.out.name, start, end))
+        return real_write_part(self, start, end, *args, **kwargs)
+
+    monkeypatch.setattr(PreparedWriter, "finish", finish)
+    monkeypatch.setattr(PreparedWriter, "write_part", write_part)
+    src = write_mds(tmp_path / "mds", COLUMNS, as_mds(fixture_rows()), per_shard=4)
+    import_mds(src, tmp_path / "imported", vae=vae, text_encoder=OPENCLIP, progress=False)
+    prepare("shapes", tmp_path / "prepared", resolutions=(16,), n=4, shard_size=2, progress=False)
+    assert finished == ["imported", "prepared"]
+    assert parts == [("imported", 0, 4), ("imported", 4, 6), ("prepared", 0, 2), ("prepared", 2, 4)]
+    imported, prepared = (json.loads((tmp_path / name / "report.json").read_text()) for name in finished)
+    assert list(imported) == list(prepared) and list(imported["counts"]) == list(prepared["counts"])
+    assert imported["source"]["kind"] == "mds" and imported["counts"]["written"] == 6

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from workbench.data.prepare import prepare
-from workbench.data.prepared import PreparedInfo, load_prepared, open_prepared_text_encoder
+from workbench.data.prepared_format import PreparedInfo, load_prepared, open_prepared_text_encoder
 from workbench.data.text import TextEncoder, open_text_encoder
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "openclip_text"

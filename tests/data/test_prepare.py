@@ -24,7 +24,7 @@ from workbench.errors import WorkbenchError
 from workbench.cli import build_parser
 from workbench.cli import main as cli_main
 from workbench.data.prepare import _Preparer, prepare
-from workbench.data.prepared import INFO_FILE, REPORT_FILE, SHARDS_DIR, PreparedInfo, from_arrow, load_prepared
+from workbench.data.prepared_format import INFO_FILE, REPORT_FILE, SHARDS_DIR, PreparedInfo, from_arrow, load_prepared
 from workbench.data.sources import SKIP_REASONS, Source, SourceRecord, open_source, preprocess
 from workbench.data.text import open_text_encoder
 
@@ -257,8 +257,8 @@ def test_rerun_after_a_crash_resumes_after_the_last_complete_shard(tmp_path, cli
 
     def crash_in_third_shard(self, start, end, rows, skips, t0):
         if start == 12:                                               # die half-way through saving shard 2
-            (self.shards / f"shard_{start:010d}.tmp").mkdir(parents=True)
-            (self.shards / f"shard_{start:010d}.tmp" / "data-00000-of-00001.arrow").write_bytes(b"partial")
+            (self.writer.shards / f"shard_{start:010d}.tmp").mkdir(parents=True)
+            (self.writer.shards / f"shard_{start:010d}.tmp" / "data-00000-of-00001.arrow").write_bytes(b"partial")
             raise KeyboardInterrupt
         return original(self, start, end, rows, skips, t0)
 
@@ -470,9 +470,11 @@ def test_a_file_over_the_size_bound_is_skipped_unread(tmp_path, monkeypatch):
 
 
 def test_a_failed_shard_write_leaves_no_temp_shard(tmp_path, monkeypatch):
+    import datasets
+
     def fail(self, *args, **kwargs):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(_Preparer, "_encode_fn", fail)           # fails inside the shard's temp folder
+    monkeypatch.setattr(datasets.Dataset, "save_to_disk", fail)  # fails inside the shard's temp folder
     with pytest.raises(OSError):
         prepare("shapes", tmp_path / "prep", resolutions=(16,), limit=8, progress=False, n=8)
     assert not list((tmp_path / "prep").rglob("shard_*.tmp"))

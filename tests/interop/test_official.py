@@ -223,7 +223,7 @@ def test_fine_tuning_a_converted_model_on_imported_official_data(tmp_path, one_t
     from tests.data.mds_writer import write_mds
     from tests.data.test_mds import COLUMNS, as_mds, fixture_rows
     from tests.train.conftest import BASE
-    from workbench.data.mds import import_mds
+    from workbench.data.mds_import import import_mds
     from workbench.train import Stage, Trainer
 
     vae = save_tiny_vae(tmp_path / "vae")

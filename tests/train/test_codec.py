@@ -41,7 +41,7 @@ def test_latents_are_normalised_by_the_measured_scaling_and_shift(codec_dir):
 
 def test_prepare_reuses_the_trained_codec(codec_dir, tmp_path):
     from workbench.data.prepare import prepare
-    from workbench.data.prepared import PreparedInfo
+    from workbench.data.prepared_format import PreparedInfo
 
     out, _ = codec_dir
     prepare(source="shapes", out=tmp_path / "data", resolutions=(16,), limit=8, codec=f"vae:{out}",

@@ -6,7 +6,7 @@ import torch
 from tests.data.tiny_models import save_tiny_vae
 from tests.train.conftest import losses
 from workbench.data.prepare import prepare
-from workbench.data.prepared import PreparedInfo
+from workbench.data.prepared_format import PreparedInfo
 from workbench.model import MicroDiT
 from workbench.train import Stage, Trainer
 from workbench.train.repa import build_repa

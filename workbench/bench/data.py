@@ -74,8 +74,6 @@ def bench_data(n: int = 512, resolution: int = 32, batch_size: int = 32, prepare
         report["prepare"]["images_per_s"], report["loader"]["images_per_s"], report["loader_over_nano"]
     """
     from ..data.codecs import open_codec
-    from ..data.loader import PreparedLoader
-    from ..data.prepare import prepare
     from ..data.text import open_text_encoder
 
     device = default_device()
@@ -90,39 +88,12 @@ def bench_data(n: int = 512, resolution: int = 32, batch_size: int = 32, prepare
         tmp = tempfile.mkdtemp(prefix="workbench-bench-data-")
         out = Path(tmp) / "prepared"
     try:
-        t0 = time.perf_counter()
-        rep = prepare("shapes", out, codec=codec, text_encoder=encoder, resolutions=(resolution,), limit=n, n=n,
-                      batch_size=prepare_batch_size, progress=False)
-        sec = time.perf_counter() - t0
-        if rep.nothing_to_do:
-            raise ValueError(f"{out} already holds this prepared set; pass another out= to time a fresh run")
-        report["prepare"] = {
-            "images": rep.written, "seconds": round(sec, 3), "images_per_s": round(rep.written / sec, 1),
-            "model_load_s": round(load_s, 2), "codec": "pixel", "text_encoder": encoder.describe()["model_class"],
-            "trim_padding": trim_padding, "batch_size": prepare_batch_size,
-            "unique_captions": len(set(_captions(out))),
-        }
-        progress(f"prepare: {rep.written} images in {sec:.1f}s = {report['prepare']['images_per_s']} img/s "
-                 f"(shapes, pixel codec, {report['prepare']['text_encoder']}; models loaded in {load_s:.1f}s)")
-
-        loader = PreparedLoader(out, resolution, batch_size, seed=0, device=device)
-        it = loader.batches()
-        next(it)                                                       # warm-up: page in the files
-        windows, per_window = [], max(1, loader_batches // 5)
-        for _ in range(5):                                             # median of 5 windows: shared CPUs are noisy
-            t0 = time.perf_counter()
-            for _ in range(per_window):
-                batch = next(it)
-            if device == "cuda":
-                torch.cuda.synchronize()
-            windows.append((time.perf_counter() - t0) / per_window)
-        sec = sorted(windows)[2]
-        report["loader"] = {
-            "batch_size": batch_size, "batches": 5 * per_window, "ms_per_batch_median": round(sec * 1e3, 3),
-            "ms_per_batch_windows": [round(w * 1e3, 3) for w in windows],
-            "batches_per_s": round(1 / sec, 1), "images_per_s": round(batch_size / sec, 1),
-            "rows": loader.num_rows, "device": device,
-        }
+        report["prepare"] = _time_prepare(out, codec, encoder, n, resolution, prepare_batch_size, trim_padding)
+        report["prepare"]["model_load_s"] = round(load_s, 2)
+        progress(f"prepare: {report['prepare']['images']} images in {report['prepare']['seconds']:.1f}s = "
+                 f"{report['prepare']['images_per_s']} img/s (shapes, pixel codec, "
+                 f"{report['prepare']['text_encoder']}; models loaded in {load_s:.1f}s)")
+        report["loader"], batch = _time_loader(out, resolution, batch_size, loader_batches, device)
         progress(f"loader: {report['loader']['batches_per_s']} batches/s = {report['loader']['images_per_s']} img/s "
                  f"(batch {batch_size}, {device}, median of 5 windows)")
         if nano_steps:
@@ -138,8 +109,50 @@ def bench_data(n: int = 512, resolution: int = 32, batch_size: int = 32, prepare
     return report
 
 
+def _time_prepare(out, codec, encoder, n: int, resolution: int, batch_size: int, trim_padding: bool) -> dict:
+    """``prepare`` of ``n`` shapes records into ``out``, timed: the report's ``prepare`` section."""
+    from ..data.prepare import prepare
+
+    t0 = time.perf_counter()
+    rep = prepare("shapes", out, codec=codec, text_encoder=encoder, resolutions=(resolution,), limit=n, n=n,
+                  batch_size=batch_size, progress=False)
+    sec = time.perf_counter() - t0
+    if rep.nothing_to_do:
+        raise ValueError(f"{out} already holds this prepared set; pass another out= to time a fresh run")
+    return {
+        "images": rep.written, "seconds": round(sec, 3), "images_per_s": round(rep.written / sec, 1),
+        "model_load_s": None, "codec": "pixel", "text_encoder": encoder.describe()["model_class"],
+        "trim_padding": trim_padding, "batch_size": batch_size, "unique_captions": len(set(_captions(out))),
+    }
+
+
+def _time_loader(out, resolution: int, batch_size: int, loader_batches: int, device: str):
+    """``PreparedLoader`` batches timed in 5 windows after a warm-up: (the ``loader`` section, the last batch)."""
+    from ..data.loader import PreparedLoader
+
+    loader = PreparedLoader(out, resolution, batch_size, seed=0, device=device)
+    it = loader.batches()
+    next(it)                                                       # warm-up: page in the files
+    windows, per_window = [], max(1, loader_batches // 5)
+    for _ in range(5):                                             # median of 5 windows: shared CPUs are noisy
+        t0 = time.perf_counter()
+        for _ in range(per_window):
+            batch = next(it)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        windows.append((time.perf_counter() - t0) / per_window)
+    sec = sorted(windows)[2]
+    section = {
+        "batch_size": batch_size, "batches": 5 * per_window, "ms_per_batch_median": round(sec * 1e3, 3),
+        "ms_per_batch_windows": [round(w * 1e3, 3) for w in windows],
+        "batches_per_s": round(1 / sec, 1), "images_per_s": round(batch_size / sec, 1),
+        "rows": loader.num_rows, "device": device,
+    }
+    return section, batch
+
+
 def _captions(path) -> list[str]:
-    from ..data.prepared import load_prepared
+    from ..data.prepared_format import load_prepared
 
     return load_prepared(path, format=None)["caption"]
 

@@ -12,12 +12,12 @@ from importlib import import_module
 _EXPORTS = {
     "shapes": ("shapes_dataset", "shapes_arrays", "make_scenes", "render_scene", "eval_prompts",
                "parse_caption", "Scene", "ShapeObject", "EvalPrompt"),
-    "sources": ("open_source", "preprocess", "Source", "SourceRecord", "SKIP_REASONS"),
+    "sources": ("open_source", "preprocess", "Source", "SourceRecord", "SKIP_REASONS", "register_source"),
     "codecs": ("open_codec", "PixelCodec", "VAECodec"),
     "text": ("open_text_encoder", "TextEncoder"),
     "loader": ("PreparedLoader", "Batch", "distributed_defaults"),
-    "prepared": ("load_prepared", "PreparedInfo", "PrepareReport", "open_prepared_codec",
-                 "open_prepared_text_encoder"),
+    "prepared_format": ("load_prepared", "PreparedInfo", "PrepareReport", "open_prepared_codec",
+                        "open_prepared_text_encoder"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 

@@ -32,7 +32,7 @@ from typing import Any, Iterator, NamedTuple
 import numpy as np
 import torch
 
-from .prepared import PreparedInfo, load_prepared
+from .prepared_format import PreparedInfo, load_prepared
 
 
 class _BatchTuple(NamedTuple):
@@ -86,7 +86,7 @@ class _Column:
     """A fixed-shape Arrow column as per-chunk numpy views ``(n_chunk, *shape)``, indexable by rows."""
 
     def __init__(self, chunked, shape: tuple[int, ...]):
-        from .prepared import from_arrow
+        from .prepared_format import from_arrow
 
         chunks = [c for c in chunked.chunks if len(c)]
         self.shape = shape

@@ -89,7 +89,7 @@ def check_parameters(section: str, values: dict, declared: dict, notebook: Path)
 
 def _check_prepare_values(p: dict) -> None:
     """Ranges and paths of the prepare parameters (notebook 01), before any kernel starts."""
-    from ..data.prepared import parse_resolutions
+    from ..data.prepared_format import parse_resolutions
     from ..data.sources import parse_source_spec
 
     try:
@@ -266,7 +266,7 @@ def plan_steps(config: PipelineConfig, workdir: str | os.PathLike | None = None)
 
     Nothing is started or written.
     """
-    from ..data.prepared import parse_resolutions
+    from ..data.prepared_format import parse_resolutions
 
     workdir = str(Path(workdir or os.getcwd()).resolve())
     _check_kernel(config.kernel)

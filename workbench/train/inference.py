@@ -46,7 +46,7 @@ def sampling_record(info, stage) -> dict:
 def _record_from_prepared(path: Path, stage: dict) -> dict:
     """The sampling record of a checkpoint saved before checkpoints carried one: from its prepared data."""
     from ..data.codecs import codec_spec
-    from ..data.prepared import PreparedInfo
+    from ..data.prepared_format import PreparedInfo
     from ..data.text import text_spec
 
     if "data" not in stage:
@@ -227,7 +227,7 @@ def load_for_sampling(spec: str | Path, use_ema: bool = True, device: str | torc
 
 def bundle_for_trainer(trainer) -> SamplingBundle:
     """A ``SamplingBundle`` around a running trainer's sampling model (EMA when kept), for scores during training."""
-    from ..data.prepared import open_prepared_codec, open_prepared_text_encoder
+    from ..data.prepared_format import open_prepared_codec, open_prepared_text_encoder
 
     stage = trainer.stage
     return SamplingBundle(model=trainer.sampling_model(), codec=open_prepared_codec(trainer.info),

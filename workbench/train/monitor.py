@@ -75,7 +75,7 @@ class PromptGrid:
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(caption (N, L, D), mask (N, L)) of the prompts, computed once."""
         if self._embeddings is None:
-            from ..data.prepared import open_prepared_text_encoder
+            from ..data.prepared_format import open_prepared_text_encoder
 
             self._embeddings = open_prepared_text_encoder(self.info).encode(self.prompts)
         return self._embeddings
@@ -84,7 +84,7 @@ class PromptGrid:
     def codec(self):
         """The prepared data's latent codec."""
         if self._codec is None:
-            from ..data.prepared import open_prepared_codec
+            from ..data.prepared_format import open_prepared_codec
 
             self._codec = open_prepared_codec(self.info)
         return self._codec

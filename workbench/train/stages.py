@@ -18,7 +18,7 @@ import torch
 
 from ..config import (NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, check_field_types, check_known_keys,
                       check_ranges, dump_yaml, from_dict, in_unit_interval, load_yaml, require, to_dict)
-from ..data.prepared import PreparedInfo
+from ..data.prepared_format import PreparedInfo
 from ..diffusion import EDMConfig
 from ..model import preset_config
 from . import checkpoint as ckpt

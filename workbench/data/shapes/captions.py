@@ -8,12 +8,10 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
+from .objects import ShapeObject
 from .vocabulary import COLOURS, COUNT_WORDS, RELATIONS, SHAPES, TEMPLATES
-
-if TYPE_CHECKING:                 # scenes imports this module; objects are only read here
-    from .scenes import ShapeObject
 
 
 def _article(phrase: str) -> str:

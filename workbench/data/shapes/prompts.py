@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from .captions import caption_for
-from .scenes import ShapeObject
+from .objects import ShapeObject
 from .vocabulary import COLOURS, HELDOUT_COMBOS, RELATIONS, SHAPES, TRAIN_COMBOS
 
 

@@ -14,7 +14,8 @@ from typing import Iterator, Mapping
 import numpy as np
 
 from .geometry import sdf
-from .scenes import Scene, ShapeObject, _check_split, check_template_weights, make_scene, make_scenes, scene_key, scene_rng
+from .objects import ShapeObject
+from .scenes import Scene, _check_split, check_template_weights, make_scene, make_scenes, scene_key, scene_rng
 from .vocabulary import COLOURS, SIZES
 
 

@@ -17,36 +17,9 @@ import numpy as np
 
 from .captions import caption_for
 from .geometry import UNIT_EXTENTS
+from .objects import ShapeObject
 from .vocabulary import (BACKGROUND_GRADIENT, BACKGROUND_GREY, DEFAULT_TEMPLATE_WEIGHTS, GAP, MARGIN, RELATIONS,
                          SIZE_IN_CAPTION_P, SIZES, SPLITS, TEMPLATES, TRAIN_COMBOS)
-
-
-@dataclass(frozen=True)
-class ShapeObject:
-    """One object of a scene. ``cx``, ``cy`` are the centre as fractions of the image side."""
-
-    shape: str
-    colour: str
-    size: str
-    cx: float
-    cy: float
-
-    @property
-    def bbox(self) -> tuple[float, float, float, float]:
-        """Tight box ``(x0, y0, x1, y1)`` as fractions of the image side (y grows downwards)."""
-        half = SIZES[self.size]
-        x0, y0, x1, y1 = UNIT_EXTENTS[self.shape]
-        return (self.cx + x0 * half, self.cy + y0 * half, self.cx + x1 * half, self.cy + y1 * half)
-
-    def to_dict(self) -> dict:
-        """JSON-able ground truth: shape, colour, size, centre and bbox (fractions, 4 decimals)."""
-        return {
-            "shape": self.shape,
-            "colour": self.colour,
-            "size": self.size,
-            "centre": [round(self.cx, 4), round(self.cy, 4)],
-            "bbox": [round(v, 4) for v in self.bbox],
-        }
 
 
 @dataclass(frozen=True)

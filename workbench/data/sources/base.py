@@ -1,15 +1,24 @@
-"""What every source shares: the record type, skip reasons, the ``Source`` interface, caption and image checks."""
+"""What every source shares: the record type, skip reasons, the ``Source`` interface and its registry, the checks.
+
+A source kind is one ``Source`` subclass, registered with ``@register_source``; ``open_source``, the
+spec help, ``workbench prepare --help`` and the option checks all read the registry. The helpers a
+subclass needs are public here: ``image_record`` (decode + validate one sample), ``skip_record``,
+``walk_files`` and ``stat_line`` (to fingerprint files), ``caption_from_bytes`` / ``caption_from_value``.
+docs/architecture.md ("Adding a data source") shows a whole source kind in a few lines.
+"""
 
 from __future__ import annotations
 
 import errno
+import inspect
 import json
 import os
+import re
 import stat
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, NamedTuple
+from typing import Any, Callable, ClassVar, Iterator, Mapping, NamedTuple
 
 from PIL import Image
 
@@ -17,7 +26,6 @@ from ...io import fingerprint
 from ..images import decode_image
 
 SOURCES_VERSION = 1                          # bump when validation rules change record contents
-SOURCE_KINDS = ("shapes", "imagefolder", "webdataset", "hf_disk", "mds")
 CAPTION_FIELDS = ("text", "caption", "txt", "prompt")   # tried in order when caption_column is None
 KEY_FIELDS = ("__key__", "key")              # hf_disk: tried in order when key_column is None
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
@@ -65,17 +73,55 @@ class SourceRecord:
         return self.skip_reason is None
 
 
-def _skip(key: str, reason: str, detail: str | None = None, file: str | None = None) -> SourceRecord:
+def skip_record(key: str, reason: str, detail: str | None = None, file: str | None = None) -> SourceRecord:
+    """A skipped record: ``reason`` is a ``SKIP_REASONS`` code, ``detail`` says what exactly, ``file`` names it."""
     return SourceRecord(key, None, None, reason, detail, file=file)
 
 
 class Source(ABC):
     """A deterministic stream of ``SourceRecord``s. Build one with ``open_source``.
 
-    Subclasses set ``kind`` and implement ``_count``, ``_iter_records`` and ``describe``.
+    A subclass is one source kind. It implements ``_iter_records`` and ``describe`` (abstract: the
+    JSON-able identity of its input, with a fingerprint of the files, since a resumed prepare run
+    trusts it), optionally ``_count``, and declares in class attributes:
+
+    - ``kind``: the spec prefix (``"webdataset"`` in ``webdataset:PATH``);
+    - ``summary``: how the spec help names it ("a .tar shard or a folder of shards");
+    - ``options``: its own ``open_source`` options (constructor keywords) with their help text;
+    - ``recognise(path)``: what marks an existing path as this kind, for specs with no prefix;
+    - ``reads_path``: False when the text after ``kind:`` is not a path (``shapes:val``);
+    - ``precedence`` (lower wins when several kinds recognise a path), ``single_file`` (the lone file
+      it reads, for the error on any other file), ``reads_any_folder`` (it takes the folders no kind
+      recognises, as ``imagefolder`` does);
+    - ``from_spec`` and ``option_defaults``: override them only for a spec or defaults of its own (shapes).
+
+    The common settings (``COMMON_SETTINGS``) reach the constructor when it takes them. Register
+    the class with ``@register_source``.
     """
 
-    kind: str = ""
+    kind: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    options: ClassVar[Mapping[str, str]] = {}
+    reads_path: ClassVar[bool] = True
+    precedence: ClassVar[int] = 50            # lower wins when several kinds recognise one path
+    single_file: ClassVar[str] = ""           # the one kind of file it reads alone, e.g. "a tar shard (.tar)"
+    reads_any_folder: ClassVar[bool] = False  # a folder no kind recognises is this kind (imagefolder)
+
+    @classmethod
+    def recognise(cls, path: Path) -> str | None:
+        """What in the existing ``path`` marks it as this kind ("tar shards"), or None (the default)."""
+        return None
+
+    @classmethod
+    def from_spec(cls, target: Path | str | None, **settings: Any) -> "Source":
+        """The source for a parsed spec: ``target`` is the path (or, without ``reads_path``, the text after
+        ``kind:`` or None); ``settings`` are the options and the common settings the constructor takes."""
+        return cls(target, **settings) if cls.reads_path else cls(**settings)
+
+    @classmethod
+    def option_defaults(cls, resolutions: tuple[int, ...]) -> dict[str, Any]:
+        """Option values ``prepare`` uses unless given, for the ``resolutions`` it prepares (default: none)."""
+        return {}
 
     def __init__(self, *, min_side: int = 0, limit: int | None = None):
         if min_side < 0:
@@ -181,27 +227,28 @@ def caption_from_value(value: Any, where: str = "caption") -> Caption:
     return Caption(text)
 
 
-def _pick_field(row: Mapping[str, Any], caption_column: str | None) -> Any:
+def caption_field(row: Mapping[str, Any], caption_column: str | None) -> Any:
+    """The caption value of a metadata row: ``row[caption_column]``, else the first of ``CAPTION_FIELDS`` present."""
     if caption_column is not None:
         return row.get(caption_column)
     return next((row[f] for f in CAPTION_FIELDS if f in row), None)
 
 
-def _image_record(key: str, caption: Caption, read: Callable[[], bytes], min_side: int,
+def image_record(key: str, caption: Caption, read: Callable[[], bytes], min_side: int,
                   name: str | None = None) -> SourceRecord:
-    """Decode the image, then check the caption (random bytes named .jpg are ``not_an_image``, whatever the
-    caption); ``read`` returns the encoded image bytes. ``name`` is the file's path relative to the
+    """A checked record: decode the image, then check the caption (random bytes named .jpg are
+    ``not_an_image``, whatever the caption); ``read`` returns the encoded image bytes. ``name`` is the file's path relative to the
     source, which a skip carries as ``file`` for the report."""
     try:
         data = read()
     except OSError as err:
-        return _skip(key, "read_error", f"{type(err).__name__}: {err}", name)
+        return skip_record(key, "read_error", f"{type(err).__name__}: {err}", name)
     decoded = decode_image(data, min_side=min_side)
     if decoded.image is None:
-        return _skip(key, decoded.reason, decoded.detail, name)
+        return skip_record(key, decoded.reason, decoded.detail, name)
     text, reason, detail = caption
     if reason:
-        return _skip(key, reason, detail, name)
+        return skip_record(key, reason, detail, name)
     return SourceRecord(key, decoded.image, text, None)
 
 
@@ -243,12 +290,13 @@ def read_bounded(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
     return data
 
 
-def _stat_line(rel: str, path: Path) -> str:
+def stat_line(rel: str, path: Path) -> str:
+    """``"rel\tsize\tmtime_ns"``: one line of a file listing to fingerprint (``io.fingerprint``) in ``describe``."""
     st = path.stat()
     return f"{rel}\t{st.st_size}\t{st.st_mtime_ns}"
 
 
-def _walk(root: Path) -> Iterator[tuple[str, Path]]:
+def walk_files(root: Path) -> Iterator[tuple[str, Path]]:
     """(posix relative path, path) of every non-hidden file under ``root``, sorted."""
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -256,3 +304,61 @@ def _walk(root: Path) -> Iterator[tuple[str, Path]]:
         for name in sorted(filenames):
             if not name.startswith("."):
                 yield (name if rel_dir == "." else f"{rel_dir}/{name}"), Path(dirpath, name)
+
+
+# ---------------------------------------------------------------------------------------------
+#  The registry: kind -> Source subclass
+# ---------------------------------------------------------------------------------------------
+
+COMMON_SETTINGS = ("image_column", "caption_column", "min_side", "limit")   # open_source's own keywords
+_KIND_NAME = re.compile(r"^[A-Za-z][\w+.-]+$")
+_REGISTRY: dict[str, type[Source]] = {}
+
+
+def register_source(cls: type[Source]) -> type[Source]:
+    """Class decorator: make ``cls`` a source kind that ``open_source`` and ``workbench prepare`` read.
+
+    Checked here, so a broken kind fails at import and not mid-run: ``kind`` is a new name of two or
+    more characters, ``summary`` is set, every abstract method (``describe`` included) is
+    implemented, and every declared option is a constructor keyword.
+
+    Example::
+
+        @register_source
+        class CsvSource(Source):
+            kind, summary = "csv", "a folder with captions.csv"
+            ...
+    """
+    name = getattr(cls, "kind", "")
+    if not (isinstance(cls, type) and issubclass(cls, Source)):
+        raise TypeError(f"register_source takes a Source subclass, got {cls!r}")
+    if not isinstance(name, str) or not _KIND_NAME.match(name):
+        raise ValueError(f"{cls.__name__}.kind must be a name of 2+ letters, digits, _ + . - (it is the spec "
+                         f"prefix, as in 'kind:PATH'); got {name!r}")
+    if name in _REGISTRY and _REGISTRY[name] is not cls:
+        raise ValueError(f"source kind {name!r} is already registered by {_REGISTRY[name].__name__}")
+    if not cls.summary:
+        raise ValueError(f"{cls.__name__}.summary must say how the spec help names this kind, e.g. 'an image folder'")
+    if inspect.isabstract(cls):
+        missing = ", ".join(sorted(cls.__abstractmethods__))
+        raise TypeError(f"{cls.__name__} does not implement {missing}: describe() must fingerprint the input, "
+                        "because a resumed prepare run trusts it")
+    params = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(cls.options) - set(params))
+        if unknown:
+            raise TypeError(f"{cls.__name__}.options {unknown} are not keywords of its constructor")
+    _REGISTRY[name] = cls
+    return cls
+
+
+def source_kinds() -> tuple[str, ...]:
+    """The registered kinds, in registration order (the built-in ones first)."""
+    return tuple(_REGISTRY)
+
+
+def source_class(kind: str) -> type[Source]:
+    """The ``Source`` subclass of ``kind``; ``ValueError`` listing the known kinds otherwise."""
+    if kind not in _REGISTRY:
+        raise ValueError(f"unknown source kind {kind!r}: known kinds are {', '.join(_REGISTRY)}")
+    return _REGISTRY[kind]

@@ -6,11 +6,13 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from .base import CAPTION_FIELDS, KEY_FIELDS, SOURCES_VERSION, Source, SourceRecord, _image_record, _skip, caption_from_value
+from .base import (CAPTION_FIELDS, KEY_FIELDS, SOURCES_VERSION, Source, SourceRecord, caption_from_value,
+                  image_record, register_source, skip_record)
 
 _RAW_IMAGE_DTYPES = ("binary", "large_binary", "string", "large_string")   # bytes or file paths
 
 
+@register_source
 class HFDiskSource(Source):
     """A ``datasets`` dataset saved with ``save_to_disk``, read with ``load_from_disk``.
 
@@ -21,11 +23,23 @@ class HFDiskSource(Source):
     """
 
     kind = "hf_disk"
+    summary = "a folder written by Dataset.save_to_disk"
+    precedence = 10
+    options = {
+        "key_column": "the column of unique keys (default __key__ or key if present, else the row index)",
+        "split": "the split of a saved DatasetDict (default train)",
+    }
     BATCH = 64                                   # rows read from Arrow at a time
 
-    def __init__(self, path: str | os.PathLike, *, image_column: str = "image", caption_column: str | None = None,
-                 key_column: str | None = None, split: str | None = None, min_side: int = 0,
-                 limit: int | None = None):
+    @classmethod
+    def recognise(cls, path: Path) -> str | None:
+        """A ``save_to_disk`` folder (state.json + dataset_info.json, or dataset_dict.json): "a saved dataset"."""
+        saved = (path / "state.json").is_file() and (path / "dataset_info.json").is_file()
+        return "a saved dataset" if saved or (path / "dataset_dict.json").is_file() else None
+
+    def __init__(self, path: str | os.PathLike, *, image_column: str | None = "image",
+                 caption_column: str | None = None, key_column: str | None = None, split: str | None = None,
+                 min_side: int = 0, limit: int | None = None):
         import datasets
 
         super().__init__(min_side=min_side, limit=limit)
@@ -36,7 +50,7 @@ class HFDiskSource(Source):
         self.split = self._pick_split(loaded, split)
         ds = loaded[self.split] if self.split is not None else loaded
         columns = ds.column_names
-        self.image_column = self._need_column(columns, image_column, "image_column")
+        self.image_column = self._need_column(columns, image_column or "image", "image_column")
         self.caption_column = self._need_column(
             columns, caption_column or next((c for c in CAPTION_FIELDS if c in columns), None), "caption_column")
         self.key_column = (self._need_column(columns, key_column, "key_column") if key_column
@@ -86,7 +100,7 @@ class HFDiskSource(Source):
             rows = self._ds[lo:hi]
             for key, value, caption in zip(self._keys(lo, hi), rows[self.image_column], rows[self.caption_column]):
                 if key in seen:
-                    yield _skip(key, "duplicate_key", f"row key {key!r} repeats an earlier row")
+                    yield skip_record(key, "duplicate_key", f"row key {key!r} repeats an earlier row")
                     continue
                 seen.add(key)
                 yield self._record(key, value, caption)
@@ -96,11 +110,11 @@ class HFDiskSource(Source):
         if isinstance(value, dict):                                       # Image(decode=False)
             value = value.get("bytes") or value.get("path")
         if value is None:
-            return _skip(key, "missing_image", f"row {key} has no image")
+            return skip_record(key, "missing_image", f"row {key} has no image")
         if isinstance(value, (bytes, bytearray)):
-            return _image_record(key, caption_from_value(caption, where), lambda: bytes(value), self.min_side)
+            return image_record(key, caption_from_value(caption, where), lambda: bytes(value), self.min_side)
         path = Path(value) if Path(value).is_absolute() else self.path / value
-        return _image_record(key, caption_from_value(caption, where), path.read_bytes, self.min_side)
+        return image_record(key, caption_from_value(caption, where), path.read_bytes, self.min_side)
 
     def describe(self) -> dict:
         return {"kind": self.kind, "version": SOURCES_VERSION, "path": str(self.path), "split": self.split,

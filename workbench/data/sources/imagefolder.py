@@ -13,8 +13,9 @@ from typing import Iterator
 
 from ...io import fingerprint
 from ..images import IMAGE_EXTENSIONS
-from .base import (METADATA_FILES, SOURCES_VERSION, Caption, Source, SourceRecord, _image_record, _pick_field, _skip,
-                   _stat_line, _walk, caption_from_bytes, caption_from_value, display_name, file_problem, read_bounded)
+from .base import (METADATA_FILES, SOURCES_VERSION, Caption, Source, SourceRecord, caption_field, caption_from_bytes,
+                  caption_from_value, display_name, file_problem, image_record, read_bounded, register_source,
+                  skip_record, stat_line, walk_files)
 
 
 @dataclass
@@ -53,6 +54,7 @@ def _metadata_rows(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
         yield lineno, (row if isinstance(row, dict) else None), (None if isinstance(row, dict) else "not an object")
 
 
+@register_source
 class ImageFolderSource(Source):
     """A folder of images with captions, following ``datasets``' ``imagefolder`` conventions.
 
@@ -63,6 +65,17 @@ class ImageFolderSource(Source):
     """
 
     kind = "imagefolder"
+    summary = "an image folder"
+    precedence = 30
+    reads_any_folder = True                  # a folder no kind recognises is read as images (and says so)
+
+    @classmethod
+    def recognise(cls, path: Path) -> str | None:
+        """A folder with image files at its top level: "images"."""
+        if not path.is_dir():
+            return None
+        names = (p.name.lower() for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        return "images" if any(os.path.splitext(n)[1] in IMAGE_EXTENSIONS for n in names) else None
 
     def __init__(self, root: str | os.PathLike, *, caption_column: str | None = None, min_side: int = 0,
                  limit: int | None = None):
@@ -80,7 +93,7 @@ class ImageFolderSource(Source):
 
     def _scan(self) -> tuple[list[_Entry], set[str], list[str]]:
         images, sidecars, metadata, stats, unusable = [], set(), [], [], []
-        for rel, path in _walk(self.root):
+        for rel, path in walk_files(self.root):
             suffix = path.suffix.lower()
             wanted = suffix in IMAGE_EXTENSIONS or suffix == ".txt" or path.name in METADATA_FILES
             problem = file_problem(rel, path) if wanted else None
@@ -97,7 +110,7 @@ class ImageFolderSource(Source):
                 metadata.append((rel, path))
             else:
                 continue
-            stats.append(_stat_line(rel, path))
+            stats.append(stat_line(rel, path))
         captions, problems = self._read_metadata(metadata, {rel for rel, _ in images})
         entries, first = [], {}
         for rel, path in images:
@@ -132,7 +145,7 @@ class ImageFolderSource(Source):
                                            detail=f"{where} names {name!r}, which is not an image file here"))
                 else:
                     where_first[rel] = where
-                    captions[rel] = caption_from_value(_pick_field(row, self.caption_column), f"caption in {where}")
+                    captions[rel] = caption_from_value(caption_field(row, self.caption_column), f"caption in {where}")
         return captions, problems
 
     def _count(self) -> int:
@@ -152,10 +165,10 @@ class ImageFolderSource(Source):
     def _iter_records(self, start: int) -> Iterator[SourceRecord]:
         for entry in self._entries[start:self.size_hint]:
             if entry.reason:
-                yield _skip(entry.key, entry.reason, entry.detail,
+                yield skip_record(entry.key, entry.reason, entry.detail,
                             entry.path.relative_to(self.root).as_posix() if entry.path else None)
             else:
-                yield _image_record(entry.key, self._caption(entry), lambda p=entry.path: read_bounded(p), self.min_side,
+                yield image_record(entry.key, self._caption(entry), lambda p=entry.path: read_bounded(p), self.min_side,
                                     name=entry.path.relative_to(self.root).as_posix())
 
     def describe(self) -> dict:

@@ -1,4 +1,4 @@
-"""MosaicML Streaming (MDS) shards of images and captions, read with ``workbench.data.mds.MDSReader``."""
+"""MosaicML Streaming (MDS) shards of images and captions, read with ``workbench.data.mds_reader.MDSReader``."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from ..mds import MDSReader
-from .base import CAPTION_FIELDS, SOURCES_VERSION, Source, SourceRecord, _image_record, caption_from_value
+from ..mds_reader import INDEX, MDSReader
+from .base import (CAPTION_FIELDS, SOURCES_VERSION, Source, SourceRecord, caption_from_value, image_record,
+                  register_source)
 
 IMAGE_FIELDS = ("jpg", "jpeg", "png", "image", "webp")       # tried in order when image_column is None
 
 
+@register_source
 class MDSSource(Source):
     """An MDS folder (``index.json`` + shards, or one sub-folder per writer process) with an image column
     (``jpeg`` / ``png`` / ``bytes`` encodings, decoded and validated here) and a caption column.
@@ -21,6 +23,13 @@ class MDSSource(Source):
     """
 
     kind = "mds"
+    summary = "an MDS folder (index.json)"
+    precedence = 20
+
+    @classmethod
+    def recognise(cls, path: Path) -> str | None:
+        """A folder with an ``index.json``, or sub-folders with one (one per writer process): "an MDS index"."""
+        return "an MDS index" if (path / INDEX).is_file() or any(path.glob(f"*/{INDEX}")) else None
 
     def __init__(self, path: str | os.PathLike, *, image_column: str | None = None, caption_column: str | None = None,
                  min_side: int = 0, limit: int | None = None):
@@ -48,7 +57,7 @@ class MDSSource(Source):
             row = self.reader.get(index, raw={self.image_column})
             key = self.reader.shard_name(index)
             caption = caption_from_value(row[self.caption_column], f"column {self.caption_column!r}")
-            yield _image_record(key, caption, lambda: row[self.image_column], self.min_side, key)
+            yield image_record(key, caption, lambda: row[self.image_column], self.min_side, key)
 
     def describe(self) -> dict:
         return {"kind": self.kind, "version": SOURCES_VERSION, "path": str(self.path),

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Iterator, Mapping
 
 from ..shapes import SHAPES_VERSION, SPLITS, check_template_weights, shape_rows
-from .base import Source, SourceRecord
+from .base import Source, SourceRecord, register_source
 
 
+@register_source
 class ShapesSource(Source):
     """The embedded procedural shapes set (``workbench.data.shapes``), rendered on the fly.
 
@@ -17,6 +19,15 @@ class ShapesSource(Source):
     """
 
     kind = "shapes"
+    summary = "'shapes' (or 'shapes:train' / 'shapes:val')"
+    reads_path = False
+    options = {
+        "n": "number of scenes (default 10000)",
+        "resolution": "image side in pixels (prepare: the largest resolution prepared)",
+        "split": "train or val (also 'shapes:val')",
+        "seed": "scene seed (default 0)",
+        "template_weights": "relative frequency of the caption templates single, pair, position, count",
+    }
 
     def __init__(self, *, n: int = 10_000, resolution: int = 64, split: str = "train", seed: int = 0,
                  template_weights: Mapping[str, float] | None = None, limit: int | None = None):
@@ -28,6 +39,18 @@ class ShapesSource(Source):
         check_template_weights(template_weights)
         self.n, self.resolution, self.split, self.seed = int(n), int(resolution), split, int(seed)
         self.template_weights = None if template_weights is None else dict(template_weights)
+
+    @classmethod
+    def from_spec(cls, target: Path | str | None, *, split: str | None = None, **settings: Any) -> "ShapesSource":
+        """``shapes:val`` and ``split="val"`` say the same; saying two different splits is an error."""
+        if target and split and target != split:
+            raise ValueError(f"spec says split {target!r} but split={split!r} was passed")
+        return cls(split=target or split or "train", **settings)
+
+    @classmethod
+    def option_defaults(cls, resolutions: tuple[int, ...]) -> dict[str, Any]:
+        """Render once at the largest resolution; ``preprocess`` downsamples for the smaller ones."""
+        return {"resolution": max(resolutions)}
 
     def _count(self) -> int:
         return self.n

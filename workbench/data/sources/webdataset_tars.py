@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Iterator
 
 from ...io import fingerprint
-from .base import (SOURCES_VERSION, TAR_SUFFIXES, Caption, Source, SourceRecord, _image_record, _pick_field, _skip,
-                   _stat_line, _walk, caption_from_bytes, caption_from_value, display_name, file_problem)
+from .base import (SOURCES_VERSION, TAR_SUFFIXES, Caption, Source, SourceRecord, caption_field, caption_from_bytes,
+                  caption_from_value, display_name, file_problem, image_record, register_source, skip_record,
+                  stat_line, walk_files)
 
 _WDS_NAME = re.compile(r"^((?:.*/|)[^./][^.]*)\.([^/]*)$")      # webdataset: key = up to the first dot
 _IMAGE_EXTS = tuple(e.lstrip(".") for e in (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"))
@@ -75,6 +76,7 @@ def _scan_shard(shard: Path, skip: int) -> Iterator[_Group]:
         yield _Group(group.key if group else shard.name, error=f"{shard.name}: {type(err).__name__}: {message}")
 
 
+@register_source
 class WebDatasetSource(Source):
     """WebDataset tar shards: members ``<key>.<ext>`` grouped into samples by key.
 
@@ -85,6 +87,17 @@ class WebDatasetSource(Source):
     """
 
     kind = "webdataset"
+    summary = "a .tar shard or a folder of shards"
+    precedence = 30
+    single_file = f"a tar shard ({', '.join(TAR_SUFFIXES)})"
+
+    @classmethod
+    def recognise(cls, path: Path) -> str | None:
+        """A tar file ("a tar shard"), or a folder with tar files at its top level ("tar shards")."""
+        if path.is_file():
+            return "a tar shard" if path.name.lower().endswith(TAR_SUFFIXES) else None
+        names = (p.name.lower() for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        return "tar shards" if any(n.endswith(TAR_SUFFIXES) for n in names) else None
 
     def __init__(self, path: str | os.PathLike, *, caption_column: str | None = None, min_side: int = 0,
                  limit: int | None = None):
@@ -97,7 +110,7 @@ class WebDatasetSource(Source):
             raise ValueError(f"no tar shards ({', '.join(TAR_SUFFIXES)}) found under {self.path}")
         self.caption_column = caption_column
         base = self.path.parent if self.path.is_file() else self.path
-        self._fingerprint = fingerprint([_stat_line(p.relative_to(base).as_posix(), p) for p in self.shards])
+        self._fingerprint = fingerprint([stat_line(p.relative_to(base).as_posix(), p) for p in self.shards])
 
     def _iter_records(self, start: int) -> Iterator[SourceRecord]:
         seen: dict[str, str] = {}                # key -> shard it was first seen in
@@ -116,13 +129,13 @@ class WebDatasetSource(Source):
     def _record(self, group: _Group, shard: Path, duplicate: str | None) -> SourceRecord:
         key, files = group.key, group.files
         if duplicate is not None:
-            return _skip(key, "duplicate_key", f"key {key!r} in {shard.name} was already seen in {duplicate}")
+            return skip_record(key, "duplicate_key", f"key {key!r} in {shard.name} was already seen in {duplicate}")
         if group.error:
-            return _skip(key, "corrupt_shard", group.error)
+            return skip_record(key, "corrupt_shard", group.error)
         image_ext = next((e for e in _IMAGE_EXTS if e in files), None)
         if image_ext is None:
-            return _skip(key, "missing_image", f"sample {key!r} in {shard.name} has {sorted(files)}, no image")
-        return _image_record(key, self._caption(files, f"{key} in {shard.name}"),
+            return skip_record(key, "missing_image", f"sample {key!r} in {shard.name} has {sorted(files)}, no image")
+        return image_record(key, self._caption(files, f"{key} in {shard.name}"),
                              lambda: files[image_ext], self.min_side, name=f"{shard.name}:{key}.{image_ext}")
 
     def _caption(self, files: dict, where: str) -> Caption:
@@ -136,12 +149,12 @@ class WebDatasetSource(Source):
             return Caption(None, "bad_metadata", f"{where} .json is not valid JSON ({err})")
         if not isinstance(row, dict):
             return Caption(None, "bad_metadata", f"{where} .json is not an object")
-        return caption_from_value(_pick_field(row, self.caption_column), f"{where} .json caption")
+        return caption_from_value(caption_field(row, self.caption_column), f"{where} .json caption")
 
     def _find_shards(self) -> list[Path]:
         """The tar shards under the folder; a FIFO, device, broken link or bad name is left out with a warning."""
         shards = []
-        for rel, path in _walk(self.path):
+        for rel, path in walk_files(self.path):
             if not path.name.lower().endswith(TAR_SUFFIXES):
                 continue
             problem = file_problem(rel, path)

@@ -8,7 +8,8 @@ A prepared dataset is a ``datasets`` folder (``save_to_disk``) with one row per 
     caption, source_key              str
 
 plus ``prepared.json`` (``PreparedInfo``, written last: the folder is complete iff it exists),
-``report.json`` and ``prepare_settings.json``. The writer is ``workbench.data.prepare``::
+``report.json`` and ``prepare_settings.json``. The one writer is ``workbench.data.prepared_writer``
+(used by ``workbench prepare`` and ``workbench import-mds``)::
 
     ds = load_prepared("data/prepared/shapes32")   # datasets.Dataset, torch format
     info = PreparedInfo.read("data/prepared/shapes32")
@@ -66,13 +67,14 @@ def from_arrow(column, shape: tuple[int, ...]) -> np.ndarray:
     return flat.reshape(len(column), *shape)
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
+    """The JSON value in the file ``path``."""
     with open(path) as f:
         return json.load(f)
 
 
 @contextmanager
-def _quiet_datasets():
+def quiet_datasets():
     """Silence ``datasets``' own progress bars (map, save) while we show ours."""
     from datasets.utils import logging as ds_logging
 
@@ -94,7 +96,7 @@ def save_into(out: Path, dataset) -> None:
 
     tmp = out / FINAL_TMP
     shutil.rmtree(tmp, ignore_errors=True)
-    with _quiet_datasets():
+    with quiet_datasets():
         dataset.save_to_disk(str(tmp), num_shards=1 if len(dataset) == 0 else None)
     for f in tmp.iterdir():
         os.replace(f, out / f.name)
@@ -155,7 +157,7 @@ class PreparedInfo:
                    if partial else "it was not written by workbench prepare")
             raise ValueError(f"{str(p)!r} is not a complete prepared dataset (no {INFO_FILE}): {why}")
         try:
-            d = _read_json(marker)
+            d = read_json(marker)
             version = int(d["format_version"])
             if version != FORMAT_VERSION:
                 raise ValueError(f"format version {version}, this workbench reads {FORMAT_VERSION}; re-run prepare")
@@ -217,7 +219,7 @@ def load_prepared(path: str | os.PathLike, format: str | None = "torch"):
     import datasets
 
     info = PreparedInfo.read(path)
-    with _quiet_datasets():
+    with quiet_datasets():
         ds = datasets.load_from_disk(info.path)
     if len(ds) != info.num_rows:
         raise ValueError(f"{info.path!r} holds {len(ds)} rows but {INFO_FILE} says {info.num_rows}: the folder "
@@ -260,7 +262,3 @@ class PrepareReport:
         return (f"{head}{self.out}: seen {self.seen}, written {self.written}, skipped "
                 f"{sum(self.skipped.values())} ({skipped}) in {self.elapsed_s:.1f}s{resumed}")
 
-
-# ---------------------------------------------------------------------------------------------
-#  The preparer
-# ---------------------------------------------------------------------------------------------
