@@ -27,6 +27,8 @@ import json
 import sys
 import warnings
 
+from .bench.command import add_bench_parser     # no torch import: the CLI starts fast
+
 
 class _PrepareHelpFormatter(argparse.HelpFormatter):
     """``workbench prepare --help``: the ``--source`` and ``--option`` help come from the source registry.
@@ -124,35 +126,6 @@ def cmd_info(args) -> int:
     if args.json:
         print(json.dumps({"preset": args.preset, **summary.as_dict(), "latent_size": side, **flops,
                           "config": summary.config}))
-    return 0
-
-
-def cmd_bench(args) -> int:
-    from .bench import write_report
-
-    if args.what == "model":
-        from .bench.model import bench_model
-
-        report = bench_model(presets=args.presets or ("nano", "micro"), batch=args.batch, latent_size=args.latent_size,
-                             repeats=args.repeats, bf16=args.bf16, compile=args.compile)
-    elif args.what == "train":
-        from .bench.train import bench_train
-
-        report = bench_train(presets=args.presets or ("nano", "micro"), batch=args.batch, resolution=args.resolution,
-                             steps=args.steps or 6, mixed_precision="bf16" if args.bf16 else "no", compile=args.compile,
-                             data=args.data)
-    elif args.what == "memory":
-        from .bench.memory import bench_memory
-
-        steps = args.steps or 1000
-        report = bench_memory(preset=(args.presets or ("micro",))[0], steps=steps, batch=args.batch,
-                              warmup=max(1, min(100, steps // 5)))
-    else:
-        from .bench.data import bench_data
-
-        report = bench_data(n=args.n, resolution=args.resolution, batch_size=args.batch,
-                            trim_padding=args.trim_padding)
-    print(write_report(report, args.json))
     return 0
 
 
@@ -336,25 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="end with one JSON line")
     info.set_defaults(fn=cmd_info)
 
-    bench = sub.add_parser("bench", help="performance benchmarks (JSON)")
-    bench.add_argument("what", choices=["model", "data", "train", "memory"])
-    bench.add_argument("--json", metavar="PATH", default=None, help="also write the report here")
-    bench.add_argument("--batch", type=int, default=16)
-    bench.add_argument("--resolution", type=int, default=32, help="image side in pixels (data, train)")
-    bench.add_argument("--latent-size", type=int, default=32, help="the model input's side (model)")
-    bench.add_argument("--repeats", type=int, default=5)
-    bench.add_argument("--bf16", action="store_true", help="bf16 autocast (model, train)")
-    bench.add_argument("--compile", action="store_true", help="torch.compile the model (model, train)")
-    bench.add_argument("--presets", type=lambda s: tuple(s.split(",")), default=None, metavar="A,B",
-                       help="MicroDiT presets (model, train: default nano,micro, e.g. xl_2 on a GPU; memory: the "
-                            "first, default micro)")
-    bench.add_argument("--steps", type=int, default=None, help="timed steps per round (train, default 6); "
-                                                               "training steps (memory, default 1000)")
-    bench.add_argument("--data", default=None, help="a prepared dataset to train on (train; default: a temporary "
-                       "shapes set)")
-    bench.add_argument("--n", type=int, default=512, help="images to prepare (data)")
-    bench.add_argument("--trim-padding", action="store_true", help="text encoder stops at the longest caption (data)")
-    bench.set_defaults(fn=cmd_bench)
+    add_bench_parser(sub)
 
     train = sub.add_parser("train", help="train one stage (also under `accelerate launch -m workbench train`)")
     train.add_argument("--config", required=True, help="a stage YAML, e.g. configs/demo/stage1.yaml")

@@ -14,11 +14,11 @@ from pathlib import Path
 from statistics import median
 from typing import Callable
 
-import torch
-
 
 def environment() -> dict:
     """Where a benchmark ran: torch version, threads, device, CPU model."""
+    import torch
+
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -33,6 +33,8 @@ def environment() -> dict:
 
 def interleaved_timings(fns: dict[str, Callable[[], None]], repeats: int, warmup: int = 2) -> dict[str, float]:
     """Median seconds per call of each function, calling them round-robin so drift hits all alike."""
+    import torch
+
     for _ in range(warmup):
         for fn in fns.values():
             fn()

@@ -1,0 +1,65 @@
+"""``workbench bench model|data|train|memory|step``: the command's options and what each runs."""
+
+from __future__ import annotations
+
+
+def add_bench_parser(sub) -> None:
+    """The ``bench`` subcommand of ``workbench``."""
+    bench = sub.add_parser("bench", help="performance benchmarks (JSON)")
+    bench.add_argument("what", choices=["model", "data", "train", "memory", "step"])
+    bench.add_argument("--json", metavar="PATH", default=None, help="also write the report here")
+    bench.add_argument("--batch", type=int, default=16)
+    bench.add_argument("--resolution", type=int, default=32, help="image side in pixels (data, train)")
+    bench.add_argument("--latent-size", type=int, default=32, help="the model input's side (model)")
+    bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--bf16", action="store_true", help="bf16 autocast (model, train)")
+    bench.add_argument("--compile", action="store_true", help="torch.compile the model (model, train)")
+    bench.add_argument("--presets", type=lambda s: tuple(s.split(",")), default=None, metavar="A,B",
+                       help="MicroDiT presets (model, train: default nano,micro, e.g. xl_2 on a GPU; memory: the "
+                            "first, default micro)")
+    bench.add_argument("--steps", type=int, default=None, help="timed steps per round (train, default 6); "
+                                                               "training steps (memory, default 1000)")
+    bench.add_argument("--data", default=None, help="a prepared dataset to train on (train; default: a temporary "
+                       "shapes set)")
+    bench.add_argument("--n", type=int, default=512, help="images to prepare (data)")
+    bench.add_argument("--mask", type=float, default=0.75, help="mask ratio (step)")
+    bench.add_argument("--profile", action="store_true", help="also list the commonest dispatched ops (step)")
+    bench.add_argument("--trim-padding", action="store_true", help="text encoder stops at the longest caption (data)")
+    bench.set_defaults(fn=cmd_bench)
+
+
+def cmd_bench(args) -> int:
+    from . import write_report
+
+    if args.what == "model":
+        from .model import bench_model
+
+        report = bench_model(presets=args.presets or ("nano", "micro"), batch=args.batch, latent_size=args.latent_size,
+                             repeats=args.repeats, bf16=args.bf16, compile=args.compile)
+    elif args.what == "train":
+        from .train import bench_train
+
+        report = bench_train(presets=args.presets or ("nano", "micro"), batch=args.batch, resolution=args.resolution,
+                             steps=args.steps or 6, mixed_precision="bf16" if args.bf16 else "no", compile=args.compile,
+                             data=args.data)
+    elif args.what == "memory":
+        from .memory import bench_memory
+
+        steps = args.steps or 1000
+        report = bench_memory(preset=(args.presets or ("micro",))[0], steps=steps, batch=args.batch,
+                              warmup=max(1, min(100, steps // 5)))
+    elif args.what == "step":
+        from .step import bench_step
+
+        report = bench_step(preset=(args.presets or ("micro",))[0], mask_ratio=args.mask, batch=args.batch,
+                            resolution=args.resolution, steps=args.steps or 6,
+                            mixed_precision="bf16" if args.bf16 else "no", data=args.data)
+        if not args.profile:
+            report.pop("top_ops")
+    else:
+        from .data import bench_data
+
+        report = bench_data(n=args.n, resolution=args.resolution, batch_size=args.batch,
+                            trim_padding=args.trim_padding)
+    print(write_report(report, args.json))
+    return 0
