@@ -241,23 +241,22 @@ def plan_ablate(config: PipelineConfig, runtime: dict, out_dir: Path) -> Step | 
     check_parameters("ablate", config.ablate, declared, template)
     if "run" in config.ablate:
         raise PipelineConfigError("ablate.run: set by the pipeline (the step always runs or resumes the suite)")
-    params = {**{k: v for k, v in declared.items() if k not in RUNTIME_PARAMETERS}, **config.ablate}
-    _expect(_is_int(params["seeds"]) and params["seeds"] >= 1, "ablate.seeds", "an integer >= 1", params["seeds"])
-    _expect(_is_int(params["checkpoints"]) and params["checkpoints"] >= 1, "ablate.checkpoints", "an integer >= 1",
-            params["checkpoints"])
-    _expect(isinstance(params["budget"], (int, float)) and params["budget"] > 0, "ablate.budget",
-            "a positive number of FLOPs (e.g. 20e12)", params["budget"])
+    values = {**{k: v for k, v in declared.items() if k not in RUNTIME_PARAMETERS}, **config.ablate}
+    _expect(_is_int(values["seeds"]) and values["seeds"] >= 1, "ablate.seeds", "an integer >= 1", values["seeds"])
+    _expect(_is_int(values["checkpoints"]) and values["checkpoints"] >= 1, "ablate.checkpoints", "an integer >= 1",
+            values["checkpoints"])
+    _expect(isinstance(values["budget"], (int, float)) and values["budget"] > 0, "ablate.budget",
+            "a positive number of FLOPs (e.g. 20e12)", values["budget"])
     from ..ablate.suite import Suite
 
     try:
-        Suite.load(params["suite"])
+        Suite.load(values["suite"])
     except (ValueError, FileNotFoundError) as err:
         raise PipelineConfigError(f"ablate.suite: {err}") from None
     params = {**runtime, **config.ablate, "out": config.ablate.get("out", str(config.run_dir / "ablate")),
               "run": True}
     return Step("06_ablate", "ablate", template, out_dir / "06_ablate.ipynb", params,
-                label=f"ablation suite {params.get('suite', declared['suite'])} at "
-                      f"{float(params.get('budget', declared['budget'])):.3g} FLOPs -> {params['out']}",
+                label=f"ablation suite {values['suite']} at {float(values['budget']):.3g} FLOPs -> {params['out']}",
                 artefact=Path(params["out"]))
 
 

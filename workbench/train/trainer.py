@@ -13,7 +13,6 @@ over processes and micro-batches, and a resumed run repeats the uninterrupted on
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import threading
 import time
@@ -220,8 +219,8 @@ class Trainer:
         outs = [self._forward_backward(batch, len(batches), last=i == len(batches) - 1)
                 for i, batch in enumerate(batches)]
         grad_norm = float(self._clip_gradients())
-        losses = acc.gather(torch.cat([out.per_sample for out, _ in outs]))               # (global_batch,)
-        all_sigmas = acc.gather(torch.cat([out.sigma for out, _ in outs]))                # (global_batch,)
+        losses = acc.gather(torch.cat([per_sample for per_sample, _, _ in outs]))         # (global_batch,)
+        all_sigmas = acc.gather(torch.cat([sigma for _, sigma, _ in outs]))               # (global_batch,)
         loss = losses.float().mean().item()
         lr = self._update(finite=math.isfinite(grad_norm) and math.isfinite(loss))
         elapsed = time.perf_counter() - start
@@ -230,14 +229,14 @@ class Trainer:
                    "nonfinite_steps": self.nonfinite_total,
                    "loss_per_sigma": loss_per_sigma_bin(losses, all_sigmas)}
         if self.repa is not None:
-            metrics["repa_loss"] = acc.gather(torch.cat([repa for _, repa in outs])).float().mean().item()
+            metrics["repa_loss"] = acc.gather(torch.cat([repa for _, _, repa in outs])).float().mean().item()
         self.history.append(metrics)
         return metrics
 
     def _forward_backward(self, batch, micro_batches: int, *, last: bool) -> tuple:
         """One micro-batch: its noise, the caption (dropped for CFG), the loss and its gradient.
 
-        Returns the detached ``LossOutput`` and the per-sample REPA loss (None without REPA). Gradients
+        Returns the detached per-sample losses and σ, and the per-sample REPA loss (None without REPA). Gradients
         are only all-reduced on the ``last`` micro-batch of a step.
         """
         acc, stage, model = self.accelerator, self.stage, self.model
@@ -264,9 +263,7 @@ class Trainer:
                 repa = self.repa.per_sample_loss(batch.latents, stage.mask_ratio, mask_noise.to(acc.device))
                 total = total + stage.repa_weight * repa.mean()
             acc.backward(total / micro_batches)
-        detached = dataclasses.replace(out, loss=out.loss.detach(), per_sample=out.per_sample.detach(),
-                                       sigma=out.sigma.detach())
-        return detached, None if repa is None else repa.detach()
+        return out.per_sample.detach(), out.sigma.detach(), None if repa is None else repa.detach()
 
     def _update(self, *, finite: bool) -> float:
         """The optimiser, schedule and EMA updates after the backward passes; returns the LR this step used.
