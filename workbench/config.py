@@ -138,7 +138,7 @@ RETIRED_MODEL_FIELDS = ("moe_lr_scale",)
 
 
 # bumped whenever MicroDiTConfig gains a field (1: checkpoints from before versions were recorded)
-MODEL_CONFIG_VERSION = 3                 # 2: recorded; 3: conv_stem, long_skips, output_conv
+MODEL_CONFIG_VERSION = 4                 # 2: recorded; 3: conv_stem, long_skips, output_conv; 4: rope, cosine_attention
 
 
 def complete_model_config(saved: dict[str, Any]) -> dict[str, Any]:
@@ -299,6 +299,9 @@ class MicroDiTConfig:
     conv_stem: int = 0                         # channels of a two-layer 5x5 conv stem before patchify (0: none)
     long_skips: bool = False                   # U-ViT long skips: block i's output joins block depth-1-i's input
     output_conv: bool = False                  # a residual 3x3 conv after unpatchify (U-ViT conv=True)
+    # attention levers (workbench.model.rope, blocks.Attention), off in every preset: model_config_version 4
+    rope: bool = False                         # 2-D rotary positions in every self-attention (head_dim % 4 == 0)
+    cosine_attention: bool = False             # self-attention on cosine similarity with a learnt per-head scale
 
     def __post_init__(self) -> None:
         own = type(self).__name__
@@ -308,6 +311,8 @@ class MicroDiTConfig:
         check_ranges(self, MODEL_RANGES)
         require(self.width % self.head_dim == 0, own, "width", f"a multiple of head_dim={self.head_dim}", self.width)
         require(self.width % 4 == 0, own, "width", "a multiple of 4 (2-D sin-cos positions)", self.width)
+        if self.rope:
+            require(self.head_dim % 4 == 0, own, "head_dim", "a multiple of 4 with rope=True (2-D RoPE)", self.head_dim)
         if self.mixer_depth:
             require(self.mixer_width > 0 and self.mixer_width % self.head_dim == 0,
                     own, "mixer_width", f"a positive multiple of head_dim={self.head_dim}", self.mixer_width)

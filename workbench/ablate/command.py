@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+from importlib import resources
 from pathlib import Path
 
 
@@ -12,7 +13,9 @@ def add_parser(sub) -> None:
     """Add ``workbench ablate`` to the CLI's subparsers."""
     ab = sub.add_parser("ablate", help="compare recipes at equal training FLOPs over seeds: held-out loss, shape and "
                                        "colour accuracy, FID-proxy (docs/ablations.md)")
-    ab.add_argument("--suite", default=None, help="masking | moe | recipe | a suite YAML file")
+    built_in = sorted(entry.name.removesuffix(".yaml") for entry in resources.files(__package__).joinpath("suites")
+                      .iterdir() if entry.name.endswith(".yaml"))      # suite.BUILT_IN, without importing torch
+    ab.add_argument("--suite", default=None, help=f"{' | '.join(built_in)} | a suite YAML file")
     ab.add_argument("--budget", type=float, default=20e12, help="training FLOPs of every run (default 20e12)")
     ab.add_argument("--seeds", type=int, default=2, help="seeds per variant (default 2)")
     ab.add_argument("--checkpoints", type=int, default=4, help="evaluations per run at k/N of the budget (default 4)")

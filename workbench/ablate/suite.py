@@ -35,7 +35,9 @@ from ..config import check_known_keys, parse_yaml
 from ..eval.cost import StagePlan
 from ..train import Stage
 
-BUILT_IN = ("masking", "moe", "recipe")
+BUILT_IN = tuple(sorted(entry.name.removesuffix(".yaml")                      # the YAML files shipped in suites/
+                        for entry in resources.files("workbench.ablate").joinpath("suites").iterdir()
+                        if entry.name.endswith(".yaml")))
 SET_BY_SUITE = ("name", "run", "runs_dir", "data", "steps", "seed", "resolution", "init_from", "init_mode")
 FINETUNE_SEED = 1000          # the finetune phase of seed s draws its data order and noise with seed 1000 + s
 
@@ -119,7 +121,7 @@ class Suite:
 
     @classmethod
     def load(cls, spec: str | Path) -> "Suite":
-        """A built-in suite by name (``masking``, ``moe``, ``recipe``) or a YAML file of the same form."""
+        """A built-in suite by name (``masking``, ``moe``, ``optim``, ``recipe``) or a YAML file of the same form."""
         path = Path(spec)
         if str(spec) in BUILT_IN:
             text = resources.files("workbench.ablate").joinpath("suites").joinpath(f"{spec}.yaml").read_text()
@@ -141,8 +143,8 @@ class Suite:
         return dataclasses.asdict(self)
 
     def quick(self) -> "Suite":
-        """The same variants on 96 scenes, a depth-3 width-64 backbone (MoE in block 2) and a 2-step protocol:
-        a smoke test of the whole suite in about a minute (``workbench ablate --quick``)."""
+        """The same variants on 96 scenes (batches of at most 32), a depth-3 width-64 backbone (MoE in block 2) and a
+        2-step protocol: a smoke test of the whole suite in about a minute (``workbench ablate --quick``)."""
         overrides = {**self.base.get("model_overrides", {}), "depth": 3, "width": 64, "mixer_width": 64}
         variants = {}
         for name, changes in self.variants.items():      # a variant's own widths shrink with the base's
@@ -153,6 +155,9 @@ class Suite:
                     own[key] = max(32, own[key] // 2 // 32 * 32)
             if "depth" in own:
                 own["depth"] = max(1, min(own["depth"], 3))
+            for key in ("global_batch", "micro_batch"):  # 96 scenes: at most 32 a batch
+                if key in changes:
+                    changes[key] = min(changes[key], 32)
             variants[name] = {**changes, "model_overrides": own} if own else changes
         return dataclasses.replace(self, name=self.name, variants=variants,
                                    base={**self.base, "model_overrides": overrides, "warmup_steps": 5},

@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .rope import apply_rope
+
 
 def layer_norm(dim: int, eps: float, affine: bool = True) -> nn.LayerNorm:
     """LayerNorm without bias (weight only when ``affine``), as in MicroDiT."""
@@ -55,11 +57,18 @@ class Attention(nn.Module):
         head_dim: size of each head.
         cross: when True, keys and values come from a ``context`` of width ``dim``.
         eps: LayerNorm epsilon of the (non-affine) q and k norms.
+        cosine: cosine-similarity attention instead: per-head unit q and k, logits times a learnt
+            per-head scale that starts at 10 (HDiT, Crowson et al. 2024; ``MicroDiTConfig.cosine_attention``).
+
+    ``forward(x, context, key_mask, rope)``: ``rope`` is a ``(cos, sin)`` pair of 2-D RoPE tables
+    (``workbench.model.rope``) that rotates q and k of a self-attention.
     """
 
-    def __init__(self, dim: int, inner_dim: int, head_dim: int, cross: bool = False, eps: float = 1e-6):
+    def __init__(self, dim: int, inner_dim: int, head_dim: int, cross: bool = False, eps: float = 1e-6,
+                 cosine: bool = False):
         super().__init__()
         self.heads, self.head_dim, self.cross = inner_dim // head_dim, head_dim, cross
+        self.qk_scale = nn.Parameter(torch.full((self.heads, 1, 1), 10.0)) if cosine else None    # (H, 1, 1)
         if cross:
             self.q = nn.Linear(dim, inner_dim, bias=False)
             self.kv = nn.Linear(dim, 2 * inner_dim, bias=False)
@@ -69,33 +78,46 @@ class Attention(nn.Module):
         self.k_norm = layer_norm(inner_dim, eps, affine=False)
         self.proj = nn.Linear(inner_dim, dim, bias=False)
 
-    def _heads(self, x: torch.Tensor, context: torch.Tensor | None):
+    @property
+    def softmax_scale(self) -> float:
+        """The factor on q.k before the softmax: 1/sqrt(hd), or 1 for cosine attention (its scale is in q)."""
+        return 1.0 if self.qk_scale is not None else 1.0 / math.sqrt(self.head_dim)
+
+    def _heads(self, x: torch.Tensor, context: torch.Tensor | None, rope: tuple | None = None):
         """Normalised q, k and v split into heads: (B, H, N, hd), (B, H, L, hd), (B, H, L, hd)."""
         if self.cross:
             q = self.q(x)                                   # (B, N, I)
             k, v = self.kv(context).chunk(2, dim=-1)        # (B, L, I) each
         else:
             q, k, v = self.qkv(x).chunk(3, dim=-1)          # (B, N, I) each
-        q, k = self.q_norm(q), self.k_norm(k)
+        if self.qk_scale is None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = self._split(q), self._split(k), self._split(v)
+        if self.qk_scale is not None:                       # q.k = scale * cos(q, k)
+            q = F.normalize(q, dim=-1) * self.qk_scale.sqrt()                         # (B, H, N, hd)
+            k = F.normalize(k, dim=-1) * self.qk_scale.sqrt()                         # (B, H, L, hd)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if q.dtype != v.dtype:                              # autocast: the norms run in fp32
             q, k = q.to(v.dtype), k.to(v.dtype)
-        return self._split(q), self._split(k), self._split(v)
+        return q, k, v
 
     def _split(self, t: torch.Tensor) -> torch.Tensor:
         return t.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)        # (B, N, I) -> (B, H, N, hd)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
-                key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        q, k, v = self._heads(x, context)                   # (B, H, N, hd), (B, H, L, hd) x2
+                key_mask: torch.Tensor | None = None, rope: tuple | None = None) -> torch.Tensor:
+        q, k, v = self._heads(x, context, rope)             # (B, H, N, hd), (B, H, L, hd) x2
         attn_mask = None if key_mask is None else key_mask.bool()[:, None, None, :]    # (B, 1, 1, L)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)             # (B, H, N, hd)
+        scale = None if self.qk_scale is None else self.softmax_scale                  # None: SDPA's 1/sqrt(hd)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)  # (B, H, N, hd)
         return self.proj(out.transpose(1, 2).flatten(2))    # (B, N, D)
 
     def attention_weights(self, x: torch.Tensor, context: torch.Tensor | None = None,
-                          key_mask: torch.Tensor | None = None) -> torch.Tensor:
+                          key_mask: torch.Tensor | None = None, rope: tuple | None = None) -> torch.Tensor:
         """The softmax attention probabilities ``forward`` uses: (B, H, N, L) (for diagnostics)."""
-        q, k, _ = self._heads(x, context)                   # (B, H, N, hd), (B, H, L, hd)
-        logits = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)                    # (B, H, N, L)
+        q, k, _ = self._heads(x, context, rope)             # (B, H, N, hd), (B, H, L, hd)
+        logits = q @ k.transpose(-1, -2) * self.softmax_scale                          # (B, H, N, L)
         if key_mask is not None:
             logits = logits.masked_fill(~key_mask.bool()[:, None, None, :], float("-inf"))
         return logits.softmax(dim=-1)                       # (B, H, N, L)
@@ -124,12 +146,16 @@ class DiTBlock(nn.Module):
         head_dim: attention head size.
         ffn: the feed-forward module (``SwiGLU`` or ``ExpertChoiceMoE``).
         eps: LayerNorm epsilon.
+        cosine_attention: cosine-similarity self-attention (``Attention(cosine=True)``).
+
+    ``forward(x, c, context, context_mask, rope)``: ``rope`` (cos, sin) rotates the self-attention's q and k.
     """
 
-    def __init__(self, width: int, cond_width: int, attn_dim: int, head_dim: int, ffn: nn.Module, eps: float):
+    def __init__(self, width: int, cond_width: int, attn_dim: int, head_dim: int, ffn: nn.Module, eps: float,
+                 cosine_attention: bool = False):
         super().__init__()
         self.norm1 = layer_norm(width, eps)
-        self.attn = Attention(width, attn_dim, head_dim, eps=eps)
+        self.attn = Attention(width, attn_dim, head_dim, eps=eps, cosine=cosine_attention)
         self.norm2 = layer_norm(width, eps)
         self.cross_attn = Attention(width, width, head_dim, cross=True, eps=eps)
         self.norm3 = layer_norm(width, eps)
@@ -137,10 +163,10 @@ class DiTBlock(nn.Module):
         self.adaln = nn.Linear(cond_width, 6 * width)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, context: torch.Tensor,
-                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+                context_mask: torch.Tensor | None = None, rope: tuple | None = None) -> torch.Tensor:
         modulation = self.adaln(F.gelu(c, approximate="tanh"))[:, None]                          # (B, 1, 6D)
         shift1, scale1, gate1, shift2, scale2, gate2 = modulation.chunk(6, dim=-1)               # (B, 1, D) each
-        x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1))                       # (B, T, D)
+        x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1), rope=rope)            # (B, T, D)
         x = x + self.cross_attn(self.norm2(x), context, key_mask=context_mask)                  # (B, T, D)
         return x + gate2 * self.ffn(modulate(self.norm3(x), shift2, scale2))                    # (B, T, D)
 

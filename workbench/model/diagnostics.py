@@ -91,7 +91,7 @@ class AttentionRecorder:
     def _recorder(self, name: str):
         def record(module: Attention, args, kwargs):
             with torch.no_grad():
-                self.probs[name] = module.attention_weights(args[0]).detach().cpu()  # (B, H, T, T)
+                self.probs[name] = module.attention_weights(*args, **kwargs).detach().cpu()  # (B, H, T, T)
         return record
 
     def __exit__(self, *exc) -> None:

@@ -2,7 +2,7 @@
 
 Data flow::
 
-    patches + sin-cos positions -> patch-mixer on ALL tokens -> random mask (keep int(T(1-r)))
+    patches + sin-cos positions (+ 2-D RoPE in self-attention when rope=True) -> patch-mixer on ALL tokens -> random mask (keep int(T(1-r)))
       -> backbone on the KEPT tokens only -> final layer -> zero mask token at dropped positions
       -> unshuffle -> unpatchify
 
@@ -36,6 +36,7 @@ from .blocks import DiTBlock, FinalLayer, SwiGLU, attention_inner_dim, expert_hi
 from .embeddings import CaptionEmbed, PatchEmbed, TimestepEmbed, sincos_2d_positions
 from .locality import ConvStem, LongSkips, OutputConv
 from .masking import gather_tokens, random_keep, restore_tokens
+from .rope import rope_2d_tables
 from .moe import ExpertChoiceMoE, tokens_per_expert
 
 # --------------------------------------------------------------------------------------------
@@ -152,7 +153,7 @@ class MicroDiT(ModelMixin, ConfigMixin):
         cfg = self.arch
         ffn = (ExpertChoiceMoE(width, plan.ffn_hidden, cfg.num_experts, cfg.expert_capacity) if plan.moe
                else SwiGLU(width, plan.ffn_hidden))
-        return DiTBlock(width, cfg.width, plan.attn_dim, cfg.head_dim, ffn, eps)
+        return DiTBlock(width, cfg.width, plan.attn_dim, cfg.head_dim, ffn, eps, cosine_attention=cfg.cosine_attention)
 
     # ---------------------------------------------------------------- init (the paper's scheme)
     def initialize_weights(self) -> None:
@@ -254,21 +255,28 @@ class MicroDiT(ModelMixin, ConfigMixin):
         y, pooled = self.caption_embed(caption, caption_mask)                      # (B, L, D), (B, D)
         c = self.t_embed(c_noise.reshape(-1).expand(b)) + pooled                   # (B, D)
 
+        rope = None
+        if cfg.rope:
+            cos, sin = rope_2d_tables(cfg.head_dim, h // p, w // p, cfg.pos_interp_scale)   # (T, hd) each
+            rope = (cos.to(x.device)[None, None], sin.to(x.device)[None, None])    # (1, 1, T, hd) each
+
         tokens = self.mixer_in(tokens)                                             # (B, T, Dm)
         y_mixer = self.mixer_caption(y) if len(self.mixer) else y                  # (B, L, Dm)
         for block in self.mixer:
-            tokens = block(tokens, c, y_mixer, caption_mask)                       # (B, T, Dm)
+            tokens = block(tokens, c, y_mixer, caption_mask, rope=rope)            # (B, T, Dm)
 
         keep = None
         if mask_ratio > 0:
             ids_keep, ids_restore, keep = random_keep(b, tokens.shape[1], mask_ratio, generator, x.device, mask_noise)
             tokens = gather_tokens(tokens, ids_keep)                               # (B, K, Dm)
+            if rope is not None:                                                   # the kept tokens' positions
+                rope = tuple(table[0, 0][ids_keep][:, None] for table in rope)     # (B, 1, K, hd) each
         tokens = self.mixer_out(tokens)                                            # (B, K, D)
         skips: list[torch.Tensor] = []
         for i, block in enumerate(self.blocks):
             if self.skip_joins is not None:
                 tokens = self.skip_joins.join(i, tokens, skips)                    # (B, K, D)
-            tokens = block(tokens, c, y, caption_mask)                             # (B, K, D)
+            tokens = block(tokens, c, y, caption_mask, rope=rope)                  # (B, K, D)
             if self.skip_joins is not None:
                 self.skip_joins.push(i, tokens, skips)
         out = self.final_layer(tokens, c)                                          # (B, K, p*p*C)
