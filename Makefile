@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 PIP     := $(VENV)/bin/pip -q --disable-pip-version-check
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo lint test test-fast bench clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -24,10 +24,14 @@ DEMO_CONFIG = $(shell $(PY) -c "import torch; print('configs/demo-gpu/pipeline.y
 demo: setup
 	$(VENV)/bin/workbench pipeline --config $(DEMO_CONFIG)
 
-test: setup
+# the lint rules are in pyproject.toml ([tool.ruff]); docs/architecture.md says why there is no `ruff format`
+lint: setup
+	$(VENV)/bin/ruff check workbench tests
+
+test: lint
 	$(PY) -m pytest
 
-test-fast: setup
+test-fast: lint
 	$(PY) -m pytest -m "not slow"
 
 bench: setup

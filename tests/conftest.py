@@ -5,6 +5,8 @@ import torch
 
 from workbench.model import MicroDiT
 
+pytest_plugins = ["tests.data.tiny_models"]      # the tiny VAE / CLIP / T5 folders, as session fixtures everywhere
+
 
 def randomize_zero_params(model: torch.nn.Module, std: float = 0.02, seed: int = 0) -> torch.nn.Module:
     """Fill the zero-initialised weights (adaLN, final layer, out-projections) with small noise.

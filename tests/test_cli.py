@@ -210,3 +210,29 @@ def test_an_os_error_is_one_line(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert err.startswith(f"error: [Errno 28] No space left on device: '{tmp_path / 'out.png'}'")
     assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("bug", [ValueError("too many values to unpack"), TypeError("unsupported operand"),
+                                 KeyError("step"), OSError("a bare OSError names no file")])
+def test_a_bug_keeps_its_traceback(bug, monkeypatch):
+    from workbench import cli
+
+    def broken(args):
+        raise bug
+    monkeypatch.setattr(cli, "cmd_sample", broken)
+    with pytest.raises(type(bug)):
+        main(["sample", "--checkpoint", "x", "--prompt", "a red circle"])
+
+
+def test_the_project_s_errors_are_one_line_and_stay_value_and_file_errors(capsys, monkeypatch):
+    from workbench import cli
+    from workbench.errors import InputError, MissingFileError, WorkbenchError
+
+    assert issubclass(InputError, (WorkbenchError, ValueError)) and issubclass(MissingFileError, FileNotFoundError)
+    for error in (InputError("Stage.steps: expected a positive integer, got 0"),
+                  MissingFileError("no checkpoint at runs/x: the path does not exist")):
+        def failing(args, error=error):
+            raise error
+        monkeypatch.setattr(cli, "cmd_sample", failing)
+        assert main(["sample", "--checkpoint", "x", "--prompt", "a red circle"]) == 2
+        assert capsys.readouterr().err == f"error: {error}\n"

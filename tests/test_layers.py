@@ -87,3 +87,14 @@ def test_no_module_is_longer_than_the_limit_without_a_stated_reason():
             if (n := len(p.read_text().splitlines())) > MAX_LINES and str(p.relative_to(PACKAGE)) not in
             LONG_MODULES_STATED}
     assert not long, f"modules over {MAX_LINES} lines (split them, or state why in docs/architecture.md): {long}"
+
+
+MAX_FUNCTION_LINES = 65       # "about 60": a function this long, docstring included, still reads at a glance
+
+
+def test_no_function_is_longer_than_about_60_lines():
+    long = [f"{p.relative_to(PACKAGE)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for p in package_files() for node in ast.walk(ast.parse(p.read_text()))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines (split them): {long}"

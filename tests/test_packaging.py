@@ -66,7 +66,10 @@ def test_a_wheel_in_a_fresh_venv_runs_the_shipped_pipeline_outside_the_checkout(
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(OMP_NUM_THREADS="1", TQDM_DISABLE="1", JUPYTER_DATA_DIR=str(tmp_path / "jupyter"),
                PATH=f"{venv / 'bin'}:{env.get('PATH', '')}")
-    run = lambda *args, **kw: subprocess.run(args, capture_output=True, text=True, env=env, **kw)  # noqa: E731
+
+    def run(*args, **kw):
+        return subprocess.run(args, capture_output=True, text=True, env=env, **kw)
+
     installed = run(str(python), "-m", "pip", "install", "--no-deps", "-q", str(wheel), timeout=300)
     assert installed.returncode == 0, installed.stderr[-3000:]
     where = run(str(python), "-c", "import workbench, sys; print(workbench.__file__)", cwd=tmp_path)

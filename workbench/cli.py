@@ -27,7 +27,7 @@ import json
 import sys
 import warnings
 
-from .bench.command import add_bench_parser     # no torch import: the CLI starts fast
+from .bench.command import add_bench_parser  # no torch import: the CLI starts fast
 
 
 class _PrepareHelpFormatter(argparse.HelpFormatter):
@@ -293,23 +293,59 @@ def cmd_tour(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``workbench`` command."""
-    parser = argparse.ArgumentParser(prog="workbench", description="MicroDiT Workbench: micro-budget diffusion training")
+    """The argument parser of the ``workbench`` command: one ``_add_*`` function per group of subcommands."""
+    parser = argparse.ArgumentParser(prog="workbench",
+                                     description="MicroDiT Workbench: micro-budget diffusion training")
     parser.add_argument("--debug", action="store_true", help="show tracebacks (also WORKBENCH_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_data_commands(sub)
+    _add_model_commands(sub)
+    add_bench_parser(sub)
+    from .pipeline import add_pipeline_arguments, run_pipeline_cli
 
+    pipe = sub.add_parser("pipeline", help="prepare, train every stage and evaluate by running the notebooks "
+                                           "(papermill); resumable; writes runs/<run>/report.html")
+    add_pipeline_arguments(pipe)
+    pipe.set_defaults(fn=run_pipeline_cli)
+    add_sample_parser(sub)
+
+    from .eval.command import add_parser as add_eval_parser  # compositional | fid | detector | val-loss
+    add_eval_parser(sub)
+    _add_trainer_tools(sub)
+    _add_cost_command(sub)
+    from .ablate.command import add_parser as add_ablate_parser
+    add_ablate_parser(sub)
+    _add_setup_commands(sub)
+    for command in sub.choices.values():            # `workbench train ... --debug` works as well
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return parser
+
+
+def _add_data_commands(sub) -> None:
+    """``prepare`` and ``import-mds``: datasets in the prepared format."""
     prep = sub.add_parser("prepare", help="precompute latents and caption embeddings (resumable)")
     _add_prepare_arguments(prep)
     prep.set_defaults(fn=cmd_prepare)
 
+    mds = sub.add_parser("import-mds", help="import the paper's precomputed MDS shards as a prepared dataset "
+                                            "(resumable; docs/interop.md)")
+    mds.add_argument("source", help="an MDS folder (index.json + shards, or one sub-folder per process)")
+    mds.add_argument("--out", required=True, help="the prepared dataset folder to write")
+    mds.add_argument("--vae", required=True, help="the local VAE folder the latents were made with (SDXL VAE)")
+    mds.add_argument("--text-encoder", required=True, help="the local text encoder folder the caption states were "
+                                                           "made with (DFN5B CLIP, an open_clip folder)")
+    mds.add_argument("--caption-key", default="caption", help="the caption column (its states: <key>_latents)")
+    mds.set_defaults(fn=cmd_import_mds)
+
+
+def _add_model_commands(sub) -> None:
+    """``info``, ``train``, ``export`` and ``convert-official``: models and their checkpoints."""
     info = sub.add_parser("info", help="parameters by part and FLOPs of a preset")
     info.add_argument("--preset", default="nano")
     info.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a MicroDiTConfig field")
     info.add_argument("--latent-size", type=int, default=None, help="latent side for the FLOP count")
     info.add_argument("--json", action="store_true", help="end with one JSON line")
     info.set_defaults(fn=cmd_info)
-
-    add_bench_parser(sub)
 
     train = sub.add_parser("train", help="train one stage (also under `accelerate launch -m workbench train`)")
     train.add_argument("--config", required=True, help="a stage YAML, e.g. configs/demo/stage1.yaml")
@@ -339,28 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--out", required=True, help="the checkpoint folder to write")
     conv.set_defaults(fn=cmd_convert_official)
 
-    mds = sub.add_parser("import-mds", help="import the paper's precomputed MDS shards as a prepared dataset "
-                                            "(resumable; docs/interop.md)")
-    mds.add_argument("source", help="an MDS folder (index.json + shards, or one sub-folder per process)")
-    mds.add_argument("--out", required=True, help="the prepared dataset folder to write")
-    mds.add_argument("--vae", required=True, help="the local VAE folder the latents were made with (SDXL VAE)")
-    mds.add_argument("--text-encoder", required=True, help="the local text encoder folder the caption states were "
-                                                           "made with (DFN5B CLIP, an open_clip folder)")
-    mds.add_argument("--caption-key", default="caption", help="the caption column (its states: <key>_latents)")
-    mds.set_defaults(fn=cmd_import_mds)
 
-    from .pipeline import add_pipeline_arguments, run_pipeline_cli
-
-    pipe = sub.add_parser("pipeline", help="prepare, train every stage and evaluate by running the notebooks "
-                                           "(papermill); resumable; writes runs/<run>/report.html")
-    add_pipeline_arguments(pipe)
-    pipe.set_defaults(fn=run_pipeline_cli)
-
-    add_sample_parser(sub)
-
-    from .eval.command import add_parser as add_eval_parser     # compositional | fid | detector | val-loss
-    add_eval_parser(sub)
-
+def _add_trainer_tools(sub) -> None:
+    """``train-detector`` and ``train-codec``: the evaluation's classifier and a latent codec for the shapes data."""
     det = sub.add_parser("train-detector", help="retrain the shipped shape classifier and FID-proxy features")
     det.add_argument("--scenes", type=int, default=24000)
     det.add_argument("--epochs", type=int, default=6)
@@ -375,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     codec.add_argument("--json", default=None, metavar="PATH", help="write the training report here")
     codec.set_defaults(fn=cmd_train_codec)
 
+
+def _add_cost_command(sub) -> None:
+    """``cost``: a recipe's training cost projected onto a GPU kind."""
     cost = sub.add_parser("cost", help="project a recipe's training cost onto a GPU kind: FLOPs, GPU-hours, days, "
                                        "dollars per stage (docs/benchmarks.md)")
     cost.add_argument("--config", default="paper", help="paper (the paper's 4 stages, default) | a pipeline YAML | a "
@@ -390,9 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "sample_size)")
     cost.add_argument("--json", action="store_true", help="print the projection as JSON instead of a table")
     cost.set_defaults(fn=cmd_cost)
-    from .ablate.command import add_parser as add_ablate_parser
-    add_ablate_parser(sub)
 
+
+def _add_setup_commands(sub) -> None:
+    """``kernel`` and ``tour``: set-up and a first look."""
     kernel = sub.add_parser("kernel", help="Jupyter kernel management")
     kernel.add_argument("action", choices=["install"])
     kernel.set_defaults(fn=cmd_kernel)
@@ -401,13 +422,15 @@ def build_parser() -> argparse.ArgumentParser:
                                        "(make demo runs the pipeline)")
     tour.add_argument("--steps", type=int, default=200)
     tour.set_defaults(fn=cmd_tour)
-    for command in sub.choices.values():            # `workbench train ... --debug` works as well
-        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    return parser
 
 
 def one_line(err: BaseException) -> str | None:
-    """The one-line message for a failure a user can act on; None for a bug (which keeps its traceback)."""
+    """The one-line message for a failure a user can act on; None for a bug (which keeps its traceback).
+
+    User errors are the project's ``WorkbenchError`` (``InputError``, ``MissingFileError``, ...), an
+    ``OSError`` about a named file (its errno text and the file), out-of-memory and a refused unpickle.
+    A bare ``ValueError``, ``TypeError`` or ``KeyError`` from inside the code is a bug, so it is shown whole.
+    """
     import pickle
 
     import torch
@@ -418,7 +441,7 @@ def one_line(err: BaseException) -> str | None:
         return f"out of memory: {str(err).splitlines()[0]}; lower micro_batch (--set micro_batch=...)"
     if isinstance(err, pickle.UnpicklingError):
         return f"refused to unpickle a file ({str(err).splitlines()[0][:160]}); it was not loaded"
-    if isinstance(err, (WorkbenchError, ValueError, OSError)):   # an OSError: errno, text and the file name
+    if isinstance(err, WorkbenchError) or (isinstance(err, OSError) and err.filename is not None):
         return str(err)
     return None
 

@@ -16,11 +16,13 @@ import difflib
 import numbers
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import yaml
+from .errors import InputError, MissingFileError
 
 T = TypeVar("T")
 
@@ -42,9 +44,9 @@ def parse_yaml(text: str) -> Any:
 
 
 def require(ok: bool, owner: str, name: str, expected: str, got: Any) -> None:
-    """Raise ``ValueError("<owner>.<name>: expected <expected>, got <got>")`` unless ``ok``."""
+    """Raise ``InputError("<owner>.<name>: expected <expected>, got <got>")`` unless ``ok``."""
     if not ok:
-        raise ValueError(f"{owner}.{name}: expected {expected}, got {got!r}")
+        raise InputError(f"{owner}.{name}: expected {expected}, got {got!r}")
 
 
 def did_you_mean(key: str, known) -> str:
@@ -59,7 +61,7 @@ def check_known_keys(cls: type, keys, what: str | None = None) -> None:
     known = [f.name for f in dataclasses.fields(cls)]
     for key in keys:
         if key not in known:
-            raise ValueError(f"{what or cls.__name__} has no field '{key}'{did_you_mean(key, known)}")
+            raise InputError(f"{what or cls.__name__} has no field '{key}'{did_you_mean(key, known)}")
 
 
 def from_dict(cls: type[T], values: dict[str, Any]) -> T:
@@ -77,7 +79,7 @@ def to_dict(config: Any) -> dict[str, Any]:
     return {k: plain(v) for k, v in dataclasses.asdict(config).items()}
 
 
-def read_yaml_mapping(path: Path, what: str, error: type[Exception] = ValueError) -> dict:
+def read_yaml_mapping(path: Path, what: str, error: type[Exception] = InputError) -> dict:
     """The mapping in a YAML file (empty file: ``{}``); ``error`` with one line for invalid YAML or another type."""
     try:
         values = parse_yaml(path.read_text()) or {}
@@ -96,7 +98,7 @@ def load_yaml(cls: type[T], path: str | Path, **overrides: Any) -> T:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{cls.__name__} config file not found: {path}")
+        raise MissingFileError(f"{cls.__name__} config file not found: {path}")
     values = read_yaml_mapping(path, f"{cls.__name__} fields")
     check_known_keys(cls, values, what=f"{cls.__name__} config {path}")
     check_known_keys(cls, overrides)
@@ -118,7 +120,7 @@ def parse_overrides(pairs: list[str] | None, flag: str = "--set") -> dict[str, A
     out: dict[str, Any] = {}
     for pair in pairs or []:
         if "=" not in pair:
-            raise ValueError(f"{flag} expects key=value, got {pair!r}")
+            raise InputError(f"{flag} expects key=value, got {pair!r}")
         key, value = pair.split("=", 1)
         out[key.strip()] = parse_yaml(value)
     return out
@@ -127,7 +129,10 @@ def parse_overrides(pairs: list[str] | None, flag: str = "--set") -> dict[str, A
 def config_diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Fields whose values differ between two config dicts: ``{name: (a_value, b_value)}``."""
     names = sorted(set(a) | set(b))
-    norm = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731 - JSON turns tuples into lists
+
+    def norm(value):                                    # JSON turns tuples into lists
+        return list(value) if isinstance(value, tuple) else value
+
     return {n: (a.get(n), b.get(n)) for n in names if norm(a.get(n)) != norm(b.get(n))}
 
 
@@ -159,7 +164,8 @@ def complete_model_config(saved: dict[str, Any]) -> dict[str, Any]:
 
 
 def architecture_diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """``config_diff`` of two ``MicroDiTConfig`` dicts without ``RESOLUTION_FIELDS``: what makes weights incompatible."""
+    """``config_diff`` of two ``MicroDiTConfig`` dicts without ``RESOLUTION_FIELDS``: what makes weights
+    incompatible."""
     return {k: v for k, v in config_diff(a, b).items() if k not in RESOLUTION_FIELDS}
 
 

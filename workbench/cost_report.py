@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .eval.cost import (GPUS, PAPER_DOLLARS, PAPER_STAGES, StagePlan, get_gpu, gpu_hours, paper_comparison,
                         paper_implied_mfu, project, stage_plan, stage_plans)
+from .errors import InputError, MissingFileError
 
 
 def recipe_plans(spec: str | os.PathLike = "paper", latent_downsample: int | None = None) -> list[StagePlan]:
@@ -35,7 +36,7 @@ def recipe_plans(spec: str | os.PathLike = "paper", latent_downsample: int | Non
     """
     parts = [p.strip() for p in str(spec).split(",") if p.strip()]
     if not parts:
-        raise ValueError("recipe: empty; give 'paper', a pipeline YAML, stage YAMLs or a folder of them")
+        raise InputError("recipe: empty; give 'paper', a pipeline YAML, stage YAMLs or a folder of them")
     return [plan for part in parts for plan in _recipe_part(part, latent_downsample)]
 
 
@@ -50,12 +51,12 @@ def _recipe_part(spec: str, latent_downsample: int | None) -> list[StagePlan]:
         pipeline = path / "pipeline.yaml"
         yamls = [pipeline] if pipeline.is_file() else sorted(path.glob("*.yaml"))
         if not yamls:
-            raise ValueError(f"recipe: folder {spec!r} holds no pipeline.yaml and no stage YAMLs")
+            raise InputError(f"recipe: folder {spec!r} holds no pipeline.yaml and no stage YAMLs")
         return [plan for p in yamls for plan in _recipe_part(str(p), latent_downsample)]
     if not path.is_file():
         path = resolve_config_path(spec)          # a shipped pipeline's name, e.g. "demo"
     if not path.is_file():
-        raise FileNotFoundError(f"recipe: {spec!r} not found (a pipeline or stage YAML, a folder, or 'paper')")
+        raise MissingFileError(f"recipe: {spec!r} not found (a pipeline or stage YAML, a folder, or 'paper')")
     if _is_pipeline_yaml(path):
         return _pipeline_plans(path, latent_downsample)
     return stage_plans([str(path)], latent_downsample)
@@ -165,8 +166,10 @@ def projection_text(projection: dict) -> str:
     headers = list(rows[0])
     widths = {h: max(len(h), *(len(r[h]) for r in rows)) for h in headers}
     left = {"stage", "model"}
-    line = lambda cells: "  ".join(c.ljust(widths[h]) if h in left else c.rjust(widths[h])  # noqa: E731
-                                   for h, c in zip(headers, cells))
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(widths[h]) if h in left else c.rjust(widths[h]) for h, c in zip(headers, cells))
+
     body = [line(headers)] + [line([r[h] for h in headers]) for r in rows]
     return "\n".join(body + ["", projection_summary(projection)])
 

@@ -7,8 +7,9 @@
     except Exception as err:
         raise write_failure(err, "checkpoint step_0000100", folder, needed_bytes=33_000_000) or err
 
-The CLI prints a ``WorkbenchError`` (and ``ValueError``, ``OSError`` ...) as one ``error: ...`` line;
-``--debug`` or ``WORKBENCH_DEBUG=1`` shows the traceback instead.
+The CLI prints a ``WorkbenchError`` (``InputError`` and ``MissingFileError`` are its ``ValueError`` and
+``FileNotFoundError`` forms) and an ``OSError`` about a named file as one ``error: ...`` line; any other
+exception is a bug and keeps its traceback. ``--debug`` or ``WORKBENCH_DEBUG=1`` shows the traceback always.
 """
 
 from __future__ import annotations
@@ -22,6 +23,14 @@ from pathlib import Path
 
 class WorkbenchError(Exception):
     """A failure the user can act on; its message names the file or setting and what to do."""
+
+
+class InputError(WorkbenchError, ValueError):
+    """A bad value, setting, shape or file content that the user gave; the message says which and what to give."""
+
+
+class MissingFileError(WorkbenchError, FileNotFoundError):
+    """A file or folder the user named (or that a step needs) is not there; the message says where it looked."""
 
 
 def debug_enabled() -> bool:

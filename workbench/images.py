@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .io import atomic_write_bytes
+from .errors import InputError
 
 DISPLAY_SIDE = 128      # side (pixels) that small images are upscaled to, at least, so 16-32 px samples stay visible
 
@@ -75,7 +76,7 @@ def labelled_grid(images: np.ndarray, labels, columns: int | None = None, scale:
     images = np.asarray(images)
     n, h, w, _ = images.shape
     if len(labels) != n:
-        raise ValueError(f"labelled_grid: {n} images but {len(labels)} labels")
+        raise InputError(f"labelled_grid: {n} images but {len(labels)} labels")
     scale = display_scale(h) if scale is None else scale
     font = ImageFont.load_default()
     line_h = font.getbbox("Ag")[3] + 2
@@ -99,7 +100,7 @@ def png_bytes(image: np.ndarray, scale: int = 1) -> bytes:
 
     image = np.asarray(image)
     if image.dtype != np.uint8:
-        raise ValueError(f"png_bytes expects a uint8 image, got dtype {image.dtype}")
+        raise InputError(f"png_bytes expects a uint8 image, got dtype {image.dtype}")
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(upscale(image, scale))).save(buf, format="PNG")
     return buf.getvalue()

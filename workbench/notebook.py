@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
 from .config import parse_yaml
 from .kernel import running_kernel
+from .errors import InputError, MissingFileError
 
 RESULT_MIME = "application/vnd.workbench.result+json"    # record()'s display output in a notebook
 RESULT_PREFIX = "workbench-result: "           # outside a kernel record() prints one JSON line after it
@@ -38,7 +40,7 @@ def notebook_setup(workdir: str | os.PathLike = "..", threads: int = 0) -> Path:
         _START_DIR = Path.cwd()
     target = (_START_DIR / Path(workdir).expanduser()).resolve()
     if not target.is_dir():
-        raise FileNotFoundError(f"workdir {str(target)!r} does not exist")
+        raise MissingFileError(f"workdir {str(target)!r} does not exist")
     os.chdir(target)
     if threads and int(threads) > 0:
         import torch
@@ -54,15 +56,15 @@ def parse_mapping(value: str | dict | None, name: str = "overrides") -> dict:
     if isinstance(value, dict):
         return dict(value)
     if not isinstance(value, str):
-        raise ValueError(f"{name}: expected a mapping or a YAML mapping string, got {value!r}")
+        raise InputError(f"{name}: expected a mapping or a YAML mapping string, got {value!r}")
     try:
         parsed = parse_yaml(value)        # JSON is YAML too; 1e-3 and 1e+30 read as floats
     except yaml.YAMLError as err:
-        raise ValueError(f"{name}: not a YAML mapping ({err}); write it like \"{{lr: 3.0e-4, steps: 10}}\"") from None
+        raise InputError(f"{name}: not a YAML mapping ({err}); write it like \"{{lr: 3.0e-4, steps: 10}}\"") from None
     if parsed is None:
         return {}
     if not isinstance(parsed, dict):
-        raise ValueError(f"{name}: expected a mapping like \"{{lr: 3.0e-4}}\", got {value!r}")
+        raise InputError(f"{name}: expected a mapping like \"{{lr: 3.0e-4}}\", got {value!r}")
     return parsed
 
 
@@ -75,7 +77,7 @@ def stage_overrides(overrides: str | dict | None = None, **fields: Any) -> dict:
     given = {k: v for k, v in fields.items() if v is not None}
     both = sorted(set(given) & set(extra))
     if both:
-        raise ValueError(f"overrides: {', '.join(both)} also given as a parameter; give each field once")
+        raise InputError(f"overrides: {', '.join(both)} also given as a parameter; give each field once")
     return {**given, **extra}
 
 

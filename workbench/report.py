@@ -20,13 +20,14 @@ import html
 import json
 import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
 from .images import image_grid, png_data_uri
 from .io import atomic_write_text
+from .errors import MissingFileError
 
 STATE_FILE = "pipeline_state.json"     # written by workbench.pipeline; gives the stage order of a run
 REPORT_FILE = "report.html"
@@ -77,7 +78,7 @@ def stage_dirs(run_dir: str | os.PathLike, names: Iterable[str] | None = None) -
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()] or None
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"run folder {str(run_dir)!r} does not exist")
+        raise MissingFileError(f"run folder {str(run_dir)!r} does not exist")
     found = {p.name: p for p in run_dir.iterdir() if (p / "stage.yaml").is_file()}
     if names is None:
         order = []
@@ -87,7 +88,7 @@ def stage_dirs(run_dir: str | os.PathLike, names: Iterable[str] | None = None) -
         names = [n for n in order if n in found] + sorted(n for n in found if n not in order)
     missing = [n for n in names if n not in found]
     if missing:
-        raise FileNotFoundError(f"stages: {', '.join(missing)} not found in {run_dir} (it has "
+        raise MissingFileError(f"stages: {', '.join(missing)} not found in {run_dir} (it has "
                                 f"{', '.join(sorted(found)) or 'no stage folders'})")
     return [found[n] for n in names]
 
@@ -200,8 +201,11 @@ def table_html(rows: list[dict], columns: list[str] | None = None, headers: dict
     columns = columns or list(rows[0])
     headers, formats = headers or {}, formats or {}
     head = "".join(f"<th>{html.escape(headers.get(c, c))}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(formats[c](r[c])) if c in formats and r.get(c) is not None else _fmt(r.get(c))}</td>"
-                                    for c in columns) + "</tr>" for r in rows)
+    def cell(row: dict, column: str) -> str:
+        value = row.get(column)
+        return html.escape(formats[column](value)) if column in formats and value is not None else _fmt(value)
+
+    body = "".join("<tr>" + "".join(f"<td>{cell(r, c)}</td>" for c in columns) + "</tr>" for r in rows)
     return (f'<div style="overflow-x:auto;max-width:100%"><table class="wb-table"><thead><tr>{head}</tr></thead>'
             f'<tbody>{body}</tbody></table></div>')
 

@@ -30,7 +30,8 @@ def run_tour(preset: str = "nano", steps: int = 200, batch: int = 8, resolution:
     printer(f"MicroDiT preset {preset!r} for {cfg.in_channels}x{resolution}x{resolution} inputs, "
             f"{cfg.caption_dim}-d captions\n{model.summary()}")
     for ratio in (0.0, mask_ratio):
-        printer(f"forward FLOPs at batch {batch}, mask {ratio:.2f}: {model.flops(resolution, ratio, batch) / 1e9:.2f} G")
+        gflops = model.flops(resolution, ratio, batch) / 1e9
+        printer(f"forward FLOPs at batch {batch}, mask {ratio:.2f}: {gflops:.2f} G")
 
     gen = torch.Generator().manual_seed(seed)
     latents = torch.randn(batch, cfg.in_channels, resolution, resolution, generator=gen) * 0.9  # (B, C, H, W)

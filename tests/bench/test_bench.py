@@ -7,6 +7,7 @@ import json
 import pytest
 
 from tests.train.conftest import shapes_data  # noqa: F401  (fixtures)
+from workbench.bench.data import bench_data
 from workbench.bench.model import bench_model
 from workbench.bench.train import bench_train
 from workbench.cli import main
@@ -52,3 +53,15 @@ def test_bench_memory_reports_rss_growth_after_warmup_within_its_bound(one_threa
     assert report["rss_mb_after_warmup"] == dict(report["samples"])[20]
     assert report["growth_mb"] == pytest.approx(report["rss_mb_final"] - report["rss_mb_after_warmup"], abs=0.11)
     assert report["within_bound"], report["samples"]
+
+
+def test_bench_data_reports_rendering_prepare_and_loader_rates(one_thread):  # noqa: F811
+    lines = []
+    report = bench_data(n=16, resolution=16, batch_size=4, prepare_batch_size=8, loader_batches=10, nano_steps=1,
+                        progress=lines.append)
+    render = report["shapes_render"]
+    assert render["n"] == 200 and render["resolution"] == 16 and 1 <= render["mean_objects"] <= 4
+    assert render["images_per_s"] * render["seconds"] == pytest.approx(200, rel=1e-6)
+    assert report["prepare"]["images"] == 16 and report["prepare"]["images_per_s"] > 0
+    assert report["loader"]["images_per_s"] > 0 and report["loader_over_nano"] > 0
+    assert lines[0].startswith("shapes rendering: ") and any(line.startswith("loader: ") for line in lines)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.data.tiny_models import VAE_SCALING, VAE_SHIFT, save_tiny_vae, tiny_vae_dir  # noqa: F401
+from tests.data.tiny_models import VAE_SCALING, VAE_SHIFT, save_tiny_vae
 from workbench.data.codecs import PixelCodec, VAECodec, open_codec
 
 

@@ -9,7 +9,6 @@ import pyarrow as pa
 import pytest
 import torch
 
-from tests.data.tiny_models import tiny_clip_dir  # noqa: F401  (fixture)
 from workbench.data.loader import Batch, PreparedLoader, distributed_defaults
 from workbench.data.prepare import prepare
 from workbench.data.prepared_format import to_arrow

@@ -72,7 +72,8 @@ def test_import_writes_a_prepared_dataset_with_the_same_numbers(tmp_path, vae):
     rows = fixture_rows()
     src = write_mds(tmp_path / "mds", COLUMNS, as_mds(rows), per_shard=4)
     info = import_mds(src, tmp_path / "prepared", vae=vae, text_encoder=OPENCLIP, progress=False)
-    assert info.num_rows == 6 and info.resolutions == (16, 32) and info.latent_shapes == {16: (4, 8, 8), 32: (4, 16, 16)}
+    assert info.num_rows == 6 and info.resolutions == (16, 32)
+    assert info.latent_shapes == {16: (4, 8, 8), 32: (4, 16, 16)}
     assert (info.caption_length, info.caption_dim) == (77, 32) and info.text_encoder["kind"] == "open_clip"
     assert PreparedInfo.read(tmp_path / "prepared").source["kind"] == "mds"
     ds = load_prepared(tmp_path / "prepared", format="numpy")
@@ -171,7 +172,7 @@ def test_an_mds_folder_of_images_is_a_prepare_source(tmp_path):
             {"jpg": _jpeg("blue"), "caption": "   ", "id": 2},
             {"jpg": _jpeg("green", 8), "caption": "a tiny green square", "id": 3},
             {"jpg": _jpeg("white"), "caption": "a white square", "id": 4}]
-    src = write_mds(tmp_path / "images" / "0", {"jpg": "jpeg", "caption": "str", "id": "int"}, rows)
+    write_mds(tmp_path / "images" / "0", {"jpg": "jpeg", "caption": "str", "id": "int"}, rows)
     source = open_source(tmp_path / "images", min_side=16)
     assert source.describe()["kind"] == "mds" and source.size_hint == 5
     records = list(source.records())

@@ -18,15 +18,14 @@ from PIL import Image
 from tests.data.conftest import EXPECTED, MIN_SIDE
 from tests.data.prepare_worker import KWARGS as WORKER_KWARGS
 from tests.data.prepare_worker import run as worker_run
-from tests.data.tiny_models import tiny_clip_dir, tiny_vae_dir  # noqa: F401  (fixtures)
-from workbench.data.codecs import PixelCodec, open_codec
-from workbench.errors import WorkbenchError
 from workbench.cli import build_parser
 from workbench.cli import main as cli_main
+from workbench.data.codecs import PixelCodec, open_codec
 from workbench.data.prepare import _Preparer, prepare
 from workbench.data.prepared_format import INFO_FILE, REPORT_FILE, SHARDS_DIR, PreparedInfo, from_arrow, load_prepared
 from workbench.data.sources import SKIP_REASONS, Source, SourceRecord, open_source, preprocess
 from workbench.data.text import open_text_encoder
+from workbench.errors import WorkbenchError
 
 REPO = Path(__file__).resolve().parents[2]
 

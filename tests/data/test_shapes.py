@@ -8,7 +8,6 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from workbench.bench.data import bench_shapes
 from workbench.data import shapes as S
 from workbench.data.shapes import (
     COLOURS,
@@ -185,11 +184,3 @@ def test_shapes_dataset_is_a_datasets_dataset():
     assert json.loads(row["objects"]) == [o.to_dict() for o in scene.objects]
     streamed = list(shapes_dataset(8, resolution=32, split="val", seed=1, streaming=True))
     assert [r["caption"] for r in streamed] == ds["caption"]
-
-
-def test_rendering_benchmark_reports_what_it_timed():
-    result = bench_shapes(n=50, resolution=32)
-    assert result["n"] == 50 and result["resolution"] == 32
-    assert result["images_per_s"] * result["seconds"] == pytest.approx(50, rel=1e-6)
-    _, scenes = shapes_arrays(50, 32, seed=0)
-    assert result["mean_objects"] == pytest.approx(np.mean([len(s.objects) for s in scenes]))

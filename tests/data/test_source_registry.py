@@ -8,13 +8,12 @@ is registered, recognised, listed in ``workbench prepare --help``, prepared with
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from PIL import Image
 
-from tests.data.tiny_models import tiny_clip_dir  # noqa: F401  (fixture)
 from workbench.cli import main as cli_main
 from workbench.data.prepared_format import load_prepared
 from workbench.data.sources import (SOURCES_VERSION, Source, SourceRecord, base, open_source, register_source,

@@ -240,7 +240,10 @@ def test_open_source_fails_fast_naming_problem_and_fix(tmp_path):
 @pytest.mark.parametrize("fixture", ["bad_folder", "shards", "metadata_folder"])
 def test_records_start_resumes_exactly(fixture, request):
     source = open_source(request.getfixturevalue(fixture), min_side=MIN_SIDE)
-    summary = lambda recs: [(r.key, r.skip_reason, r.caption) for r in recs]  # noqa: E731
+
+    def summary(records):
+        return [(r.key, r.skip_reason, r.caption) for r in records]
+
     everything = summary(source.records())
     for start in (0, 1, 7, len(everything) - 1, len(everything)):
         assert summary(source.records(start=start)) == everything[start:]

@@ -6,7 +6,6 @@ import json
 import pytest
 import torch
 
-from tests.data.tiny_models import tiny_clip_dir, tiny_clip_full_dir, tiny_t5_dir  # noqa: F401
 from workbench.data.text import TextEncoder, default_model_path, open_text_encoder
 
 CAPTIONS = ["red circle", "blue circle", "two green squares on the left of a star"]

@@ -7,9 +7,8 @@ Plain builders (call them with any folder)::
     save_tiny_clip(dir, full=True)  # a full CLIPModel (text + vision towers) + tokenizer
     save_tiny_t5(dir)           # T5EncoderModel + T5Tokenizer (unigram, built without sentencepiece)
 
-Session-scoped pytest fixtures returning those folders (import them into a test module to use them)::
-
-    from tests.data.tiny_models import tiny_vae_dir, tiny_clip_dir  # noqa: F401
+Session-scoped pytest fixtures return those folders (``tiny_vae_dir``, ``tiny_clip_dir``, ``tiny_clip_full_dir``,
+``tiny_t5_dir``); tests/conftest.py registers this module with ``pytest_plugins``, so any test can ask for them.
 """
 
 from __future__ import annotations

@@ -10,15 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from workbench.diffusion.edm import (
-    EDMConfig,
-    EDMLoss,
-    loss_per_sigma_bin,
-    patch_loss,
-    draw_training_sigmas,
-    edm_scalings,
-    precondition,
-)
+from workbench.diffusion.edm import (EDMConfig, EDMLoss, draw_training_sigmas, edm_scalings, loss_per_sigma_bin,
+                                     patch_loss, precondition)
 
 SD = 0.9  # σ_data of the paper
 

@@ -7,8 +7,8 @@ import re
 import pytest
 
 from tests.notebooks.test_notebooks import execute, html_outputs, workspace  # noqa: F401 (a fixture)
-from workbench.eval.cost import GPUS, PAPER_STAGES, paper_implied_mfu, project
 from workbench.cost_report import hardware_rows
+from workbench.eval.cost import GPUS, PAPER_STAGES, paper_implied_mfu, project
 
 PLOTLY = "application/vnd.plotly.v1+json"
 

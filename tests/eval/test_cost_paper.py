@@ -12,10 +12,10 @@ import torch
 import yaml
 
 from workbench.cli import main
-from workbench.eval.cost import (GPUS, PAPER_STAGES, StagePlan, get_gpu, paper_comparison, paper_implied_mfu, project,
-                                 stage_plan)
 from workbench.cost_report import (comparison_html, cost_vs_mfu_figure, format_dollars, no_tex, projection_html,
                                    projection_text, recipe_plans, stage_cost_figure)
+from workbench.eval.cost import (GPUS, PAPER_STAGES, StagePlan, get_gpu, paper_comparison, paper_implied_mfu, project,
+                                 stage_plan)
 from workbench.model import MicroDiT
 from workbench.train import Stage
 

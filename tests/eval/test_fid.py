@@ -6,12 +6,12 @@ import torch
 
 from workbench.data.shapes import shapes_arrays
 from workbench.eval import fid as fidmod
-from workbench.eval.fid import (PROXY_LABEL, ShapesFeatures, fid_proxy, fid_proxy_metric,
-                                inception_fid_metric)
+from workbench.eval.fid import PROXY_LABEL, ShapesFeatures, fid_proxy, fid_proxy_metric, inception_fid_metric
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """The Fréchet distance between two Gaussians, directly with numpy/scipy: the reference the metric is tested against."""
+    """The Fréchet distance between two Gaussians, directly with numpy/scipy (the reference the metric is tested
+    against)."""
     from scipy import linalg
 
     covmean = linalg.sqrtm(sigma1 @ sigma2)
@@ -39,7 +39,8 @@ def test_torchmetrics_fid_equals_the_direct_frechet_distance(features):
     ours = float(metric.compute())
     f_real = features(torch.from_numpy(real).permute(0, 3, 1, 2)).double().numpy()
     f_fake = features(torch.from_numpy(fake).permute(0, 3, 1, 2)).double().numpy()
-    direct = frechet_distance(f_real.mean(0), np.cov(f_real, rowvar=False), f_fake.mean(0), np.cov(f_fake, rowvar=False))
+    direct = frechet_distance(f_real.mean(0), np.cov(f_real, rowvar=False),
+                              f_fake.mean(0), np.cov(f_fake, rowvar=False))
     assert direct > 0.1
     assert abs(ours - direct) / direct < 1e-3
 

@@ -7,12 +7,11 @@ import json
 
 import pytest
 
+from tests.train.conftest import TINY_MODEL
 from workbench.cli import main
 from workbench.eval.heldout import SIGMAS, format_heldout, heldout_loss, model_heldout_loss
 from workbench.model import MicroDiT
 from workbench.train import Trainer
-
-from tests.train.conftest import TINY_MODEL
 
 
 def tiny_model(seed: int = 0) -> MicroDiT:

@@ -7,11 +7,10 @@ official code, with random non-zero weights, and the outputs that code computed:
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
-import os
-
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -138,7 +137,8 @@ def test_the_computed_buffers_are_checked(tmp_path):
     official["mask_token"] = torch.ones_like(official["mask_token"])
     official["pos_embed"] = official["pos_embed"] + 0.5
     save_file(official, str(tmp_path / "bad.safetensors"))
-    with pytest.raises(OfficialCheckpointError, match=r"pos_embed: not the 2-D sin-cos.*mask_token: expected all zeros"):
+    expected = r"pos_embed: not the 2-D sin-cos.*mask_token: expected all zeros"
+    with pytest.raises(OfficialCheckpointError, match=expected):
         convert_official(tmp_path / "bad.safetensors", tmp_path / "out", arch=None, config=CONFIG)
 
 

@@ -36,8 +36,10 @@ def loss_with_changed_masked_patches(mixer_depth: int) -> tuple[float, float]:
     model = randomize_zero_params(MicroDiT.from_preset("nano", mixer_depth=mixer_depth), std=0.1).eval()
     x0, caption = fixed_batch()
     seed = 3   # the same generator seed gives the same sigma, noise and patch mask in both calls
-    loss_of = lambda x: EDMLoss()(model, x, caption, mask_ratio=0.75,  # noqa: E731
-                                  generator=torch.Generator().manual_seed(seed)).loss.item()
+
+    def loss_of(x):
+        return EDMLoss()(model, x, caption, mask_ratio=0.75, generator=torch.Generator().manual_seed(seed)).loss.item()
+
     with torch.no_grad():
         dropped = ~loss_of_keep(model, x0, caption, seed)                                       # (B, T)
         p = model.arch.patch_size

@@ -27,7 +27,8 @@ def test_skips_and_output_conv_start_as_the_plain_model(lever, caption_batch):
     plain = randomize_zero_params(MicroDiT.from_preset("nano")).eval()
     with_lever = MicroDiT.from_preset("nano", **{lever: True}).eval()
     missing, unexpected = with_lever.load_state_dict(plain.state_dict(), strict=False)
-    assert unexpected == [] and missing and all(k.startswith({"long_skips": "skip_joins", "output_conv": "out_conv"}[lever]) for k in missing)
+    prefix = {"long_skips": "skip_joins", "output_conv": "out_conv"}[lever]
+    assert unexpected == [] and missing and all(k.startswith(prefix) for k in missing)
     caption, mask = caption_batch()
     x, c_noise = torch.randn(2, 3, 16, 16), torch.zeros(2)
     with torch.no_grad():

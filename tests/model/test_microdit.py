@@ -26,7 +26,10 @@ def test_paper_presets_have_the_official_parameter_counts(name, params, moe):
 
 def test_xl_2_components_match_the_paper_appendix():
     model = meta_model("xl_2")
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+
+    def count(module):
+        return sum(p.numel() for p in module.parameters())
+
     assert count(model.patch_embed) == 17_408
     assert count(model.t_embed) == 1_574_912
     assert count(model.caption_embed.proj) == 2_100_224
@@ -48,7 +51,8 @@ def test_xl_2_layerwise_scaling_matches_the_paper_table():
     assert [p.attn_dim for p in backbone] == qkv
     assert [("M" if p.moe else "D") + str(p.ffn_hidden) for p in backbone] == ffn
     assert [(p.attn_dim, p.ffn_hidden, p.moe) for p in mixer] == [
-        (768, 2048, False), (768, 3072, True), (768, 2048, False), (768, 3072, True), (768, 2048, False), (768, 3072, True)]
+        (768, 2048, False), (768, 3072, True), (768, 2048, False), (768, 3072, True), (768, 2048, False),
+        (768, 3072, True)]
 
 
 @pytest.mark.parametrize("name, low, high", [("nano", 2e6, 5e6), ("micro", 20e6, 40e6)])

@@ -18,9 +18,9 @@ from tests.conftest import randomize_zero_params
 from workbench.model import MicroDiT
 from workbench.train import checkpoint as ckpt
 from workbench.train.checkpoint import (CheckpointError, TrainingState, apply_retention, capture_rng,
-                                        latest_valid_checkpoint, list_checkpoints, load_checkpoint,
-                                        load_model, load_model_weights, read_manifest, resolve_checkpoint,
-                                        restore_rng, save_checkpoint, verify_checkpoint)
+                                        latest_valid_checkpoint, list_checkpoints, load_checkpoint, load_model,
+                                        load_model_weights, read_manifest, resolve_checkpoint, restore_rng,
+                                        save_checkpoint, verify_checkpoint)
 
 # --------------------------------------------------------------------------- helpers
 

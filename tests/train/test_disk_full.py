@@ -165,7 +165,8 @@ def test_a_full_disk_writing_metrics_names_the_file(make_stage, monkeypatch):
 
 @pytest.fixture
 def small_filesystem(tmp_path):
-    """``mount(size, inodes)``: a real tmpfs of that size under tmp_path (root and mount needed; else the test skips)."""
+    """``mount(size, inodes)``: a real tmpfs of that size under tmp_path (root and mount needed; else the test
+    skips)."""
     import subprocess
 
     mounted = []

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from tests.data.tiny_models import tiny_clip_dir  # noqa: F401  (fixture)
 from tests.train.conftest import BASE, TINY_MODEL, losses
 from workbench.train import Stage, Trainer
 from workbench.train.checkpoint import load_model

@@ -81,7 +81,8 @@ def test_a_missing_vae_says_how_to_point_at_it(make_stage, tmp_path):
 
 
 def rewrite_config(path, config):
-    """Replace a checkpoint's config.json and its checksum in the manifest (as another version would have written it)."""
+    """Replace a checkpoint's config.json and its checksum in the manifest (as another version would have written
+    it)."""
     import hashlib
 
     data = json.dumps(config).encode()

@@ -14,8 +14,8 @@ import pytest
 from tests.train.conftest import ROOT, worker_command, worker_env
 from workbench.errors import WorkbenchError
 from workbench.train import Trainer
-from workbench.train.lock import StageLock, lock_path, read_holder
 from workbench.train.inference import load_for_sampling
+from workbench.train.lock import StageLock, lock_path, read_holder
 
 
 def wait_for_lines(path, n: int, proc, timeout: float = 120) -> None:

@@ -79,7 +79,8 @@ NAMES = st.one_of(st.sampled_from(["..", ".", "/", "a/..", "..\\..", ".git", "~"
                   st.text(min_size=0, max_size=12))
 
 
-@settings(max_examples=150, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, derandomize=True, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=NAMES, run=NAMES)
 def test_no_generated_name_or_run_writes_or_deletes_outside_the_stage_folder(tmp_path, name, run):
     base = Path(tempfile.mkdtemp(dir=tmp_path))

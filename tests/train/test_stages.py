@@ -50,7 +50,10 @@ def test_paper_stage_configs_are_the_papers_recipe(n):
 
 def test_paper_stage1_lr_schedule_warms_up_then_decays_to_7_9e_5():
     stage = Stage.from_yaml(PAPER / "stage1.yaml")
-    lr = lambda step: stage.lr * lr_factor(step, stage)  # noqa: E731
+
+    def lr(step):
+        return stage.lr * lr_factor(step, stage)
+
     assert lr(0) == pytest.approx(2.4e-4 / 2500)
     assert lr(2499) == pytest.approx(2.4e-4)
     assert lr(2500) == pytest.approx(2.4e-4)

@@ -8,12 +8,11 @@ from PIL import Image
 
 from workbench.data.codecs import PixelCodec
 from workbench.images import display_scale, grid_png, image_grid, png_bytes
-
-from .png import png_size
 from workbench.widgets.common import (DisplayMixin, check_codec, embed_captions, load_image, resolve_codec,
                                       resolve_text_encoder)
 
 from . import tiny_model
+from .png import png_size
 
 
 def test_png_bytes_round_trip_with_nearest_upscale():

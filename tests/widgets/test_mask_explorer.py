@@ -7,10 +7,10 @@ import torch
 from workbench.data.shapes import shapes_arrays
 from workbench.diffusion.edm import precondition
 from workbench.widgets import MaskExplorer, patch_grid_image
-from .png import png_size
 from workbench.widgets.common import default_text_encoder
 
 from . import one_torch_thread, tiny_model  # noqa: F401
+from .png import png_size
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -22,11 +22,11 @@ def model():
 
 @pytest.fixture
 def explorer(model):
-    return MaskExplorer(model, text_encoder=False, mask_ratio=0.75, sigma=1.0, seed=0)
+    return MaskExplorer(model, text_encoder=False, mask_ratio=0.75, sigma=1.0, seed=0, sigma_data=0.9)
 
 
 def test_default_image_is_a_shapes_scene_at_the_model_resolution(model):
-    explorer = MaskExplorer(model, text_encoder=default_text_encoder())
+    explorer = MaskExplorer(model, text_encoder=default_text_encoder(), sigma_data=0.9)
     images, scenes = shapes_arrays(1, resolution=16, split="val")
     assert (explorer.pixels == images[0]).all()
     assert explorer.caption_text.value == scenes[0].caption
@@ -110,7 +110,8 @@ def test_image_file_and_caption_edits(model, tmp_path):
 
     pixels = np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(tmp_path / "photo.png")
-    explorer = MaskExplorer(model, tmp_path / "photo.png", text_encoder=default_text_encoder(), caption="a cat")
+    explorer = MaskExplorer(model, tmp_path / "photo.png", text_encoder=default_text_encoder(), caption="a cat",
+                            sigma_data=0.9)
     assert explorer.pixels.shape == (16, 16, 3)
     states, before = explorer.caption_states.clone(), explorer.masked_view.value
     explorer.caption_text.value = "two blue squares"
@@ -138,8 +139,8 @@ def test_latent_models_use_the_given_codec():
 
     model = tiny_model(in_channels=4, sample_size=8)
     with pytest.raises(ValueError, match="in_channels=4"):
-        MaskExplorer(model, text_encoder=False)
-    explorer = MaskExplorer(model, text_encoder=False, codec=HalfCodec())
+        MaskExplorer(model, text_encoder=False, sigma_data=0.9)
+    explorer = MaskExplorer(model, text_encoder=False, codec=HalfCodec(), sigma_data=0.9)
     assert explorer.resolution == 16 and explorer.patch_px == 4 and explorer.x0.shape == (1, 4, 8, 8)
     assert explorer.num_kept == int(16 * 0.25)
     assert png_size(explorer.masked_view.value) == (128, 128)
@@ -148,3 +149,8 @@ def test_latent_models_use_the_given_codec():
 def test_shows_itself_in_a_notebook(explorer):
     bundle = explorer._repr_mimebundle_()
     assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == explorer.widget.model_id
+
+
+def test_a_bare_model_needs_its_sigma_data():
+    with pytest.raises(ValueError, match="pass sigma_data=.*0.5 for the demo"):
+        MaskExplorer(tiny_model(), text_encoder=False)

@@ -6,12 +6,11 @@ import torch
 
 from workbench.diffusion import SAMPLERS, EDMConfig, sample
 from workbench.images import display_scale, image_grid
-
-from .png import png_size
 from workbench.widgets import SamplerPanel
 from workbench.widgets.common import default_text_encoder
 
 from . import Broken, Gated, one_torch_thread, tiny_model  # noqa: F401
+from .png import png_size
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -23,7 +22,8 @@ def model():
 
 @pytest.fixture
 def panel(model, tmp_path):
-    return SamplerPanel(model, text_encoder=False, steps=3, batch_size=3, cfg_scale=2.0, out_dir=tmp_path)
+    return SamplerPanel(model, edm=EDMConfig(), text_encoder=False, steps=3, batch_size=3, cfg_scale=2.0,
+                        out_dir=tmp_path)
 
 
 def test_generate_click_previews_every_step_and_shows_a_grid_of_the_batch(panel):
@@ -87,7 +87,7 @@ def test_option_boxes_follow_the_selected_sampler(panel):
 
 
 def test_edm_stochastic_panel_output_is_the_package_sample(model, tmp_path):
-    panel = SamplerPanel(model, text_encoder=False, steps=3, batch_size=2, sampler="edm-stochastic",
+    panel = SamplerPanel(model, edm=EDMConfig(), text_encoder=False, steps=3, batch_size=2, sampler="edm-stochastic",
                          sampler_options={"s_churn": 30.0, "s_tmin": 0.0}, out_dir=tmp_path)
     assert panel.options["s_churn"].value == 30.0
     panel.generate(wait=True)
@@ -101,7 +101,7 @@ def test_edm_stochastic_panel_output_is_the_package_sample(model, tmp_path):
 
 def test_an_option_the_sampler_does_not_take_is_refused(model):
     with pytest.raises(ValueError, match="'heun' has no option 's_churn'"):
-        SamplerPanel(model, text_encoder=False, sampler_options={"s_churn": 1.0})
+        SamplerPanel(model, edm=EDMConfig(), text_encoder=False, sampler_options={"s_churn": 1.0})
 
 
 @pytest.mark.parametrize("name", list(SAMPLERS))
@@ -134,7 +134,7 @@ def test_save_before_generate_says_so_in_the_panel(panel):
 
 def test_generate_does_not_block_and_runs_one_generation_at_a_time(model):
     gated = Gated(model)
-    panel = SamplerPanel(gated, text_encoder=False, steps=2, batch_size=1)
+    panel = SamplerPanel(gated, edm=EDMConfig(), text_encoder=False, steps=2, batch_size=1)
     panel.generate_button.click()                          # returns while the model waits at its gate
     assert panel.running and panel.generate_button.disabled
     thread = panel._thread
@@ -145,7 +145,7 @@ def test_generate_does_not_block_and_runs_one_generation_at_a_time(model):
 
 
 def test_an_error_is_shown_and_reraised_by_join(model):
-    panel = SamplerPanel(Broken(model), text_encoder=False, steps=2, batch_size=1)
+    panel = SamplerPanel(Broken(model), edm=EDMConfig(), text_encoder=False, steps=2, batch_size=1)
     panel.generate_button.click()
     with pytest.raises(RuntimeError, match="the model broke"):
         panel.join(timeout=60)
@@ -153,7 +153,7 @@ def test_an_error_is_shown_and_reraised_by_join(model):
 
 
 def test_prompt_goes_through_the_text_encoder(model):
-    panel = SamplerPanel(model, steps=2, batch_size=2, cfg_scale=2.0)
+    panel = SamplerPanel(model, edm=EDMConfig(), steps=2, batch_size=2, cfg_scale=2.0)
     assert panel.text_encoder is default_text_encoder()
     panel.generate(wait=True)
     red = panel.latents.clone()
@@ -164,8 +164,13 @@ def test_prompt_goes_through_the_text_encoder(model):
 
 def test_unknown_sampler_is_refused(model):
     with pytest.raises(ValueError, match="unknown sampler"):
-        SamplerPanel(model, text_encoder=False, sampler="ddim")
+        SamplerPanel(model, edm=EDMConfig(), text_encoder=False, sampler="ddim")
 
 
 def test_shows_itself_in_a_notebook(panel):
     assert "application/vnd.jupyter.widget-view+json" in panel._repr_mimebundle_()
+
+
+def test_a_bare_model_needs_its_sigma_data():
+    with pytest.raises(ValueError, match=r"pass edm=EDMConfig\(sigma_data=...\)"):
+        SamplerPanel(tiny_model(), text_encoder=False)

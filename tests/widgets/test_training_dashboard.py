@@ -8,11 +8,11 @@ from workbench.data.prepare import prepare
 from workbench.train import Stage, Trainer
 from workbench.train.checkpoint import list_checkpoints
 from workbench.widgets import SamplerPanel, TrainingDashboard
-from .png import png_size
 from workbench.widgets.common import blank_png
 from workbench.widgets.training_dashboard import sigma_bin_names, thin
 
 from . import one_torch_thread  # noqa: F401
+from .png import png_size
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -113,7 +113,10 @@ def test_during_a_foreground_run_the_status_says_running_and_stop_works(data, tm
     trainer = make_trainer(data, tmp_path, steps=8, sample_every=0)
     dashboard = TrainingDashboard(trainer, throttle_s=0)
     states = []
-    trainer.callbacks["on_step"].append(lambda t, m: states.append((dashboard.status.value, dashboard.stop_button.disabled)))
+    def record_state(trainer, metrics):
+        states.append((dashboard.status.value, dashboard.stop_button.disabled))
+
+    trainer.callbacks["on_step"].append(record_state)
     trainer.callbacks["on_step"].append(lambda t, m: m["step"] == 5 and dashboard.stop_button.click())
     trainer.run()
     assert trainer.step_count == 5 and not trainer.running

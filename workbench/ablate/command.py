@@ -7,6 +7,7 @@ import shlex
 import sys
 from importlib import resources
 from pathlib import Path
+from ..errors import InputError
 
 
 def add_parser(sub) -> None:
@@ -33,14 +34,14 @@ def run(args) -> int:
 
     Exit status 0, or 1 when a run failed (the others' results are written all the same)."""
     from .figures import write_report
-    from .runner import run_suite, summary_table
+    from .runner import run_suite
 
     if args.report:
         results = json.loads((Path(args.report) / "results.json").read_text())
         out = Path(args.report)
     else:
         if not args.suite:
-            raise ValueError("workbench ablate: give --suite masking|moe|recipe|FILE.yaml (or --report DIR)")
+            raise InputError("workbench ablate: give --suite masking|moe|recipe|FILE.yaml (or --report DIR)")
         from .suite import Suite
 
         suite = Suite.load(args.suite)

@@ -132,7 +132,7 @@ def write_report(results: dict, folder: str | Path) -> list[Path]:
         try:
             fig.write_image(folder / f"{metric}.png", width=800, height=420)
         except Exception as err:  # noqa: BLE001 - kaleido without its browser: the SVGs stand in
-            warnings.warn(f"no PNG figures ({type(err).__name__}: {err}); the SVGs have the same content")
+            warnings.warn(f"no PNG figures ({type(err).__name__}: {err}); the SVGs have the same content", stacklevel=2)
             break
         paths.append(folder / f"{metric}.png")
     return paths

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from ..diffusion import DEFAULT_SAMPLER
 from ..io import atomic_write_json
 from .suite import Suite
+from ..errors import InputError
 
 FLOPS = "workbench.eval.cost: 3 x MicroDiT.flops (analytic forward FLOPs at the stage's mask ratio) per step"
 
@@ -168,7 +169,7 @@ def check_trained_with(stage) -> None:
         _, refused = stage_changes(parse_yaml(saved.read_text()) or {}, stage.to_dict())
         if refused:
             fields = "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in refused)
-            raise ValueError(f"{stage.stage_dir} was trained with other settings ({fields}); remove "
+            raise InputError(f"{stage.stage_dir} was trained with other settings ({fields}); remove "
                              f"{stage.stage_dir.parent} (and its evals) to train it with the suite's, or use another "
                              f"--out")
 
@@ -201,7 +202,7 @@ def check_out(out: Path, suite: Suite, budget: float, checkpoints: int) -> None:
             changed += [f"variant {v}" for v in old_suite.get("variants", {})
                         if v in new_suite["variants"] and old_suite["variants"][v] != new_suite["variants"][v]]
         if changed:
-            raise ValueError(f"ablate: {out} holds another experiment ({'; '.join(changed)}; see {path}): rerun "
+            raise InputError(f"ablate: {out} holds another experiment ({'; '.join(changed)}; see {path}): rerun "
                              f"with its settings to resume it, or give another --out")
     if saved is None or saved.get("suite") != suite.to_dict():
         atomic_write_json(path, {"budget": budget, "checkpoints": checkpoints, "suite": suite.to_dict()})
@@ -211,7 +212,7 @@ def run_suite(suite: Suite, budget: float, seeds: int = 2, checkpoints: int = 4,
               progress: bool = True, command: str | None = None) -> dict:
     """Run every variant of ``suite`` with seeds 0..seeds-1 at ``budget`` training FLOPs; write ``results.json``."""
     if seeds < 1 or checkpoints < 1 or not budget > 0:
-        raise ValueError(f"ablate: --seeds and --checkpoints must be >= 1 and --budget > 0 (got {seeds}, "
+        raise InputError(f"ablate: --seeds and --checkpoints must be >= 1 and --budget > 0 (got {seeds}, "
                          f"{checkpoints}, {budget:g})")
     out = Path(out)
     holder = _SuiteRun()

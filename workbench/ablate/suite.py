@@ -34,6 +34,7 @@ from pathlib import Path
 from ..config import check_known_keys, parse_yaml
 from ..eval.cost import StagePlan
 from ..train import Stage
+from ..errors import InputError, MissingFileError
 
 BUILT_IN = tuple(sorted(entry.name.removesuffix(".yaml")                      # the YAML files shipped in suites/
                         for entry in resources.files("workbench.ablate").joinpath("suites").iterdir()
@@ -80,47 +81,47 @@ class Suite:
     def __post_init__(self) -> None:
         what = f"suite {self.name!r}"
         if not isinstance(self.variants, dict) or not self.variants:
-            raise ValueError(f"{what}: 'variants' must map variant names to Stage changes, e.g. "
+            raise InputError(f"{what}: 'variants' must map variant names to Stage changes, e.g. "
                              f"{{a: {{mask_ratio: 0.0}}}}")
         for key, value in (("base", self.base), ("data", self.data), ("evaluate", self.evaluate),
                            ("finetune_overrides", self.finetune_overrides)):
             if not isinstance(value, dict):
-                raise ValueError(f"{what}: '{key}' must be a mapping, got {value!r}")
+                raise InputError(f"{what}: '{key}' must be a mapping, got {value!r}")
         if isinstance(self.finetune, bool) or not isinstance(self.finetune, (int, float)) or \
                 not 0.0 <= self.finetune < 1.0:
-            raise ValueError(f"{what}: finetune must be the budget's fraction spent unmasked at the end, in [0, 1) "
+            raise InputError(f"{what}: finetune must be the budget's fraction spent unmasked at the end, in [0, 1) "
                              f"(0: none), got {self.finetune!r}")
         check_known_keys(_DataSpec, self.data, what=f"{what} data")
         check_known_keys(_EvalSpec, self.evaluate, what=f"{what} evaluate")
         self.data = dataclasses.asdict(_DataSpec(**self.data))
         for key, value in self.data.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{what}: data.{key} must be a positive integer, got {value!r}")
+                raise InputError(f"{what}: data.{key} must be a positive integer, got {value!r}")
         self.evaluate = dataclasses.asdict(_EvalSpec(**self.evaluate))
         for key, value in self.evaluate.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < (0 if key == "fid_samples"
                                                                                            else 1):
-                raise ValueError(f"{what}: evaluate.{key} must be a positive number, got {value!r}")
+                raise InputError(f"{what}: evaluate.{key} must be a positive number, got {value!r}")
         self._check_stage_keys("base", self.base)
         self._check_stage_keys("finetune_overrides", self.finetune_overrides)
         for variant, changes in self.variants.items():
             if not isinstance(changes, (dict, type(None))):
-                raise ValueError(f"{what}: variant {variant!r} must be a mapping of Stage changes, got {changes!r}")
+                raise InputError(f"{what}: variant {variant!r} must be a mapping of Stage changes, got {changes!r}")
             self._check_stage_keys(f"variant {variant!r}", changes or {})
             try:                                     # every run's Stage validates now, not hours into the suite
                 self.stages(variant, budget=1e15, seed=0)
             except ValueError as err:
-                raise ValueError(f"{what} variant {variant!r}: {err}") from None
+                raise InputError(f"{what} variant {variant!r}: {err}") from None
 
     def _check_stage_keys(self, where: str, values: dict) -> None:
         check_known_keys(Stage, values, what=f"suite {self.name!r} {where}: Stage")
         for key in SET_BY_SUITE:
             if key in values:
-                raise ValueError(f"suite {self.name!r} {where}: '{key}' is set by the suite (budget, seeds, data); "
+                raise InputError(f"suite {self.name!r} {where}: '{key}' is set by the suite (budget, seeds, data); "
                                  f"remove it")
 
     @classmethod
-    def load(cls, spec: str | Path) -> "Suite":
+    def load(cls, spec: str | Path) -> Suite:
         """A built-in suite by name (``masking``, ``moe``, ``optim``, ``recipe``) or a YAML file of the same form."""
         path = Path(spec)
         if str(spec) in BUILT_IN:
@@ -128,21 +129,21 @@ class Suite:
         elif path.is_file():
             text = path.read_text()
         else:
-            raise FileNotFoundError(f"no suite {str(spec)!r}: use one of {', '.join(BUILT_IN)} or a suite YAML file")
+            raise MissingFileError(f"no suite {str(spec)!r}: use one of {', '.join(BUILT_IN)} or a suite YAML file")
         values = parse_yaml(text) or {}
         if not isinstance(values, dict):
-            raise ValueError(f"suite {spec}: expected a mapping with name, base and variants")
+            raise InputError(f"suite {spec}: expected a mapping with name, base and variants")
         check_known_keys(cls, values, what=f"suite {spec}")
         for key in ("name", "variants"):
             if key not in values:
-                raise ValueError(f"suite {spec}: '{key}' is missing")
+                raise InputError(f"suite {spec}: '{key}' is missing")
         return cls(**values)
 
     def to_dict(self) -> dict:
         """The suite as plain data (what ``<out>/ablate.json`` records)."""
         return dataclasses.asdict(self)
 
-    def quick(self) -> "Suite":
+    def quick(self) -> Suite:
         """The same variants on 96 scenes (batches of at most 32), a depth-3 width-64 backbone (MoE in block 2) and a
         2-step protocol: a smoke test of the whole suite in about a minute (``workbench ablate --quick``)."""
         overrides = {**self.base.get("model_overrides", {}), "depth": 3, "width": 64, "mixer_width": 64}
@@ -177,7 +178,7 @@ class Suite:
     def stage_fields(self, variant: str, seed: int) -> dict:
         """The variant's Stage fields: base, then the variant's changes (``model_overrides`` merged)."""
         if variant not in self.variants:
-            raise ValueError(f"suite {self.name} has no variant {variant!r} (it has {', '.join(self.variants)})")
+            raise InputError(f"suite {self.name} has no variant {variant!r} (it has {', '.join(self.variants)})")
         changes = dict(self.variants[variant] or {})
         fields = {**self.base, **changes, "seed": seed, "resolution": self.data["resolution"]}
         fields["model_overrides"] = {**self.base.get("model_overrides", {}), **changes.get("model_overrides", {})}

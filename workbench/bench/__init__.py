@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 from statistics import median
-from typing import Callable
 
 
 def environment() -> dict:

@@ -19,6 +19,7 @@ import torch
 
 from ..devices import default_device
 from . import environment
+from ..errors import InputError
 
 
 def _nano_img_per_s(batch: int, resolution: int, caption: torch.Tensor, mask: torch.Tensor, steps: int) -> dict:
@@ -55,7 +56,7 @@ def _nano_img_per_s(batch: int, resolution: int, caption: torch.Tensor, mask: to
 def bench_data(n: int = 512, resolution: int = 32, batch_size: int = 32, prepare_batch_size: int = 64,
                loader_batches: int = 300, text_encoder: str = "default", trim_padding: bool = False,
                nano_steps: int = 5, out: str | Path | None = None, progress=print) -> dict:
-    """Measure prepare images/s and loader batches/s; returns a JSON-able report.
+    """Measure shapes rendering, prepare images/s and loader batches/s; returns a JSON-able report.
 
     Args:
         n: shapes records to prepare.
@@ -71,7 +72,7 @@ def bench_data(n: int = 512, resolution: int = 32, batch_size: int = 32, prepare
     Example::
 
         report = bench_data(n=256)
-        report["prepare"]["images_per_s"], report["loader"]["images_per_s"], report["loader_over_nano"]
+        report["shapes_render"]["images_per_s"], report["prepare"]["images_per_s"], report["loader"]["images_per_s"]
     """
     from ..data.codecs import open_codec
     from ..data.text import open_text_encoder
@@ -88,6 +89,9 @@ def bench_data(n: int = 512, resolution: int = 32, batch_size: int = 32, prepare
         tmp = tempfile.mkdtemp(prefix="workbench-bench-data-")
         out = Path(tmp) / "prepared"
     try:
+        report["shapes_render"] = _time_shapes_render(max(n, 200), resolution)
+        progress(f"shapes rendering: {report['shapes_render']['images_per_s']:.0f} img/s on one core "
+                 f"(target >= 2,000)")
         report["prepare"] = _time_prepare(out, codec, encoder, n, resolution, prepare_batch_size, trim_padding)
         report["prepare"]["model_load_s"] = round(load_s, 2)
         progress(f"prepare: {report['prepare']['images']} images in {report['prepare']['seconds']:.1f}s = "
@@ -118,7 +122,7 @@ def _time_prepare(out, codec, encoder, n: int, resolution: int, batch_size: int,
                   batch_size=batch_size, progress=False)
     sec = time.perf_counter() - t0
     if rep.nothing_to_do:
-        raise ValueError(f"{out} already holds this prepared set; pass another out= to time a fresh run")
+        raise InputError(f"{out} already holds this prepared set; pass another out= to time a fresh run")
     return {
         "images": rep.written, "seconds": round(sec, 3), "images_per_s": round(rep.written / sec, 1),
         "model_load_s": None, "codec": "pixel", "text_encoder": encoder.describe()["model_class"],
@@ -157,11 +161,9 @@ def _captions(path) -> list[str]:
     return load_prepared(path, format=None)["caption"]
 
 
-def bench_shapes(n: int = 2000, resolution: int = 32, seed: int = 0) -> dict:
-    """Time sampling + rendering ``n`` train scenes to numpy on this process (one core).
-
-    Returns ``{"images_per_s", "seconds", "n", "resolution", "mean_objects"}``.
-    """
+def _time_shapes_render(n: int, resolution: int, seed: int = 0) -> dict:
+    """Sampling + rendering ``n`` train scenes to numpy on this process (one core), timed: the report's
+    ``shapes_render`` section ``{"images_per_s", "seconds", "n", "resolution", "mean_objects"}``."""
     from ..data.shapes import shapes_arrays
 
     shapes_arrays(min(n, 50), resolution, seed=seed + 1)            # warm-up

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from . import environment
+from ..errors import InputError
 
 
 def rss_mb() -> float:
@@ -38,7 +39,7 @@ def bench_memory(preset: str = "micro", steps: int = 1000, warmup: int = 100, ev
     from ..train import Stage, Trainer
 
     if not 0 < warmup < steps:
-        raise ValueError(f"warmup must be in (0, steps={steps}), got {warmup}")
+        raise InputError(f"warmup must be in (0, steps={steps}), got {warmup}")
     samples: list[tuple[int, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "shapes"

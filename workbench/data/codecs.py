@@ -24,6 +24,7 @@ import torch
 
 from ..devices import default_device
 from ..io import digest
+from ..errors import InputError, MissingFileError
 
 VAE_WEIGHT_FILES = (
     "diffusion_pytorch_model.safetensors",
@@ -45,13 +46,13 @@ def _check_images(images: np.ndarray, downsample: int) -> np.ndarray:
     """Validate a (B, H, W, 3) uint8 batch; return it as a C-contiguous array."""
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(
+        raise InputError(
             f"expected uint8 images shaped (B, H, W, 3), got dtype {images.dtype} shape {images.shape}; "
             "add a batch axis with images[None] for a single image"
         )
     h, w = images.shape[1:3]
     if h % downsample or w % downsample:
-        raise ValueError(
+        raise InputError(
             f"image size {h}x{w} is not divisible by the codec's downsample factor {downsample}; "
             f"resize or crop to a multiple of {downsample}"
         )
@@ -85,7 +86,7 @@ class _Codec:
         f = self.downsample
         if int(resolution) != resolution or resolution <= 0 or resolution % f:
             lo, hi = max(f, resolution // f * f), (resolution // f + 1) * f
-            raise ValueError(
+            raise InputError(
                 f"resolution {resolution} cannot be produced by the {self.kind} codec: it must be a "
                 f"positive multiple of its downsample factor {f} (e.g. {lo} or {hi})"
             )
@@ -150,13 +151,13 @@ def check_vae_folder(path: str | os.PathLike) -> Path:
     """Return ``path`` as a Path if it holds a saved AutoencoderKL, else raise a clear error."""
     p = Path(path).expanduser()
     if not p.is_dir():
-        raise FileNotFoundError(f"VAE path {str(path)!r} is not a folder: {VAE_EXPECTED}{hub_hint(path)}")
+        raise MissingFileError(f"VAE path {str(path)!r} is not a folder: {VAE_EXPECTED}{hub_hint(path)}")
     if not (p / "config.json").is_file():
         has_vae = (p / "vae" / "config.json").is_file()  # a diffusers pipeline folder
         sub = f" (it has a vae/ subfolder: did you mean vae:{p / 'vae'}?)" if has_vae else ""
-        raise FileNotFoundError(f"VAE folder {str(p)!r} has no config.json{sub}: {VAE_EXPECTED}")
+        raise MissingFileError(f"VAE folder {str(p)!r} has no config.json{sub}: {VAE_EXPECTED}")
     if not any((p / name).is_file() for name in VAE_WEIGHT_FILES):
-        raise FileNotFoundError(f"VAE folder {str(p)!r} has no diffusion_pytorch_model weights: {VAE_EXPECTED}")
+        raise MissingFileError(f"VAE folder {str(p)!r} has no diffusion_pytorch_model weights: {VAE_EXPECTED}")
     return p
 
 
@@ -200,11 +201,11 @@ class VAECodec(_Codec):
         try:
             vae = AutoencoderKL.from_pretrained(self.path, torch_dtype=dtype)
         except Exception as e:  # wrong class, corrupt weights, ...
-            raise ValueError(f"could not load an AutoencoderKL from {str(self.path)!r}: {e}; {VAE_EXPECTED}") from e
+            raise InputError(f"could not load an AutoencoderKL from {str(self.path)!r}: {e}; {VAE_EXPECTED}") from e
         self._use(vae.to(self.device))
 
     @classmethod
-    def from_module(cls, vae, sample_posterior: bool = False, batch_size: int = 32) -> "VAECodec":
+    def from_module(cls, vae, sample_posterior: bool = False, batch_size: int = 32) -> VAECodec:
         """A codec over an already loaded ``AutoencoderKL`` (e.g. a diffusers pipeline's ``vae``)."""
         self = cls.__new__(cls)
         self.path, self.sample_posterior, self.batch_size = None, bool(sample_posterior), int(batch_size)
@@ -306,4 +307,4 @@ def open_codec(spec: str = "pixel", **kw) -> PixelCodec | VAECodec:
         return PixelCodec()
     if spec.startswith("vae:") and spec[4:]:
         return VAECodec(spec[4:], **kw)
-    raise ValueError(f"unknown codec {spec!r}: choose one of {', '.join(CODEC_CHOICES)}")
+    raise InputError(f"unknown codec {spec!r}: choose one of {', '.join(CODEC_CHOICES)}")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from ..errors import InputError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "La", "RGBa"})
@@ -135,6 +136,6 @@ def preprocess(image: Image.Image, resolution: int) -> np.ndarray:
         pixels = preprocess(Image.open("cat.jpg"), 256)   # (256, 256, 3) uint8
     """
     if resolution < 1:
-        raise ValueError(f"resolution must be a positive number of pixels, got {resolution}")
+        raise InputError(f"resolution must be a positive number of pixels, got {resolution}")
     square = center_crop(resize_short_side(to_rgb(image), resolution), resolution)
     return np.array(square, dtype=np.uint8)                                       # (R, R, 3)

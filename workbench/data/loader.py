@@ -27,12 +27,14 @@ differ by one batch. Batches are served in permutation order; each batch's rows 
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from .prepared_format import PreparedInfo, load_prepared
+from ..errors import InputError
 
 
 class _BatchTuple(NamedTuple):
@@ -56,7 +58,7 @@ class Batch(_BatchTuple):
         self.captions = captions
         return self
 
-    def to(self, device: str | torch.device) -> "Batch":
+    def to(self, device: str | torch.device) -> Batch:
         """The same batch with its tensors on ``device``."""
         return Batch(*(t.to(device) for t in self), indices=self.indices, captions=self.captions)
 
@@ -160,22 +162,22 @@ class PreparedLoader:
             ds, column, self.source = data, f"latents_{int(resolution)}", "<Dataset>"
             if column not in ds.column_names:
                 have = sorted(c[len("latents_"):] for c in ds.column_names if c.startswith("latents_"))
-                raise ValueError(f"the dataset has no {column} column; prepared resolutions: "
+                raise InputError(f"the dataset has no {column} column; prepared resolutions: "
                                  f"{', '.join(have) or 'none'}")
         else:
             raise TypeError(f"data must be a prepared folder path or a datasets.Dataset, got {type(data).__name__}")
         for needed in ("caption_emb", "caption_mask"):
             if needed not in ds.column_names:
-                raise ValueError(f"the dataset has no {needed!r} column: is it a workbench prepared dataset?")
+                raise InputError(f"the dataset has no {needed!r} column: is it a workbench prepared dataset?")
         if ds._indices is not None:                             # select/shuffle/filter views: materialise
             ds = ds.flatten_indices()
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
         default_rank, default_world = distributed_defaults()
         self.rank = default_rank if rank is None else int(rank)
         self.world_size = default_world if world_size is None else int(world_size)
         if not 0 <= self.rank < self.world_size:
-            raise ValueError(f"rank must be in [0, world_size), got rank {self.rank}, world_size {self.world_size}")
+            raise InputError(f"rank must be in [0, world_size), got rank {self.rank}, world_size {self.world_size}")
 
         features = ds.features
         table = ds.data.table
@@ -194,7 +196,7 @@ class PreparedLoader:
         self.device = torch.device(device)
         self.epoch, self.position = 0, 0
         if len(self) == 0:
-            raise ValueError(f"{self.source} has {self.num_rows} rows: not enough for one batch of {self.batch_size} "
+            raise InputError(f"{self.source} has {self.num_rows} rows: not enough for one batch of {self.batch_size} "
                              f"on each of {self.world_size} ranks; lower batch_size or prepare more data")
 
     # -- order -----------------------------------------------------------------------------------
@@ -268,11 +270,11 @@ class PreparedLoader:
                  ("seed", "num_rows", "batch_size", "world_size", "shuffle", "drop_last")
                  if k in state and state[k] != mine[k]]
         if diffs:
-            raise ValueError(f"loader state does not fit this loader: {', '.join(diffs)}; build the loader with the "
+            raise InputError(f"loader state does not fit this loader: {', '.join(diffs)}; build the loader with the "
                              "same dataset and settings to resume exactly")
         epoch, position = int(state["epoch"]), int(state["position"])
         if epoch < 0 or not 0 <= position <= len(self):
-            raise ValueError(f"loader state has epoch {epoch}, position {position}: expected epoch >= 0 and "
+            raise InputError(f"loader state has epoch {epoch}, position {position}: expected epoch >= 0 and "
                              f"0 <= position <= {len(self)}")
         self.epoch, self.position = epoch, position
 
@@ -290,10 +292,10 @@ def _feature_shape(feature) -> tuple[int, ...]:
     dims = []
     while hasattr(feature, "length") and hasattr(feature, "feature"):
         if feature.length is None or feature.length < 0:
-            raise ValueError(f"column feature {feature} has variable length; expected fixed-size lists as "
+            raise InputError(f"column feature {feature} has variable length; expected fixed-size lists as "
                              "written by workbench prepare")
         dims.append(int(feature.length))
         feature = feature.feature
     if not dims:
-        raise ValueError(f"column feature {feature} is not a fixed-size array")
+        raise InputError(f"column feature {feature} is not a fixed-size array")
     return tuple(dims)

@@ -21,13 +21,15 @@ from __future__ import annotations
 import json
 import os
 from bisect import bisect_right
+from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from ..io import fingerprint
+from ..errors import InputError, MissingFileError
 
 INDEX = "index.json"
 SCALARS = ("uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "float16", "float32", "float64")
@@ -47,7 +49,7 @@ DECODERS = {
 }
 
 
-class MDSError(ValueError):
+class MDSError(InputError):
     """An MDS folder this reader cannot read; the message names the file and the fix."""
 
 
@@ -62,7 +64,7 @@ class MDSReader:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path).expanduser()
         if not self.path.is_dir():
-            raise FileNotFoundError(f"no MDS folder at {self.path}: expected a folder with {INDEX} and "
+            raise MissingFileError(f"no MDS folder at {self.path}: expected a folder with {INDEX} and "
                                     f"shard.NNNNN.mds files (the official precompute's --savedir)")
         indexes = [self.path / INDEX] if (self.path / INDEX).is_file() else sorted(self.path.glob(f"*/{INDEX}"))
         if not indexes:

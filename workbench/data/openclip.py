@@ -22,6 +22,7 @@ import re
 from pathlib import Path
 
 import torch
+from ..errors import InputError, MissingFileError
 
 CONFIG_FILE = "open_clip_config.json"
 WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -42,10 +43,10 @@ def is_openclip_folder(path: str | Path) -> bool:
 def check_openclip_folder(path: Path, tokenizer_path: Path) -> None:
     """Raise ``FileNotFoundError`` naming what an open_clip folder lacks (weights, tokenizer files)."""
     if not any((path / name).is_file() for name in WEIGHT_FILES):
-        raise FileNotFoundError(f"open_clip folder {str(path)!r} has no weights (looked for {', '.join(WEIGHT_FILES)})")
+        raise MissingFileError(f"open_clip folder {str(path)!r} has no weights (looked for {', '.join(WEIGHT_FILES)})")
     missing = [name for name in TOKENIZER_FILES if not (tokenizer_path / name).is_file()]
     if missing:
-        raise FileNotFoundError(f"open_clip folder {str(tokenizer_path)!r} has no {' or '.join(missing)}: "
+        raise MissingFileError(f"open_clip folder {str(tokenizer_path)!r} has no {' or '.join(missing)}: "
                                 f"{TOKENIZER_HINT}")
 
 
@@ -58,7 +59,7 @@ def text_config(path: Path):
     text = model_cfg.get("text_cfg") or {}
     odd = {k: text[k] for k, default in UNSUPPORTED.items() if text.get(k, default) != default}
     if odd:
-        raise ValueError(f"the open_clip text tower in {str(path)!r} uses {odd}, which this reader does not "
+        raise InputError(f"the open_clip text tower in {str(path)!r} uses {odd}, which this reader does not "
                          f"support (it reads plain CLIP text towers such as DFN5B's)")
     width, heads, vocab = int(text.get("width", 512)), int(text.get("heads", 8)), int(text.get("vocab_size", 49408))
     return CLIPTextConfig(
@@ -109,17 +110,17 @@ def load_text_model(path: str | Path):
     try:
         state = text_state_dict(weights, config.num_hidden_layers)
     except KeyError as err:
-        raise ValueError(f"the open_clip weights in {str(path)!r} lack the text tensor {err.args[0]!r}; the folder's "
+        raise InputError(f"the open_clip weights in {str(path)!r} lack the text tensor {err.args[0]!r}; the folder's "
                          f"weights and {CONFIG_FILE} do not match") from err
     model = CLIPTextModel(config)
     tower = getattr(model, "text_model", model)            # transformers < 5 nests the transformer one level down
     own = tower.state_dict()
     shapes = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if v.shape != own[k].shape]
     if shapes:
-        raise ValueError(f"the open_clip weights in {str(path)!r} do not fit its {CONFIG_FILE}: {'; '.join(shapes)}")
+        raise InputError(f"the open_clip weights in {str(path)!r} do not fit its {CONFIG_FILE}: {'; '.join(shapes)}")
     missing = [k for k in own if k not in state and not k.endswith("position_ids")]
     if missing:
-        raise ValueError(f"no open_clip tensor for {', '.join(missing)} in {str(path)!r}")
+        raise InputError(f"no open_clip tensor for {', '.join(missing)} in {str(path)!r}")
     tower.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     return model.eval()
 

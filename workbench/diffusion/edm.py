@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import POSITIVE, check_field_types, check_ranges, require
+from ..errors import InputError
 
 # Edges of the σ bins used by `loss_per_sigma_bin` (σ_min ... σ_max of the paper).
 DEFAULT_SIGMA_BIN_EDGES = (0.002, 0.1, 0.5, 1.0, 2.0, 5.0, 80.0)
@@ -147,7 +148,7 @@ def patch_loss(loss: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     t = keep.shape[1]
     p = round((h * w / t) ** 0.5)
     if p * p * t != h * w or h % p or w % p:
-        raise ValueError(f"keep has {t} patches, which does not tile a {h}x{w} loss with square patches")
+        raise InputError(f"keep has {t} patches, which does not tile a {h}x{w} loss with square patches")
     per_patch = F.avg_pool2d(loss.mean(1, keepdim=True), p).flatten(1)  # (B, T)
     keep = keep.to(per_patch.dtype)                                     # (B, T)
     return (per_patch * keep).sum(1) / keep.sum(1).clamp(min=1)         # (B,)

@@ -29,12 +29,13 @@ Adding a sampler is one registered function (docs/architecture.md, "Adding a sam
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 import torch
 
 from workbench.diffusion.edm import EDMConfig
+from ..errors import InputError
 
 # -----------------------------------------------------------------------------
 # The registry
@@ -68,7 +69,7 @@ class SamplerEntry:
         unknown = sorted(set(options or {}) - set(known))
         if unknown:
             takes = f"takes {', '.join(known)}" if known else "takes no options"
-            raise ValueError(f"sampler {self.name!r} has no option {', '.join(map(repr, unknown))}; it {takes}")
+            raise InputError(f"sampler {self.name!r} has no option {', '.join(map(repr, unknown))}; it {takes}")
         return {**known, **(options or {})}
 
 
@@ -88,7 +89,7 @@ def register_sampler(name: str, description: str, options: Mapping[str, str] | N
     """
     def register(fn: Callable) -> Callable:
         if name in SAMPLERS:
-            raise ValueError(f"a sampler named {name!r} is already registered")
+            raise InputError(f"a sampler named {name!r} is already registered")
         params = inspect.signature(fn).parameters
         for needed in ("generator", "callback"):
             if needed not in params or params[needed].kind is not inspect.Parameter.KEYWORD_ONLY:
@@ -109,7 +110,7 @@ def register_sampler(name: str, description: str, options: Mapping[str, str] | N
 def get_sampler(name: str) -> SamplerEntry:
     """The registry entry of ``name``; an unknown name is an error that lists the known ones."""
     if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; choose one of {list(SAMPLERS)}")
+        raise InputError(f"unknown sampler {name!r}; choose one of {list(SAMPLERS)}")
     return SAMPLERS[name]
 
 
@@ -120,7 +121,7 @@ def karras_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0,
                   device: torch.device | str | None = None) -> torch.Tensor:
     """The Karras et al. (2022) schedule: ``steps`` levels from σ_max to σ_min, then 0. Shape (steps+1,) float64."""
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps!r}")
+        raise InputError(f"steps must be >= 1, got {steps!r}")
     ramp = torch.linspace(0, 1, steps, dtype=torch.float64, device=device)          # (steps,)
     max_inv_rho, min_inv_rho = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
     sigmas = (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho               # (steps,)
@@ -138,7 +139,7 @@ SCHEDULES: dict[str, Callable] = {"karras": karras_schedule}   # name -> schedul
 def get_schedule(name: str) -> Callable:
     """The schedule registered as ``name``; an unknown name is an error that lists the known ones."""
     if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule {name!r}; choose one of {list(SCHEDULES)}")
+        raise InputError(f"unknown schedule {name!r}; choose one of {list(SCHEDULES)}")
     return SCHEDULES[name]
 
 

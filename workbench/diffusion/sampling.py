@@ -11,13 +11,14 @@ and the initial noise from a seed, then runs a registered sampler (`SAMPLERS`: t
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 
 from workbench.diffusion.edm import EDMConfig, _param_dtype, precondition
 from workbench.diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE, get_sampler, get_schedule
 from workbench.model import null_caption, trim_caption_padding
+from ..errors import InputError
 
 # -----------------------------------------------------------------------------
 # Classifier-free guidance
@@ -137,7 +138,7 @@ def sample(model, caption: torch.Tensor, caption_mask: torch.Tensor | None = Non
     if noise is None:
         noise = torch.randn(shape, generator=generator)                                # (B, C, H, W)
     elif tuple(noise.shape) != shape:
-        raise ValueError(f"noise must have shape {shape} (captions, channels, latent side), got {tuple(noise.shape)}")
+        raise InputError(f"noise must have shape {shape} (captions, channels, latent side), got {tuple(noise.shape)}")
     denoiser = cfg_denoiser(model, caption, caption_mask, sigma_data=edm.sigma_data, cfg_scale=cfg_scale,
                             uncond=uncond)
     sigmas = make_sigmas(steps, edm, device)                                           # (steps+1,)

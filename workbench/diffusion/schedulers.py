@@ -24,6 +24,7 @@ from diffusers import EDMDPMSolverMultistepScheduler, EDMEulerScheduler
 
 from workbench.diffusion.edm import EDMConfig, edm_scalings
 from workbench.diffusion.samplers import register_sampler
+from ..errors import InputError
 
 # Sampler name -> diffusers scheduler class.
 DIFFUSERS_SCHEDULERS = {
@@ -35,7 +36,7 @@ DIFFUSERS_SCHEDULERS = {
 def make_scheduler(name: str, edm_config: EDMConfig | None = None):
     """A diffusers EDM scheduler configured with our EDM constants (final σ = 0, F-prediction)."""
     if name not in DIFFUSERS_SCHEDULERS:
-        raise ValueError(f"unknown diffusers scheduler {name!r}; choose one of {list(DIFFUSERS_SCHEDULERS)}")
+        raise InputError(f"unknown diffusers scheduler {name!r}; choose one of {list(DIFFUSERS_SCHEDULERS)}")
     cfg = edm_config or EDMConfig()
     return DIFFUSERS_SCHEDULERS[name](
         sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, sigma_data=cfg.sigma_data, rho=cfg.rho,

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+from ..errors import InputError
 
 
 def add_parser(sub) -> None:
@@ -62,7 +63,7 @@ def run(args) -> int:
         return val_loss_command(args)
     args.checkpoint = args.checkpoint or args.target
     if args.what in ("compositional", "fid") and not args.checkpoint:
-        raise ValueError(f"workbench eval {args.what} needs --checkpoint: a checkpoint, or a stage folder")
+        raise InputError(f"workbench eval {args.what} needs --checkpoint: a checkpoint, or a stage folder")
     quiet = args.json == "-"               # only the JSON on stdout
     if args.what == "compositional":
         from .compositional import evaluate_checkpoint, scores_table

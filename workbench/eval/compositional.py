@@ -38,9 +38,9 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -48,6 +48,7 @@ from ..data.shapes import EVAL_CATEGORIES, EvalPrompt, eval_prompts
 from ..diffusion import DEFAULT_SAMPLER
 from ..io import digest
 from .detector import Detection, Detector, relation_holds
+from ..errors import InputError
 
 ATTRIBUTES = ("colour", "shape", "count", "position")
 SINGLE_OBJECT_CATEGORIES = ("single_object", "colours")
@@ -121,7 +122,7 @@ def score_image(prompt: EvalPrompt, detections: Sequence[Detection]) -> tuple[bo
     elif prompt.check == "relation":
         correct = shape_ok and bool(position)
     else:
-        raise ValueError(f"unknown check {prompt.check!r} in prompt {prompt.prompt!r}")
+        raise InputError(f"unknown check {prompt.check!r} in prompt {prompt.prompt!r}")
     return bool(correct), {"colour": colour, "shape": shape, "count": count, "position": position}
 
 
@@ -129,14 +130,15 @@ def score_image(prompt: EvalPrompt, detections: Sequence[Detection]) -> tuple[bo
 #  Many images -> scores
 # ---------------------------------------------------------------------------------------------
 
-def score_images(images: Sequence[np.ndarray], prompt_indices: Sequence[int], sample_indices: Sequence[int] | None = None,
-                 prompts: Sequence[EvalPrompt] | None = None, detector: Detector | None = None) -> list[SampleResult]:
+def score_images(images: Sequence[np.ndarray], prompt_indices: Sequence[int],
+                 sample_indices: Sequence[int] | None = None, prompts: Sequence[EvalPrompt] | None = None,
+                 detector: Detector | None = None) -> list[SampleResult]:
     """Score uint8 images, each made for ``prompts[prompt_indices[k]]``; one ``SampleResult`` per image."""
     prompts = list(prompts) if prompts is not None else eval_prompts()
     detector = detector or Detector()
     sample_indices = list(sample_indices) if sample_indices is not None else [0] * len(images)
     results = []
-    for img, p, s, dets in zip(images, prompt_indices, sample_indices, detector.batch(images)):
+    for p, s, dets in zip(prompt_indices, sample_indices, detector.batch(images)):
         prompt = prompts[p]
         correct, attrs = score_image(prompt, dets)
         results.append(SampleResult(p, s, prompt.prompt, prompt.category, prompt.heldout, correct, attrs, dets))
@@ -174,8 +176,11 @@ def summarise(results: Sequence[SampleResult]) -> dict:
 def worst_failures(results: Sequence[SampleResult], n: int = 8) -> list[SampleResult]:
     """The ``n`` wrong samples with the lowest partial credit (one per prompt first), for a failure grid."""
     wrong = [r for r in results if not r.correct]
-    credit = lambda r: np.mean([v for v in r.attributes.values() if v is not None])  # noqa: E731
-    wrong.sort(key=lambda r: (credit(r), r.prompt_index, r.sample_index))
+
+    def order(r: SampleResult) -> tuple:                  # lowest partial credit first
+        return np.mean([v for v in r.attributes.values() if v is not None]), r.prompt_index, r.sample_index
+
+    wrong.sort(key=order)
     firsts, rest, seen = [], [], set()
     for r in wrong:
         (rest if r.prompt_index in seen else firsts).append(r)

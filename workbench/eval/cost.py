@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import asdict, dataclass
+from ..errors import InputError
 
 H100_BF16_PEAK_FLOPS = 989.4e12        # dense bf16 FLOP/s of one H100 SXM
 PRICE_PER_GPU_HOUR = 3.79              # the paper's implied H100 price, $ per GPU-hour
@@ -89,7 +90,7 @@ def get_gpu(gpu: str | GPU) -> GPU:
         return gpu
     key = str(gpu).strip().lower()
     if key not in GPUS:
-        raise ValueError(f"gpu: unknown GPU kind {gpu!r}; known: {', '.join(GPUS)}")
+        raise InputError(f"gpu: unknown GPU kind {gpu!r}; known: {', '.join(GPUS)}")
     return GPUS[key]
 
 
@@ -97,7 +98,7 @@ def check_mfu(mfu: float) -> float:
     """``mfu`` as a float, or a ValueError when it is not a fraction in (0, 1]."""
     if isinstance(mfu, bool) or not isinstance(mfu, (int, float)) or not 0 < mfu <= 1:
         hint = f" ({mfu:g} % is {mfu / 100:g})" if isinstance(mfu, (int, float)) and 1 < mfu <= 100 else ""
-        raise ValueError(f"mfu: expected a fraction in (0, 1], got {mfu!r}{hint}")
+        raise InputError(f"mfu: expected a fraction in (0, 1], got {mfu!r}{hint}")
     return float(mfu)
 
 
@@ -173,7 +174,7 @@ def inferred_downsample(stage) -> int:
 
     side = preset_config(stage.model, **stage.model_overrides).sample_size
     if stage.resolution % side:
-        raise ValueError(f"stage {stage.name}: resolution {stage.resolution} is not a multiple of the model's "
+        raise InputError(f"stage {stage.name}: resolution {stage.resolution} is not a multiple of the model's "
                          f"sample_size {side}; give the codec's downsample (latent_downsample / --latent-downsample)")
     return stage.resolution // side
 
@@ -217,9 +218,9 @@ def project(stages, mfu: float | None = None, price: float | None = None, gpus: 
     price = spec.price if price is None else float(price)
     peak = spec.bf16_flops if peak_flops is None else float(peak_flops)
     if not price >= 0:
-        raise ValueError(f"price: expected dollars per GPU-hour >= 0, got {price!r}")
+        raise InputError(f"price: expected dollars per GPU-hour >= 0, got {price!r}")
     if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
-        raise ValueError(f"gpus: expected a whole number of GPUs >= 1, got {gpus!r}")
+        raise InputError(f"gpus: expected a whole number of GPUs >= 1, got {gpus!r}")
     rows = []
     for plan in stages:
         per_step = plan.flops_per_step()

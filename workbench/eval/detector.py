@@ -29,9 +29,9 @@ from __future__ import annotations
 import io
 import math
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from ..data.shapes import COLOURS, SHAPES, Scene, make_scenes, render_scene
+from ..errors import MissingFileError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 CLASSIFIER_WEIGHTS = ASSETS / "shape_classifier.safetensors"
@@ -130,11 +131,13 @@ def find_components(image: np.ndarray, min_area: float = 0.004) -> list[Componen
             if area < min_area * h * w:
                 continue
             box = (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)
-            out.append(Component(int(k), cov, box, area, float((cov * xs).sum() / area), float((cov * ys).sum() / area)))
+            cx, cy = float((cov * xs).sum() / area), float((cov * ys).sum() / area)
+            out.append(Component(int(k), cov, box, area, cx, cy))
     return out
 
 
-def crop_components(components: Sequence[Component], size: int = CROP, jitter: torch.Tensor | None = None) -> torch.Tensor:
+def crop_components(components: Sequence[Component], size: int = CROP,
+                    jitter: torch.Tensor | None = None) -> torch.Tensor:
     """Each component's coverage around its box, resampled to ``(N, 1, size, size)`` (aspect kept).
 
     ``jitter`` (N, 3) adds (dx, dy, log-scale) to each crop box, as fractions of its side (augmentation).
@@ -194,7 +197,7 @@ def load_classifier(path: str | Path | None = None) -> ShapeClassifier:
 
     path = Path(path) if path is not None else CLASSIFIER_WEIGHTS
     if not path.is_file():
-        raise FileNotFoundError(f"shape-classifier weights not found at {path}; train them with "
+        raise MissingFileError(f"shape-classifier weights not found at {path}; train them with "
                                 f"`workbench train-detector --out {path}`")
     model = ShapeClassifier()
     model.load_state_dict(load_file(str(path)))
@@ -297,7 +300,8 @@ def match_ground_truth(components_or_dets: Sequence, scene: Scene, resolution: i
 
 def training_crops(n_scenes: int, resolutions: Sequence[int] = (32, 48, 64), seed: int = 0,
                    degrade_p: float = 0.6) -> tuple[torch.Tensor, torch.Tensor]:
-    """Crops ``(N, 1, 24, 24)`` and shape labels ``(N,)`` from rendered train scenes, through the detector's own extraction."""
+    """Crops ``(N, 1, 24, 24)`` and shape labels ``(N,)`` from rendered train scenes, through the detector's own
+    extraction."""
     rng = np.random.default_rng(seed)
     scenes = make_scenes(n_scenes, "train", seed=seed)
     crops, labels = [], []
@@ -357,8 +361,9 @@ def train_classifier(n_scenes: int = 24000, epochs: int = 6, batch: int = 256, l
             bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
     model.eval().requires_grad_(False)
-    report = {"crops": len(x), "scenes": n_scenes, "epochs": epochs, "last_epoch_train_accuracy": correct / max(1, seen),
-              "crop_seconds": round(made, 1), "seconds": round(time.perf_counter() - t0, 1)}
+    report = {"crops": len(x), "scenes": n_scenes, "epochs": epochs,
+              "last_epoch_train_accuracy": correct / max(1, seen), "crop_seconds": round(made, 1),
+              "seconds": round(time.perf_counter() - t0, 1)}
     if out is not None:
         from safetensors.torch import save
 
@@ -373,7 +378,8 @@ def train_classifier(n_scenes: int = 24000, epochs: int = 6, batch: int = 256, l
 # ---------------------------------------------------------------------------------------------
 
 def relation_holds(subject: tuple[float, float], obj: tuple[float, float], relation: str) -> bool:
-    """Whether ``subject`` (cx, cy) is ``relation`` of ``obj``: right direction along the axis, and that axis dominant."""
+    """Whether ``subject`` (cx, cy) is ``relation`` of ``obj``: right direction along the axis, and that axis
+    dominant."""
     dx, dy = subject[0] - obj[0], subject[1] - obj[1]
     along, across = {"left_of": (-dx, dy), "right_of": (dx, dy), "above": (-dy, dx), "below": (dy, dx)}[relation]
     return along > 0 and along >= abs(across)
@@ -406,7 +412,8 @@ def detector_accuracy(detector: Detector, n: int = 500, resolution: int = 32, sp
         if scene.relation is not None:
             i, rel, j = scene.relation
             rel_n += 1
-            rel_ok += i in by_gt and j in by_gt and relation_holds((by_gt[i].cx, by_gt[i].cy), (by_gt[j].cx, by_gt[j].cy), rel)
+            rel_ok += i in by_gt and j in by_gt and relation_holds((by_gt[i].cx, by_gt[i].cy),
+                                                                   (by_gt[j].cx, by_gt[j].cy), rel)
     return {"shape": shape_ok / objects, "colour": colour_ok / objects, "count": count_ok / n,
             "relation": rel_ok / max(1, rel_n), "objects": objects, "scenes": n}
 
@@ -426,5 +433,6 @@ def degradation_curve(detector: Detector, n: int = 300, resolutions: Sequence[in
             for level in levels:
                 acc = detector_accuracy(detector, n, res, **{kind: level})
                 rows.append({"resolution": res, "degradation": kind, "level": level,
-                             **{k: round(v, 4) for k, v in acc.items() if k in ("shape", "colour", "count", "relation")}})
+                             **{k: round(v, 4) for k, v in acc.items()
+                                if k in ("shape", "colour", "count", "relation")}})
     return rows

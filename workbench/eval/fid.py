@@ -34,6 +34,7 @@ from ..data.shapes import COLOURS, SHAPES, Scene, make_scenes, render_scene
 from ..diffusion import DEFAULT_SAMPLER
 from ..io import digest
 from .detector import ASSETS, degrade
+from ..errors import InputError, MissingFileError
 
 FEATURE_WEIGHTS = ASSETS / "scene_features.safetensors"
 FEATURE_SIDE = 32                      # every image is resized to this side before the feature net
@@ -106,14 +107,14 @@ class ShapesFeatures(nn.Module):
 
         path = Path(weights) if weights is not None else FEATURE_WEIGHTS
         if not path.is_file():
-            raise FileNotFoundError(f"FID-proxy feature weights not found at {path}; train them with "
+            raise MissingFileError(f"FID-proxy feature weights not found at {path}; train them with "
                                     f"`workbench train-detector --features-out {path}`")
         self.net = SceneFeatureNet()
         self.net.load_state_dict(load_file(str(path)))
         self.net.eval().requires_grad_(False)
         self.weights_hash = digest(path.read_bytes())
 
-    def train(self, mode: bool = True) -> "ShapesFeatures":
+    def train(self, mode: bool = True) -> ShapesFeatures:
         """Always in eval mode (a frozen feature extractor)."""
         return super().train(False)
 
@@ -227,7 +228,7 @@ def fid_proxy(images: np.ndarray, resolution: int | None = None, n_reference: in
     """FID-proxy of uint8 images (N, H, W, 3) against ``n_reference`` real shapes scenes at their resolution."""
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8 or len(images) < 2:
-        raise ValueError(f"expected at least 2 uint8 images shaped (N, H, W, 3), got {images.dtype} {images.shape}")
+        raise InputError(f"expected at least 2 uint8 images shaped (N, H, W, 3), got {images.dtype} {images.shape}")
     metric = fid_proxy_metric(resolution or images.shape[1], n_reference, **kw)
     for i in range(0, len(images), 256):
         metric.update(torch.from_numpy(images[i:i + 256]).permute(0, 3, 1, 2), real=False)
@@ -237,12 +238,12 @@ def fid_proxy(images: np.ndarray, resolution: int | None = None, n_reference: in
 def inception_fid_metric(weights_path: str | Path | None):
     """torchmetrics' Inception FID (2048-d pool features) from a local weights file; clear errors without it."""
     if not weights_path:
-        raise FileNotFoundError(f"Inception FID needs the FID Inception weights at a local path: download "
+        raise MissingFileError(f"Inception FID needs the FID Inception weights at a local path: download "
                                 f"{INCEPTION_WEIGHTS_NAME} (torch-fidelity's release of the TF-FID weights) and pass "
                                 f"--inception-weights PATH; offline, use the FID-proxy (the default)")
     path = Path(weights_path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"Inception weights not found at {path}: expected the file {INCEPTION_WEIGHTS_NAME}")
+        raise MissingFileError(f"Inception weights not found at {path}: expected the file {INCEPTION_WEIGHTS_NAME}")
     try:
         import torch_fidelity  # noqa: F401
     except Exception as err:    # not installed, or its torchvision does not match this torch

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..diffusion import EDMConfig, EDMLoss
+from ..errors import InputError
 
 # log-spaced over where EDM's training noise (ln σ ~ N(-0.6, 1.2²)) puts its weight, and a little beyond
 SIGMAS = (0.02, 0.05, 0.15, 0.4, 1.0, 2.5, 6.0, 15.0)
@@ -66,7 +67,7 @@ def model_heldout_loss(model, data: str | Path, resolution: int, sigma_data: flo
     finally:
         model.train(was_training)
     if seen == 0:
-        raise ValueError(f"held-out loss: {data} has no rows at {resolution} px")
+        raise InputError(f"held-out loss: {data} has no rows at {resolution} px")
     by_sigma = {f"{s:g}": totals[s] / seen for s in totals}
     return {"mean": sum(by_sigma.values()) / len(by_sigma), "by_sigma": by_sigma, "n": seen, "sigmas": list(totals)}
 
@@ -128,7 +129,7 @@ def val_loss_command(args) -> int:
 
     checkpoint = args.target or args.checkpoint
     if not checkpoint:
-        raise ValueError("workbench eval val-loss needs a checkpoint or stage folder: workbench eval val-loss CKPT")
+        raise InputError("workbench eval val-loss needs a checkpoint or stage folder: workbench eval val-loss CKPT")
     result = heldout_loss(checkpoint, data=args.data, use_ema=not args.raw, device=args.device or "cpu",
                           n=args.n if args.n is not None else VAL_N, seed=args.seed)
     if args.json == "-":

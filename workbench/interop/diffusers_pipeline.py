@@ -25,6 +25,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from ..data.codecs import PixelCodec, VAECodec
 from ..data.text import TextEncoder
 from ..diffusion import SAMPLERS, EDMConfig, sample
+from ..errors import InputError
 
 
 class MicroDiTHeunScheduler(SchedulerMixin, ConfigMixin):
@@ -64,7 +65,7 @@ class MicroDiTPipeline(DiffusionPipeline):
                  text_trim_padding: bool = False, text_open_clip: bool = False, resolution: int | None = None):
         super().__init__()
         if type(scheduler).__name__ not in SCHEDULER_SAMPLERS:
-            raise ValueError(f"scheduler must be one of {sorted(SCHEDULER_SAMPLERS)}, got {type(scheduler).__name__}")
+            raise InputError(f"scheduler must be one of {sorted(SCHEDULER_SAMPLERS)}, got {type(scheduler).__name__}")
         self.register_modules(transformer=transformer, scheduler=scheduler, text_encoder=text_encoder,
                               tokenizer=tokenizer, vae=vae)
         self.register_to_config(text_max_length=int(text_max_length), text_trim_padding=bool(text_trim_padding),
@@ -108,12 +109,12 @@ class MicroDiTPipeline(DiffusionPipeline):
             elif len(negatives) * num_images_per_prompt == len(prompts):
                 negatives = [n for n in negatives for _ in range(num_images_per_prompt)]
             else:
-                raise ValueError(f"negative_prompt: give one, or one per prompt ({len(prompts)}), got {len(negatives)}")
+                raise InputError(f"negative_prompt: give one, or one per prompt ({len(prompts)}), got {len(negatives)}")
             negative, negative_mask = self.encode_prompt(negatives)
         codec = self.codec
         side = height or self.config.resolution or self.transformer.config.sample_size * codec.downsample
         if side % codec.downsample:
-            raise ValueError(f"height {side} is not a multiple of the codec's downsample factor {codec.downsample}")
+            raise InputError(f"height {side} is not a multiple of the codec's downsample factor {codec.downsample}")
         latent_side = side // codec.downsample
         shape = (len(prompts), self.transformer.config.in_channels, latent_side, latent_side)
         noise = randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32)
@@ -129,7 +130,7 @@ class MicroDiTPipeline(DiffusionPipeline):
             if output_type == "pil":
                 images = self.numpy_to_pil(images.astype(np.float32) / 255.0)
             elif output_type != "np":
-                raise ValueError(f"output_type must be 'pil', 'np' or 'latent', got {output_type!r}")
+                raise InputError(f"output_type must be 'pil', 'np' or 'latent', got {output_type!r}")
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)
 

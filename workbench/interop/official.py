@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from ..config import MicroDiTConfig, check_known_keys, from_dict, to_dict
-from ..errors import WorkbenchError
+from ..errors import InputError, MissingFileError, WorkbenchError
 from ..model import MicroDiT
 from ..model.embeddings import sincos_2d_positions
 from ..model.microdit import PRESETS, preset_config
@@ -99,7 +99,7 @@ def read_official_state_dict(path: str | Path, allow_pickle: bool = False) -> tu
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"no official checkpoint at {path}: download one of the paper's MicroDiT_XL_2 "
+        raise MissingFileError(f"no official checkpoint at {path}: download one of the paper's MicroDiT_XL_2 "
                                 f"checkpoints first (docs/interop.md lists them)")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
@@ -170,7 +170,7 @@ def official_config(arch: str | None = "xl_2", in_channels: int | None = None,
     if arch is None:
         return from_dict(MicroDiTConfig, overrides)
     if arch not in OFFICIAL_ARCHS and arch not in PRESETS:
-        raise ValueError(f"unknown arch {arch!r}: the paper released {' and '.join(OFFICIAL_ARCHS)}")
+        raise InputError(f"unknown arch {arch!r}: the paper released {' and '.join(OFFICIAL_ARCHS)}")
     return preset_config(arch, **overrides)
 
 
@@ -267,7 +267,7 @@ def convert_official(path: str | Path, out: str | Path, arch: str | None = "xl_2
 
         config = yaml.safe_load(Path(config).read_text()) or {}
         if not isinstance(config, dict):
-            raise ValueError(f"--config: expected a YAML mapping of MicroDiTConfig fields, got {type(config).__name__}")
+            raise InputError(f"--config: expected a YAML mapping of MicroDiTConfig fields, got {type(config).__name__}")
     state, notes = read_official_state_dict(path, allow_pickle)
     cfg = official_config(arch, in_channels, config)
     weights, cfg = convert_state_dict(state, cfg)
@@ -275,7 +275,9 @@ def convert_official(path: str | Path, out: str | Path, arch: str | None = "xl_2
         model = MicroDiT(**to_dict(cfg))
     model.load_state_dict(weights, strict=True, assign=True)
     model.mask_token = torch.zeros_like(model.mask_token, device="cpu")      # the one non-persistent buffer
-    local = lambda p: str(Path(p).expanduser().resolve()) if Path(p).expanduser().exists() else str(p)  # noqa: E731
+    def local(p) -> str:                                   # a local folder as an absolute path, a hub name as is
+        return str(Path(p).expanduser().resolve()) if Path(p).expanduser().exists() else str(p)
+
     codec = local(vae or DEFAULT_VAES.get(cfg.in_channels, DEFAULT_VAES[4]))
     record = {
         "codec": f"vae:{codec}",

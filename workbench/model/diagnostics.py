@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from .blocks import Attention
+from ..errors import InputError
 
 
 @dataclass
@@ -49,7 +50,7 @@ def locality_stats(probs: torch.Tensor, grid_h: int, grid_w: int) -> tuple[list[
     """Per-head normalised entropy and mean distance of attention ``probs`` (B, H, T, T) on an h x w grid."""
     t = grid_h * grid_w
     if probs.shape[-2:] != (t, t):
-        raise ValueError(f"attention over {tuple(probs.shape[-2:])} tokens does not match a {grid_h}x{grid_w} "
+        raise InputError(f"attention over {tuple(probs.shape[-2:])} tokens does not match a {grid_h}x{grid_w} "
                          f"grid of {t} patches; record an unmasked forward (mask_ratio=0)")
     probs = probs.float()
     dist = grid_distances(grid_h, grid_w).to(probs.device)                             # (T, T)
@@ -72,7 +73,7 @@ class AttentionRecorder:
         self.probs: dict[str, torch.Tensor] = {}
         self._handles: list = []
 
-    def __enter__(self) -> "AttentionRecorder":
+    def __enter__(self) -> AttentionRecorder:
         patch = self.model.arch.patch_size
 
         def on_model(module, args, kwargs):

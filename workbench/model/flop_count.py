@@ -9,7 +9,7 @@ that measured and analytic counts (``MicroDiT.flops``) agree on every device::
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.utils import flop_counter

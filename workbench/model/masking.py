@@ -12,6 +12,7 @@ fixed output-space mask token and the sequence is put back in its original order
 from __future__ import annotations
 
 import torch
+from ..errors import InputError
 
 
 def num_kept(tokens: int, mask_ratio: float) -> int:
@@ -25,15 +26,16 @@ def random_keep(batch: int, tokens: int, mask_ratio: float, generator: torch.Gen
     """Draw an independent random keep set per sample (argsort of uniform noise).
 
     ``noise`` (B, T) uniform values may be given instead of drawing them (the lowest are kept);
-    the trainer uses this to make every sample's mask a function of its own seed. Returns ``ids_keep`` (B, K) positions kept (in shuffled order), ``ids_restore`` (B, T) the
-    inverse permutation, and ``keep`` (B, T) bool, True where a token is kept.
+    the trainer uses this to make every sample's mask a function of its own seed. Returns ``ids_keep`` (B, K)
+    positions kept (in shuffled order), ``ids_restore`` (B, T) the inverse permutation, and ``keep`` (B, T) bool,
+    True where a token is kept.
     """
     k = num_kept(tokens, mask_ratio)
     if noise is None:
         draw_device = generator.device if generator is not None else device
         noise = torch.rand(batch, tokens, generator=generator, device=draw_device)      # (B, T)
     elif noise.shape != (batch, tokens):
-        raise ValueError(f"mask noise must have shape ({batch}, {tokens}), got {tuple(noise.shape)}")
+        raise InputError(f"mask noise must have shape ({batch}, {tokens}), got {tuple(noise.shape)}")
     noise = noise.to(device)
     ids_shuffle = noise.argsort(dim=1)                                     # (B, T) small noise = keep
     ids_restore = ids_shuffle.argsort(dim=1)                               # (B, T)

@@ -2,9 +2,11 @@
 
 Data flow::
 
-    patches + sin-cos positions (+ 2-D RoPE in self-attention when rope=True) -> patch-mixer on ALL tokens -> random mask (keep int(T(1-r)))
+    patches + sin-cos positions -> patch-mixer on ALL tokens -> random mask (keep int(T(1-r)))
       -> backbone on the KEPT tokens only -> final layer -> zero mask token at dropped positions
       -> unshuffle -> unpatchify
+
+    (with rope=True, 2-D rotary positions rotate q and k in every self-attention as well)
 
 Usage::
 
@@ -36,8 +38,9 @@ from .blocks import DiTBlock, FinalLayer, SwiGLU, attention_inner_dim, expert_hi
 from .embeddings import CaptionEmbed, PatchEmbed, TimestepEmbed, sincos_2d_positions
 from .locality import ConvStem, LongSkips, OutputConv
 from .masking import gather_tokens, random_keep, restore_tokens
-from .rope import rope_2d_tables
 from .moe import ExpertChoiceMoE, tokens_per_expert
+from .rope import rope_2d_tables
+from ..errors import InputError, MissingFileError
 
 # --------------------------------------------------------------------------------------------
 #  Size presets
@@ -58,7 +61,7 @@ PRESETS: dict[str, dict] = {
 def preset_config(name: str, **overrides) -> MicroDiTConfig:
     """The ``MicroDiTConfig`` of a named preset with field overrides."""
     if name not in PRESETS:
-        raise ValueError(f"unknown MicroDiT preset {name!r}: expected one of {', '.join(sorted(PRESETS))}")
+        raise InputError(f"unknown MicroDiT preset {name!r}: expected one of {', '.join(sorted(PRESETS))}")
     check_known_keys(MicroDiTConfig, overrides)
     return from_dict(MicroDiTConfig, {**PRESETS[name], **overrides})
 
@@ -82,7 +85,8 @@ class BlockPlan:
 def block_plans(cfg: MicroDiTConfig) -> tuple[list[BlockPlan], list[BlockPlan]]:
     """Per-block widths of the patch-mixer and the backbone (layer-wise scaling, MoE placement)."""
     def ffn_hidden(width, ratio, moe):
-        return expert_hidden(width, ratio, cfg.ffn_multiple_of) if moe else swiglu_hidden(width, ratio, cfg.ffn_multiple_of)
+        hidden = expert_hidden if moe else swiglu_hidden
+        return hidden(width, ratio, cfg.ffn_multiple_of)
 
     every = cfg.moe_every
     mixer = []
@@ -136,7 +140,9 @@ class MicroDiT(ModelMixin, ConfigMixin):
 
         has_mixer, project = cfg.mixer_depth > 0, cfg.mixer_depth > 0 and cfg.mixer_width != width
         mw = cfg.mixer_width if has_mixer else width
-        projection = lambda a, b: nn.Sequential(layer_norm(a, eps), nn.Linear(a, b, bias=False))  # noqa: E731
+        def projection(a: int, b: int) -> nn.Module:
+            return nn.Sequential(layer_norm(a, eps), nn.Linear(a, b, bias=False))
+
         self.mixer_in = projection(width, mw) if project else nn.Identity()
         self.mixer_caption = projection(width, mw) if project else nn.Identity()
         self.mixer = nn.ModuleList(self._block(mw, plan, eps) for plan in mixer_plans)
@@ -157,7 +163,8 @@ class MicroDiT(ModelMixin, ConfigMixin):
 
     # ---------------------------------------------------------------- init (the paper's scheme)
     def initialize_weights(self) -> None:
-        """xavier_uniform Linears; trunc_normal(0.02) q/kv/w1/gate; depth-scaled out-projections; zeroed adaLN/output."""
+        """xavier_uniform Linears; trunc_normal(0.02) q/kv/w1/gate; depth-scaled out-projections; zeroed
+        adaLN/output."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
@@ -191,7 +198,9 @@ class MicroDiT(ModelMixin, ConfigMixin):
 
     @staticmethod
     def _init_block(block: DiTBlock, out_std: float) -> None:
-        trunc = lambda w, std: nn.init.trunc_normal_(w, std=std)  # noqa: E731
+        def trunc(weight: torch.Tensor, std: float) -> None:
+            nn.init.trunc_normal_(weight, std=std)
+
         trunc(block.attn.qkv.weight, 0.02)
         trunc(block.attn.proj.weight, out_std)
         trunc(block.cross_attn.q.weight, 0.02)
@@ -215,20 +224,21 @@ class MicroDiT(ModelMixin, ConfigMixin):
         """Raise ``ValueError`` naming expected and received values for malformed inputs."""
         cfg = self.arch
         if x.ndim != 4 or x.shape[1] != cfg.in_channels:
-            raise ValueError(f"MicroDiT expected latents of shape (B, {cfg.in_channels}, H, W), got {tuple(x.shape)}; "
+            raise InputError(f"MicroDiT expected latents of shape (B, {cfg.in_channels}, H, W), got {tuple(x.shape)}; "
                              f"the codec's channels must equal model.config.in_channels={cfg.in_channels}")
         h, w = x.shape[-2:]
         if h % cfg.patch_size or w % cfg.patch_size:
-            raise ValueError(f"MicroDiT expected a latent side divisible by patch_size={cfg.patch_size}, "
+            raise InputError(f"MicroDiT expected a latent side divisible by patch_size={cfg.patch_size}, "
                              f"got {h}x{w}")
         if not 0.0 <= mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+            raise InputError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
         if caption.ndim != 3 or caption.shape[-1] != cfg.caption_dim or caption.shape[0] != x.shape[0]:
-            raise ValueError(f"MicroDiT expected caption embeddings of shape ({x.shape[0]}, L, {cfg.caption_dim}), "
+            raise InputError(f"MicroDiT expected caption embeddings of shape ({x.shape[0]}, L, {cfg.caption_dim}), "
                              f"got {tuple(caption.shape)}; the text encoder's width must equal "
                              f"model.config.caption_dim={cfg.caption_dim}")
         if caption_mask is not None and caption_mask.shape != caption.shape[:2]:
-            raise ValueError(f"caption_mask must have shape {tuple(caption.shape[:2])}, got {tuple(caption_mask.shape)}")
+            raise InputError(f"caption_mask must have shape {tuple(caption.shape[:2])}, "
+                             f"got {tuple(caption_mask.shape)}")
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, caption: torch.Tensor,
                 caption_mask: torch.Tensor | None = None, mask_ratio: float = 0.0,
@@ -295,11 +305,11 @@ class MicroDiT(ModelMixin, ConfigMixin):
 
     # ---------------------------------------------------------------- constructors and I/O
     @classmethod
-    def from_preset(cls, name: str, **overrides) -> "MicroDiT":
+    def from_preset(cls, name: str, **overrides) -> MicroDiT:
         """Build a preset (``xl_2``, ``tiny_2``, ``micro``, ``nano``) with field overrides."""
         return cls(**to_dict(preset_config(name, **overrides)))
 
-    def load_weights(self, path: str | Path) -> "MicroDiT":
+    def load_weights(self, path: str | Path) -> MicroDiT:
         """Load weights saved by ``save_pretrained`` into this model, checking the configs match.
 
         Raises ``ValueError`` naming every differing field when the saved model was built with
@@ -308,12 +318,12 @@ class MicroDiT(ModelMixin, ConfigMixin):
         path = Path(path)
         config_file = path / self.config_name
         if not config_file.is_file():
-            raise FileNotFoundError(f"{path} is not a saved MicroDiT: missing {self.config_name} "
+            raise MissingFileError(f"{path} is not a saved MicroDiT: missing {self.config_name} "
                                     f"(expected a folder written by model.save_pretrained)")
         saved = {k: v for k, v in json.loads(config_file.read_text()).items() if not k.startswith("_")}
         diff = config_diff(saved, to_dict(self.arch))
         if diff:
-            raise ValueError(f"cannot load {path} into this MicroDiT, the configs differ: {format_diff(diff)}. "
+            raise InputError(f"cannot load {path} into this MicroDiT, the configs differ: {format_diff(diff)}. "
                              f"Build the model with MicroDiT.from_pretrained({str(path)!r}) instead.")
         loaded = type(self).from_pretrained(path)
         self.load_state_dict(loaded.state_dict())
@@ -322,7 +332,9 @@ class MicroDiT(ModelMixin, ConfigMixin):
     # ---------------------------------------------------------------- introspection
     def parameter_groups(self) -> dict[str, int]:
         """Parameter counts by part: embedders, caption path, mixer, backbone dense, backbone MoE, final layer."""
-        count = lambda *mods: sum(p.numel() for m in mods for p in m.parameters())  # noqa: E731
+        def count(*modules: nn.Module) -> int:
+            return sum(p.numel() for m in modules for p in m.parameters())
+
         backbone_moe = sum(count(b.ffn) for b in self.blocks if isinstance(b.ffn, ExpertChoiceMoE))
         return {
             "embedders": count(self.patch_embed, self.t_embed, *self._levers(self.stem)),
@@ -351,7 +363,7 @@ class MicroDiT(ModelMixin, ConfigMixin):
                 total -= experts - round(experts * min(1.0, m.capacity / m.num_experts))
         return total
 
-    def summary(self) -> "ModelSummary":
+    def summary(self) -> ModelSummary:
         """A table of parameters by part (also an HTML table in notebooks)."""
         return ModelSummary(self)
 
@@ -365,7 +377,7 @@ class MicroDiT(ModelMixin, ConfigMixin):
         cfg = self.arch
         side = latent_size or cfg.sample_size
         if side % cfg.patch_size:
-            raise ValueError(f"latent_size {side} is not divisible by patch_size={cfg.patch_size}")
+            raise InputError(f"latent_size {side} is not divisible by patch_size={cfg.patch_size}")
         tokens = (side // cfg.patch_size) ** 2
         kept = tokens if mask_ratio == 0 else int(tokens * (1 - mask_ratio))
         w, L, out_dim = cfg.width, caption_len, cfg.patch_size ** 2 * cfg.in_channels

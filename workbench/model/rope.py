@@ -13,6 +13,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import torch
+from ..errors import InputError
 
 ROPE_BASE = 100.0            # wavelengths up to ~100 patches: grids here are 4x4 to 32x32 tokens
 
@@ -32,7 +33,7 @@ def rope_2d_tables(head_dim: int, grid_h: int, grid_w: int, scale: float = 1.0) 
     """``cos`` and ``sin`` (h*w, head_dim) for a row-major token grid; ``scale`` divides the coordinates
     (``pos_interp_scale``, as for the sin-cos positions). ``head_dim`` must be a multiple of 4."""
     if head_dim % 4:
-        raise ValueError(f"2-D RoPE needs head_dim divisible by 4, got {head_dim}")
+        raise InputError(f"2-D RoPE needs head_dim divisible by 4, got {head_dim}")
     return _tables(head_dim, grid_h, grid_w, float(scale))
 
 

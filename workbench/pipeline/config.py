@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from ..errors import InputError
 from ..config import did_you_mean, parse_yaml, read_yaml_mapping
 from ..train.stages import FOLDER_NAME_RULE, is_single_path_component
 
@@ -17,7 +18,7 @@ KERNEL_NAME = "workbench"
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]     # .../workbench
 
 
-class PipelineConfigError(ValueError):
+class PipelineConfigError(InputError):
     """A bad pipeline parameter, found before any kernel starts; the message names it."""
 
 
@@ -77,7 +78,7 @@ class PipelineConfig:
         return Path(self.notebooks) if self.notebooks else templates_dir()
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike, sets: list[str] | None = None) -> "PipelineConfig":
+    def from_yaml(cls, path: str | os.PathLike, sets: list[str] | None = None) -> PipelineConfig:
         """Load a pipeline YAML (a path, or a shipped pipeline's name such as ``demo``), apply ``--set a.b.c=value``
         overrides, and check the top-level types. Stage YAMLs are found from the working folder, else beside
         the pipeline YAML (so a shipped pipeline runs from anywhere)."""
@@ -93,7 +94,7 @@ class PipelineConfig:
         return cls.from_dict(values, where=str(path))
 
     @classmethod
-    def from_dict(cls, values: dict, where: str = "pipeline config") -> "PipelineConfig":
+    def from_dict(cls, values: dict, where: str = "pipeline config") -> PipelineConfig:
         known = [f.name for f in dataclasses.fields(cls)]
         for key in values:
             if key not in known:

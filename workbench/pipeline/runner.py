@@ -8,9 +8,10 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -159,9 +160,10 @@ def run_pipeline(config: PipelineConfig, *, stream: bool = True, printer: Callab
                                 stderr_file=sys.stderr if stream else None,
                                 cwd=str(workdir), extra_arguments=[KERNEL_LOG_LEVEL])
         except PapermillExecutionError as err:
-            raise _failed(step, state, t0, err.cell_index, err.exec_count, err.source, f"{err.ename}: {err.evalue}")
+            raise _failed(step, state, t0, err.cell_index, err.exec_count, err.source,
+                          f"{err.ename}: {err.evalue}") from err
         except Exception as err:         # the kernel died or could not start, the notebook could not be written
-            raise _failed(step, state, t0, None, None, None, f"{type(err).__name__}: {err}")
+            raise _failed(step, state, t0, None, None, None, f"{type(err).__name__}: {err}") from err
         seconds = time.perf_counter() - t0
         results = read_results(step.output)
         state.update(step.key, status="complete", finished_at=time.time(), seconds=round(seconds, 1),

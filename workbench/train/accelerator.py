@@ -9,6 +9,7 @@ import os
 
 from ..devices import has_gpu
 from .stages import Stage
+from ..errors import InputError
 
 
 def make_accelerator(stage: Stage):
@@ -38,7 +39,7 @@ def make_accelerator(stage: Stage):
                            f"{acc.num_processes}; on a CPU machine use `accelerate launch --multi_gpu "
                            f"--num_processes {world}` or torchrun")
     if stage.fsdp and acc.distributed_type != DistributedType.FSDP:   # accelerate would silently use DDP / one device
-        raise ValueError(f"Stage.fsdp: FSDP shards the model across GPU processes, but this run is "
+        raise InputError(f"Stage.fsdp: FSDP shards the model across GPU processes, but this run is "
                          f"{acc.distributed_type.value} with {acc.num_processes} process(es) on {acc.device}; set "
                          f"fsdp: false, or launch on N GPUs: accelerate launch --use_fsdp --num_processes N "
                          f"-m workbench train --config ...")

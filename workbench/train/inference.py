@@ -14,9 +14,10 @@ record fall back to the prepared dataset they were trained on.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from ..diffusion import DEFAULT_SAMPLER, EDMConfig, sample
 from ..io import digest
 from ..model import MicroDiT
 from . import checkpoint as ckpt
+from ..errors import InputError, MissingFileError
 
 
 def sampling_record(info, stage) -> dict:
@@ -50,12 +52,12 @@ def _record_from_prepared(path: Path, stage: dict) -> dict:
     from ..data.text import text_spec
 
     if "data" not in stage:
-        raise ValueError(f"{path} records neither a sampling record nor its training data, so its text encoder "
+        raise InputError(f"{path} records neither a sampling record nor its training data, so its text encoder "
                          "and codec are unknown")
     try:
         info = PreparedInfo.read(stage["data"])
     except FileNotFoundError as err:
-        raise FileNotFoundError(f"{path} predates self-contained checkpoints and was trained on {stage['data']!r}, "
+        raise MissingFileError(f"{path} predates self-contained checkpoints and was trained on {stage['data']!r}, "
                                 f"which is needed for its text encoder and codec but is missing; run from the "
                                 f"folder the training ran in") from err
     text = info.text_encoder
@@ -120,7 +122,7 @@ class SamplingBundle:
         noise = None
         if seeds is not None:
             if len(seeds) != len(prompts):
-                raise ValueError(f"seeds: expected one per prompt ({len(prompts)}), got {len(seeds)}")
+                raise InputError(f"seeds: expected one per prompt ({len(prompts)}), got {len(seeds)}")
             noise = torch.stack([torch.randn(self.model.arch.in_channels, side, side,
                                              generator=torch.Generator().manual_seed(int(s))) for s in seeds])
         return sample(self.model, caption, mask, steps=steps or self.default_steps,
@@ -169,9 +171,9 @@ def export_for_sampling(spec: str | Path, out: str | Path, use_ema: bool = True,
         shutil.rmtree(out)
     state = ckpt.TrainingState(step=ckpt.read_manifest(path)["step"], extra={"exported_from": str(path), "ema": ema,
                                                                               **(extra or {})})
+    sampling = config.get("sampling") or _record_from_prepared(path, config.get("stage") or {})
     return ckpt.save_checkpoint(out, state.step, model=model, state=state, stage_config=config.get("stage"),
-                                sampling=config.get("sampling") or _record_from_prepared(path, config.get("stage") or {}),
-                                final=True)
+                                sampling=sampling, final=True)
 
 
 def load_for_sampling(spec: str | Path, use_ema: bool = True, device: str | torch.device | None = None,
@@ -197,7 +199,7 @@ def load_for_sampling(spec: str | Path, use_ema: bool = True, device: str | torc
     if str(spec) in SHIPPED_MODELS and not Path(spec).exists():
         spec = SHIPPED_MODELS[str(spec)]
         if not ckpt.list_checkpoints(spec):
-            raise FileNotFoundError(f"the shipped reference model is missing from {spec}; reinstall the package")
+            raise MissingFileError(f"the shipped reference model is missing from {spec}; reinstall the package")
     path = ckpt.resolve_checkpoint(spec)
     config = ckpt.read_config(path)
     stage = config.get("stage") or {}
@@ -208,18 +210,19 @@ def load_for_sampling(spec: str | Path, use_ema: bool = True, device: str | torc
     try:
         codec = open_codec(codec_spec)
     except FileNotFoundError as err:
-        raise FileNotFoundError(f"{err}. This checkpoint's codec is missing here: pass its folder, e.g. "
+        raise MissingFileError(f"{err}. This checkpoint's codec is missing here: pass its folder, e.g. "
                                 f"load_for_sampling(path, vae='/models/vae') or SamplerPanel(path, vae='...')") from err
     try:
         encoder = open_text_encoder(text_path, max_length=text["max_length"], trim_padding=text["trim_padding"])
     except FileNotFoundError as err:
-        raise FileNotFoundError(f"{err}. This checkpoint's text encoder is missing here: pass its folder with "
+        raise MissingFileError(f"{err}. This checkpoint's text encoder is missing here: pass its folder with "
                                 f"text_encoder='/models/text-encoder'") from err
     ema = use_ema and ckpt.has_ema(path)
     model = ckpt.load_model(path, ema=ema).to(device or default_device())   # an export's fp16 weights into fp32
     resolution = record.get("resolution") or model.arch.sample_size * codec.downsample
-    return SamplingBundle(model=model, codec=codec, text_encoder=encoder, edm=EDMConfig(sigma_data=record["sigma_data"]),
-                          resolution=int(resolution), checkpoint=path, ema=ema,
+    return SamplingBundle(model=model, codec=codec, text_encoder=encoder,
+                          edm=EDMConfig(sigma_data=record["sigma_data"]), resolution=int(resolution),
+                          checkpoint=path, ema=ema,
                           default_prompts=list(record.get("prompts") or []),
                           default_cfg_scale=float(record.get("cfg_scale", 5.0)),
                           default_steps=int(record.get("steps", 30)), weights_hash=weights_sha256(path, ema))

@@ -31,7 +31,7 @@ def lock_path(stage_dir: str | os.PathLike) -> Path:
     stage_dir = Path(stage_dir)
     return stage_dir.parent / f".{stage_dir.name}.lock"
 
-_HELD: dict[str, "StageLock"] = {}          # resolved stage folder -> this process's lock on it
+_HELD: dict[str, StageLock] = {}          # resolved stage folder -> this process's lock on it
 _HELD_GUARD = threading.RLock()       # re-entrant: a finalizer may run while it is held
 
 
@@ -61,7 +61,7 @@ class StageLock:
         self._owners: list[weakref.ref] = []
 
     @classmethod
-    def acquire(cls, stage_dir: str | os.PathLike, owner=None, log=print) -> "StageLock":
+    def acquire(cls, stage_dir: str | os.PathLike, owner=None, log=print) -> StageLock:
         """Lock ``stage_dir`` for ``owner`` (an object with a ``running`` attribute, e.g. a Trainer)."""
         stage_dir = Path(stage_dir)
         stage_dir.parent.mkdir(parents=True, exist_ok=True)

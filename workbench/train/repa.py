@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..model.masking import random_keep
+from ..errors import InputError
 
 
 class FeatureTarget(nn.Module):
@@ -80,7 +81,7 @@ class REPA(nn.Module):
     def attach(self, model) -> None:
         """Record the output of ``model.blocks[depth - 1]`` on every forward."""
         if not 1 <= self.depth <= len(model.blocks):
-            raise ValueError(f"Stage.repa_depth: expected 1..{len(model.blocks)} (the backbone's blocks), got "
+            raise InputError(f"Stage.repa_depth: expected 1..{len(model.blocks)} (the backbone's blocks), got "
                              f"{self.depth}")
 
         def keep_output(_module, _inputs, output):
@@ -94,7 +95,8 @@ class REPA(nn.Module):
             self._handle.remove()
             self._handle = None
 
-    def per_sample_loss(self, latents: torch.Tensor, mask_ratio: float, mask_noise: torch.Tensor | None) -> torch.Tensor:
+    def per_sample_loss(self, latents: torch.Tensor, mask_ratio: float,
+                        mask_noise: torch.Tensor | None) -> torch.Tensor:
         """(B,) ``1 - cos`` between projected hidden tokens and target features, averaged over the seen tokens."""
         if self.hidden is None:
             raise RuntimeError("REPA.per_sample_loss needs a forward pass of the attached model first")
@@ -118,7 +120,7 @@ def build_repa(spec: str, info, model, depth: int) -> REPA:
     arch = model.arch
     if spec == "codec":
         if info.codec["kind"] != "vae":
-            raise ValueError(f"Stage.repa_encoder: 'codec' needs data prepared with a VAE codec, but {info.path} "
+            raise InputError(f"Stage.repa_encoder: 'codec' needs data prepared with a VAE codec, but {info.path} "
                              f"uses the {info.codec['kind']} codec; prepare with --codec vae:PATH (or shapes), or "
                              f"set repa_encoder: vae:PATH")
         codec = open_codec(codec_spec(info.codec), device="cpu")
@@ -126,8 +128,8 @@ def build_repa(spec: str, info, model, depth: int) -> REPA:
         return REPA(target, arch.width, depth, codec.scaling_factor, codec.shift_factor)
     if spec.startswith("vae:"):
         if info.codec["kind"] != "pixel":
-            raise ValueError(f"Stage.repa_encoder: 'vae:PATH' encodes images, so it needs pixel-codec data; {info.path} "
-                             f"holds {info.codec['kind']} latents: use repa_encoder: codec")
+            raise InputError(f"Stage.repa_encoder: 'vae:PATH' encodes images, so it needs pixel-codec data; "
+                             f"{info.path} holds {info.codec['kind']} latents: use repa_encoder: codec")
         vae = AutoencoderKL.from_pretrained(check_vae_folder(spec[4:]))
         return REPA(FeatureTarget(vae, "encoder", arch.patch_size), arch.width, depth)
-    raise ValueError(f"Stage.repa_encoder: expected 'codec' or 'vae:PATH', got {spec!r}")
+    raise InputError(f"Stage.repa_encoder: expected 'codec' or 'vae:PATH', got {spec!r}")

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from ..config import RESOLUTION_FIELDS, architecture_diff, format_diff, to_dict
-from ..errors import WorkbenchError
+from ..errors import InputError, WorkbenchError
 from . import checkpoint as ckpt
 from .stages import lr_factor
 
@@ -99,7 +99,7 @@ def resumable_checkpoint(root: Path, load: Callable[[Path], object]):
             except ckpt.CheckpointError as err:
                 issues = [str(err)]
         problems[path] = "; ".join(issues)
-        warnings.warn(f"skipping unusable checkpoint {path}: {problems[path]}")
+        warnings.warn(f"skipping unusable checkpoint {path}: {problems[path]}", stacklevel=2)
     if found:
         listed = "; ".join(f"{p.name}: {why}" for p, why in reversed(list(problems.items())))
         raise WorkbenchError(f"every checkpoint in {root} is unusable ({listed}); nothing was overwritten. Start over "
@@ -128,7 +128,7 @@ def start_from(stage, model: torch.nn.Module, ema: torch.nn.Module | None, optim
     saved = ckpt.read_config(path)["model"]
     diff = architecture_diff(saved, to_dict(model.arch))
     if diff:
-        raise ValueError(f"init_from {path} has another architecture ({format_diff(diff, 'checkpoint', 'stage')}); "
+        raise InputError(f"init_from {path} has another architecture ({format_diff(diff, 'checkpoint', 'stage')}); "
                          f"use the same model preset and overrides as the stage it comes from")
     ckpt.load_model_weights(path, model, ignore_fields=RESOLUTION_FIELDS)
     if ema is not None:

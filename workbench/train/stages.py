@@ -22,6 +22,7 @@ from ..data.prepared_format import PreparedInfo
 from ..diffusion import EDMConfig
 from ..model import preset_config
 from . import checkpoint as ckpt
+from ..errors import InputError
 
 DEFAULT_PROMPTS = ("a red circle", "a blue square", "a green triangle", "a yellow star",
                    "a large purple ring", "an orange cross", "two red circles", "a blue star above a green square")
@@ -137,9 +138,9 @@ class Stage:
         require(self.global_batch % self.micro_batch == 0, "Stage", "global_batch",
                 f"a multiple of micro_batch={self.micro_batch}", self.global_batch)
         try:
-            self.edm                                   # EDMConfig checks its own constants
+            _ = self.edm                               # EDMConfig checks its own constants
         except ValueError as err:
-            raise ValueError(f"Stage: {err}") from None
+            raise InputError(f"Stage: {err}") from None
         preset_config(self.model, **self.model_overrides)  # unknown preset or bad override fails here
 
     def architecture(self) -> dict:
@@ -164,7 +165,7 @@ class Stage:
 
     # ------------------------------------------------------------------ YAML
     @classmethod
-    def from_yaml(cls, path: str | Path, **overrides: Any) -> "Stage":
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> Stage:
         """Load a stage YAML file, then apply field overrides (like ``--set key=value``)."""
         return load_yaml(cls, path, **overrides)
 
@@ -176,7 +177,7 @@ class Stage:
         """Plain dict of every field."""
         return to_dict(self)
 
-    def replace(self, **changes: Any) -> "Stage":
+    def replace(self, **changes: Any) -> Stage:
         """A validated copy with some fields changed."""
         check_known_keys(type(self), changes, what="Stage")
         return from_dict(type(self), {**self.to_dict(), **changes})
@@ -188,25 +189,25 @@ def check_stage(stage: Stage, num_processes: int = 1) -> PreparedInfo:
     Raises ``ValueError`` / ``FileNotFoundError`` naming the field and the fix.
     """
     if stage.global_batch % (stage.micro_batch * num_processes):
-        raise ValueError(f"Stage.global_batch: expected a multiple of micro_batch x processes = "
+        raise InputError(f"Stage.global_batch: expected a multiple of micro_batch x processes = "
                          f"{stage.micro_batch} x {num_processes}, got {stage.global_batch}")
     info = PreparedInfo.read(stage.data)
     if stage.resolution not in info.resolutions:
-        raise ValueError(f"Stage.resolution: {stage.resolution} px was not prepared in {stage.data} (it has "
+        raise InputError(f"Stage.resolution: {stage.resolution} px was not prepared in {stage.data} (it has "
                          f"{', '.join(map(str, info.resolutions))}); prepare it with --resolutions")
     arch = preset_config(stage.model, **stage.model_overrides)
     channels, side, _ = info.latent_shapes[stage.resolution]
     if side % arch.patch_size:
-        raise ValueError(f"Stage.resolution: {stage.resolution} px gives {side}x{side} latents, which patch_size="
+        raise InputError(f"Stage.resolution: {stage.resolution} px gives {side}x{side} latents, which patch_size="
                          f"{arch.patch_size} cannot tile; choose a resolution whose latent side is a multiple of it")
     if channels != arch.in_channels or info.caption_dim != arch.caption_dim:
-        raise ValueError(f"Stage.model: {stage.model} expects {arch.in_channels}-channel latents and "
+        raise InputError(f"Stage.model: {stage.model} expects {arch.in_channels}-channel latents and "
                          f"{arch.caption_dim}-d captions, but {stage.data} has {channels} channels and "
                          f"{info.caption_dim}-d captions; set model_overrides in_channels/caption_dim")
     if stage.init_from is not None:
         ckpt.resolve_checkpoint(stage.init_from)   # FileNotFoundError naming the path
     if stage.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise ValueError("Stage.mixed_precision: fp16 on CPU is ~100x slower than fp32; use 'bf16' or 'no'")
+        raise InputError("Stage.mixed_precision: fp16 on CPU is ~100x slower than fp32; use 'bf16' or 'no'")
     return info
 
 

@@ -17,26 +17,25 @@ import math
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
-from ..config import to_dict
 from ..data.loader import PreparedLoader
 from ..diffusion import EDMLoss, loss_per_sigma_bin
-from ..errors import out_of_memory, writing
+from ..errors import InputError, out_of_memory, writing
 from ..model import MicroDiT, null_caption, trim_caption_padding
 from . import checkpoint as ckpt
 from .accelerator import make_accelerator
+from .inference import sampling_record
 from .interrupt import StopOnInterrupt
 from .lock import StageLock
 from .monitor import MetricsLog, PromptGrid
 from .noise import draw_sample_noise
 from .optim import clip_grad_norm, make_optimizer
-from .inference import sampling_record
 from .resume import check_resume, resumable_checkpoint, resumed_lines, start_from
 from .stage_folder import clear_outputs, samples_path, stopped_line
 from .stages import Stage, check_stage, ema_decay_at, lr_factor
@@ -88,7 +87,8 @@ class Trainer:
         self.evaluator = evaluator
         if stage.eval_every and evaluator is None:
             warnings.warn(f"Stage.eval_every={stage.eval_every} but no evaluator was given, so nothing is scored "
-                          f"during training; pass evaluator=workbench.eval.compositional.trainer_evaluator()")
+                          f"during training; pass evaluator=workbench.eval.compositional.trainer_evaluator()",
+                          stacklevel=2)
         self.history: list[dict] = []
         self.step_count = 0
         self.nonfinite_total = 0
@@ -105,8 +105,8 @@ class Trainer:
         self.edm = stage.edm
         self.loss_fn = EDMLoss(self.edm)
         self._build_model_and_optimizer()
-        self.grid = PromptGrid(self.info, stage.sample_prompts, stage.sample_steps, stage.sample_cfg_scale, seed=stage.seed,
-                               edm=self.edm, resolution=stage.resolution)
+        self.grid = PromptGrid(self.info, stage.sample_prompts, stage.sample_steps, stage.sample_cfg_scale,
+                               seed=stage.seed, edm=self.edm, resolution=stage.resolution)
         if acc.is_main_process:                 # validated: from here on this Trainer writes the stage folder
             self._lock = StageLock.acquire(stage.stage_dir, owner=self)        # one writer, for the Trainer's life
         try:
@@ -163,7 +163,7 @@ class Trainer:
         root = self.stage.checkpoint_dir
         if resume in (None, "never"):
             if ckpt.list_checkpoints(root):
-                raise ValueError(f"{root} already has checkpoints; resume with resume='auto' (--resume auto) or "
+                raise InputError(f"{root} already has checkpoints; resume with resume='auto' (--resume auto) or "
                                  f"choose another run/stage name")
             return None
         applied = {}
@@ -179,7 +179,7 @@ class Trainer:
             path = ckpt.resolve_checkpoint(resume)
             state = load(path)
         if path is None:
-            if self.accelerator.is_main_process:   # a fresh start: drop metrics of an earlier run that never checkpointed
+            if self.accelerator.is_main_process:   # a fresh start: drop an earlier run's metrics (never checkpointed)
                 if self.metrics.read():
                     print(f"{self.stage.run}/{self.stage.name}: starting at step 0 (the earlier run in "
                           f"{self.stage.stage_dir} left no valid checkpoint)", flush=True)
@@ -463,7 +463,7 @@ class Trainer:
                 self.run(steps)
             except BaseException as err:   # surfaced through trainer.error and the dashboard
                 self.error = err
-                warnings.warn(f"training stopped with an error: {err}")
+                warnings.warn(f"training stopped with an error: {err}", stacklevel=2)
 
         self._thread = threading.Thread(target=target, name=f"train-{self.stage.name}", daemon=True)
         self._thread.start()

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from ..errors import InputError, MissingFileError
 
 # ---------------------------------------------------------------------------------------------
 #  Inputs: images, codecs, captions
@@ -36,7 +37,7 @@ def load_image(image, resolution: int) -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
         path = Path(image).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"image file not found: {str(path)!r}")
+            raise MissingFileError(f"image file not found: {str(path)!r}")
         with Image.open(path) as opened:
             opened.load()
             return preprocess(opened, resolution)
@@ -47,10 +48,10 @@ def load_image(image, resolution: int) -> np.ndarray:
     array = np.asarray(image)
     if array.dtype != np.uint8:
         if not np.issubdtype(array.dtype, np.floating):
-            raise ValueError(f"image arrays must be uint8 or float in [0, 1], got dtype {array.dtype}")
+            raise InputError(f"image arrays must be uint8 or float in [0, 1], got dtype {array.dtype}")
         array = (np.clip(array, 0.0, 1.0) * 255).round().astype(np.uint8)
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (1, 3, 4)):
-        raise ValueError(f"image arrays must be shaped (H, W), (H, W, 3) or (H, W, 4), got {array.shape}")
+        raise InputError(f"image arrays must be shaped (H, W), (H, W, 3) or (H, W, 4), got {array.shape}")
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     return preprocess(Image.fromarray(array), resolution)
@@ -99,7 +100,7 @@ def check_codec(model, codec) -> None:
     """Raise ``ValueError`` when the codec's latent channels differ from the model's ``in_channels``."""
     channels = getattr(codec, "channels", None)
     if channels is not None and channels != model.config.in_channels:
-        raise ValueError(f"the codec makes {channels}-channel latents but the model expects "
+        raise InputError(f"the codec makes {channels}-channel latents but the model expects "
                          f"model.config.in_channels={model.config.in_channels}; pass codec= the codec the model "
                          f"was trained with (e.g. open_codec('vae:/path/to/vae'))")
 
@@ -134,7 +135,7 @@ def resolve_text_encoder(text_encoder, model):
         text_encoder = open_text_encoder(str(text_encoder))
     dim = getattr(text_encoder, "dim", None)
     if dim is not None and dim != model.config.caption_dim:
-        raise ValueError(f"the text encoder makes {dim}-d token states but the model expects "
+        raise InputError(f"the text encoder makes {dim}-d token states but the model expects "
                          f"model.config.caption_dim={model.config.caption_dim}; pass the text encoder the model "
                          f"was trained with, or text_encoder=False for zero captions")
     return text_encoder

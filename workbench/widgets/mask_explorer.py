@@ -23,11 +23,12 @@ import numpy as np
 import torch
 
 from ..diffusion.edm import precondition
-from ..model.masking import num_kept
-from ..images import display_scale, png_bytes, upscale
 from ..diffusion.sampling import model_device
+from ..images import display_scale, png_bytes, upscale
+from ..model.masking import num_kept
 from .common import (DisplayMixin, check_codec, embed_captions, load_image, open_checkpoint, resolve_codec,
                      resolve_text_encoder)
+from ..errors import InputError
 
 SIGMA_RANGE = (0.002, 80.0)      # the log slider's σ range (EDM's σ_min .. σ_max)
 DROPPED_GREY = 150.0             # grey level dropped patches are blended towards
@@ -78,7 +79,7 @@ class MaskExplorer(DisplayMixin):
         codec: None / "pixel" (in_channels == 3, pixels in [-1, 1]), "vae:PATH" or a codec object.
         resolution: image side in pixels (default ``model.config.sample_size`` x the codec's downsample).
         mask_ratio, sigma, seed: initial control values (the seed draws both the noise and the mask).
-        sigma_data: the EDM σ_data the model was trained with (default: the checkpoint's, else 0.9).
+        sigma_data: the EDM σ_data the model was trained with (default: the checkpoint's; required with a model).
         scene: index of the shapes scene (``split="val"``) when no image is given.
 
     Attributes:
@@ -110,13 +111,17 @@ class MaskExplorer(DisplayMixin):
         self.codec = resolve_codec(codec)
         check_codec(model, self.codec)
         self.text_encoder = resolve_text_encoder(text_encoder, model)
-        self.sigma_data = 0.9 if sigma_data is None else float(sigma_data)
+        if sigma_data is None:
+            raise InputError("MaskExplorer(model): pass sigma_data=..., the EDM sigma_data the model was trained with "
+                             "(0.5 for the demo's pixel models, 0.9 for the paper's SDXL latents); a checkpoint path "
+                             "records it")
+        self.sigma_data = float(sigma_data)
         self.device = model_device(model)
         down = getattr(self.codec, "downsample", 1)
         self.resolution = int(resolution or model.config.sample_size * down)
         self.patch_px = model.config.patch_size * down
         if self.resolution % self.patch_px:
-            raise ValueError(f"resolution {self.resolution} is not a multiple of the patch side in pixels "
+            raise InputError(f"resolution {self.resolution} is not a multiple of the patch side in pixels "
                              f"({model.config.patch_size} x downsample {down} = {self.patch_px})")
 
         caption = self._load_image(image, caption, scene)
@@ -192,6 +197,12 @@ class MaskExplorer(DisplayMixin):
 
     # ---------------------------------------------------------------- the computation
     @torch.no_grad()
+    def _decode(self, latents: torch.Tensor) -> np.ndarray:
+        return self.codec.decode(latents.float())[0]                     # (H, W, 3) uint8
+
+    def _error(self, denoised: torch.Tensor) -> float:
+        return float(((denoised - self.x0) ** 2).mean())
+
     def update(self) -> None:
         """Recompute the noisy input, the keep mask and both predictions from the controls."""
         ratio, sigma, seed = float(self.mask_ratio.value), float(self.sigma.value), int(self.seed.value)
@@ -211,14 +222,12 @@ class MaskExplorer(DisplayMixin):
         self.keep = keep[0].cpu().numpy()                                         # (T,)
         self.num_kept = int(self.keep.sum())
 
-        decode = lambda x: self.codec.decode(x.float())[0]  # noqa: E731           (H, W, 3) uint8
         self.patch_view.value = png_bytes(patch_grid_image(self.pixels, self.keep, self.patch_px, self.scale))
-        self.noisy_view.value = png_bytes(decode(self.noisy), self.scale)
-        self.unmasked_view.value = png_bytes(decode(self.denoised_unmasked), self.scale)
-        self.masked_view.value = png_bytes(decode(self.denoised_masked), self.scale)
-        error = lambda d: float(((d - self.x0) ** 2).mean())  # noqa: E731
+        self.noisy_view.value = png_bytes(self._decode(self.noisy), self.scale)
+        self.unmasked_view.value = png_bytes(self._decode(self.denoised_unmasked), self.scale)
+        self.masked_view.value = png_bytes(self._decode(self.denoised_masked), self.scale)
         self.info.value = (
             f"kept <b>{self.num_kept}</b> of {self.num_tokens} patches (mask ratio {ratio:.2f}: the backbone sees "
             f"int(T·(1−r)) = {num_kept(self.num_tokens, ratio)} tokens) · σ = {sigma:.3g} · "
-            f"MSE to the clean image: unmasked {error(self.denoised_unmasked):.4f}, "
-            f"masked {error(self.denoised_masked):.4f}")
+            f"MSE to the clean image: unmasked {self._error(self.denoised_unmasked):.4f}, "
+            f"masked {self._error(self.denoised_masked):.4f}")

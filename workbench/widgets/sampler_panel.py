@@ -29,6 +29,7 @@ from ..diffusion import DEFAULT_SAMPLER, SAMPLERS, EDMConfig, get_sampler, sampl
 from ..images import display_scale, grid_png, image_grid, save_png
 from .common import (DisplayMixin, blank_png, check_codec, embed_captions, open_checkpoint, resolve_codec,
                      resolve_text_encoder)
+from ..errors import InputError
 
 
 def _slug(text: str, limit: int = 40) -> str:
@@ -48,7 +49,7 @@ class SamplerPanel(DisplayMixin):
         use_ema: load the EMA weights of a checkpoint when it has them.
         resolution: image side in pixels (default: the checkpoint's training resolution, or
             ``model.config.sample_size`` x the codec's downsample).
-        edm: EDM constants (default: σ_data of the checkpoint's stage, or ``EDMConfig()``).
+        edm: EDM constants (default: σ_data of the checkpoint's stage; required with a model).
         prompt, steps, cfg_scale, sampler, seed, batch_size: initial control values (``sampler``: a name in
             ``workbench.diffusion.SAMPLERS``).
         sampler_options: initial values of the sampler's extra options (e.g. ``{"s_churn": 10.0}``).
@@ -70,13 +71,15 @@ class SamplerPanel(DisplayMixin):
                  steps: int = 20, cfg_scale: float = 3.0, sampler: str = DEFAULT_SAMPLER,
                  sampler_options: dict | None = None, seed: int = 0, batch_size: int = 4,
                  out_dir: str | Path = ".", preview_every: int = 1):
-        import ipywidgets as W
-
         record = {}
         if isinstance(model_or_checkpoint, (str, Path)):
             parts = open_checkpoint(model_or_checkpoint, text_encoder, codec, vae, use_ema)
             model, text_encoder, codec, self.checkpoint = parts.model, parts.text_encoder, parts.codec, parts.checkpoint
             record = {"sigma_data": parts.sigma_data, "resolution": parts.resolution}
+        elif edm is None:
+            raise InputError("SamplerPanel(model): pass edm=EDMConfig(sigma_data=...), the EDM sigma_data the model "
+                             "was trained with (0.5 for the demo's pixel models, 0.9 for the paper's SDXL latents); a "
+                             "checkpoint path records it")
         else:
             self.checkpoint = None
             model = model_or_checkpoint
@@ -84,13 +87,27 @@ class SamplerPanel(DisplayMixin):
         self.codec = resolve_codec(codec)
         check_codec(model, self.codec)
         self.text_encoder = resolve_text_encoder(text_encoder, model)
-        self.edm = edm or EDMConfig(sigma_data=record.get("sigma_data", 0.9))
+        self.edm = edm or EDMConfig(sigma_data=record["sigma_data"])   # a bare model came with its edm
         resolution = resolution or record.get("resolution")
         self.latent_side = (self.codec.latent_size(resolution) if resolution else model.config.sample_size)
         self.resolution = self.latent_side * getattr(self.codec, "downsample", 1)
         self.out_dir = Path(out_dir)
         self.preview_every = max(1, int(preview_every))
         initial_options = get_sampler(sampler).resolve(sampler_options)   # an unknown name is an error here
+
+        self._build_widgets(prompt, cfg_scale, steps, sampler, initial_options, seed, batch_size)
+
+        self.images: np.ndarray | None = None
+        self.latents: torch.Tensor | None = None
+        self.preview_updates = 0
+        self.error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def _build_widgets(self, prompt: str, cfg_scale: float, steps: int, sampler: str, initial_options: dict,
+                       seed: int, batch_size: int) -> None:
+        """The controls, the outputs and their layout (``self.widget``)."""
+        import ipywidgets as W
 
         # ------------------------------------------------------------ controls
         self.prompt = W.Text(value=prompt, description="prompt", layout=W.Layout(width="30em"))
@@ -131,13 +148,6 @@ class SamplerPanel(DisplayMixin):
         ])
         self.generate_button.on_click(lambda _button: self.generate())
         self.save_button.on_click(self._on_save)
-
-        self.images: np.ndarray | None = None
-        self.latents: torch.Tensor | None = None
-        self.preview_updates = 0
-        self.error: BaseException | None = None
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
 
     # ---------------------------------------------------------------- generation
     @property
@@ -229,7 +239,7 @@ class SamplerPanel(DisplayMixin):
         """Write the last grid as a PNG (to ``path``, else the path box); returns the path (the Save button)."""
 
         if self.images is None:
-            raise ValueError("nothing to save yet: press Generate (or call generate(wait=True)) first")
+            raise InputError("nothing to save yet: press Generate (or call generate(wait=True)) first")
         path = Path(path or self.save_path.value or self.out_dir / "samples.png")
         written = save_png(image_grid(self.images), path, scale=display_scale(self.images.shape[1]))
         self.save_path.value = str(written)

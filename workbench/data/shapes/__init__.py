@@ -28,8 +28,8 @@ from .geometry import UNIT_EXTENTS, sdf
 from .objects import ShapeObject
 from .prompts import EVAL_CATEGORIES, EvalPrompt, eval_prompts
 from .render import render_scene, shape_rows, shapes_arrays, shapes_dataset, shapes_features
-from .scenes import (Scene, check_template_weights, make_scene, make_scenes, place_grid, place_pair,
-                     place_single, scene_key, scene_rng)
+from .scenes import (Scene, check_template_weights, make_scene, make_scenes, place_grid, place_pair, place_single,
+                     scene_key, scene_rng)
 from .vocabulary import (COLOURS, COUNT_WORDS, DEFAULT_TEMPLATE_WEIGHTS, HELDOUT_COMBOS, RELATIONS, SHAPES,
                          SHAPES_VERSION, SIZES, SPLITS, TEMPLATES, TRAIN_COMBOS)
 

@@ -8,10 +8,11 @@
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 from .objects import ShapeObject
 from .vocabulary import COLOURS, COUNT_WORDS, RELATIONS, SHAPES, TEMPLATES
+from ...errors import InputError
 
 
 def _article(phrase: str) -> str:
@@ -41,7 +42,7 @@ def caption_for(objects: Sequence[ShapeObject], template: str, relation: tuple[i
         first = objects[0]
         size = f"{first.size} " if with_size else ""
         return f"{COUNT_WORDS[len(objects)]} {size}{first.colour} {_plural(first.shape)}"
-    raise ValueError(f"unknown template {template!r}; expected one of {TEMPLATES}")
+    raise InputError(f"unknown template {template!r}; expected one of {TEMPLATES}")
 
 
 _NUM = "|".join(["a", "an"] + list(COUNT_WORDS.values()))

@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from .vocabulary import SHAPES
-
+from ...errors import InputError
 
 _TRIANGLE = np.array([[0.0, -0.93], [1.0, 0.80], [-1.0, 0.80]])                   # (3, 2) unit frame
 _STAR = np.array([[r * math.cos(-math.pi / 2 + k * math.pi / 5), r * math.sin(-math.pi / 2 + k * math.pi / 5)]
@@ -57,7 +57,7 @@ def sdf(shape: str, px: np.ndarray, py: np.ndarray, r: float) -> np.ndarray:
         return _sdf_polygon(px, py, _TRIANGLE * r)
     if shape == "star":
         return _sdf_polygon(px, py, _STAR * r)
-    raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+    raise InputError(f"unknown shape {shape!r}; expected one of {SHAPES}")
 
 
 def _unit_extent(shape: str) -> tuple[float, float, float, float]:

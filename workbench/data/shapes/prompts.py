@@ -7,13 +7,12 @@ samples against them.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from .captions import caption_for
 from .objects import ShapeObject
 from .vocabulary import COLOURS, HELDOUT_COMBOS, RELATIONS, SHAPES, TRAIN_COMBOS
-
 
 EVAL_CATEGORIES = ("single_object", "two_objects", "counting", "colours", "position", "colour_attribution")
 

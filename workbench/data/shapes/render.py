@@ -8,8 +8,8 @@ and the shapes dataset as a ``datasets.Dataset``.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
 from functools import lru_cache
-from typing import Iterator, Mapping
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from .geometry import sdf
 from .objects import ShapeObject
 from .scenes import Scene, _check_split, check_template_weights, make_scene, make_scenes, scene_key, scene_rng
 from .vocabulary import COLOURS, SIZES
-
+from ...errors import InputError
 
 SUBPIXEL = 8                                # centres are snapped to 1/8 pixel so coverage masks cache
 
@@ -76,7 +76,7 @@ def render_scene(scene: Scene, resolution: int) -> np.ndarray:
     1/16 pixel) and their anti-aliased coverage masks are cached.
     """
     if resolution < 8:
-        raise ValueError(f"resolution must be >= 8 pixels, got {resolution}")
+        raise InputError(f"resolution must be >= 8 pixels, got {resolution}")
     canvas = _background(scene, resolution)                                       # (R, R, 3) float32
     for obj in scene.objects:
         _paint(canvas, obj, resolution)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from .geometry import UNIT_EXTENTS
 from .objects import ShapeObject
 from .vocabulary import (BACKGROUND_GRADIENT, BACKGROUND_GREY, DEFAULT_TEMPLATE_WEIGHTS, GAP, MARGIN, RELATIONS,
                          SIZE_IN_CAPTION_P, SIZES, SPLITS, TEMPLATES, TRAIN_COMBOS)
+from ...errors import InputError
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ def _layout(rng: random.Random, template: str) -> tuple[list[ShapeObject], tuple
         items = [(shape, size)] * n
         centres = place_pair(rng, items, rng.randrange(2), False) if n == 2 else place_grid(rng, items)
         return [ShapeObject(shape, colour, size, *xy) for xy in centres], None
-    raise ValueError(f"unknown template {template!r}; expected one of {TEMPLATES}")
+    raise InputError(f"unknown template {template!r}; expected one of {TEMPLATES}")
 
 
 @lru_cache(maxsize=64)
@@ -127,10 +128,10 @@ def _template_cdf(weights: tuple[tuple[str, float], ...] | None) -> tuple[float,
     weights = dict(DEFAULT_TEMPLATE_WEIGHTS if weights is None else weights)
     unknown = set(weights) - set(TEMPLATES)
     if unknown:
-        raise ValueError(f"template_weights has unknown templates {sorted(unknown)}; use {TEMPLATES}")
+        raise InputError(f"template_weights has unknown templates {sorted(unknown)}; use {TEMPLATES}")
     probs = [float(weights.get(t, 0.0)) for t in TEMPLATES]
     if min(probs) < 0 or sum(probs) <= 0:
-        raise ValueError(f"template_weights must be >= 0 with a positive sum, got {weights}")
+        raise InputError(f"template_weights must be >= 0 with a positive sum, got {weights}")
     return tuple(np.cumsum(probs) / sum(probs))
 
 
@@ -145,7 +146,7 @@ def _weights_key(template_weights: Mapping[str, float] | None) -> tuple[tuple[st
 
 def _check_split(split: str) -> None:
     if split not in SPLITS:
-        raise ValueError(f"unknown shapes split {split!r}; use one of {SPLITS}")
+        raise InputError(f"unknown shapes split {split!r}; use one of {SPLITS}")
 
 
 def scene_rng(seed: int, split: str, index: int) -> random.Random:

@@ -16,14 +16,16 @@ import os
 import re
 import stat
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, Mapping, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from PIL import Image
 
 from ...io import fingerprint
 from ..images import decode_image
+from ...errors import InputError
 
 SOURCES_VERSION = 1                          # bump when validation rules change record contents
 CAPTION_FIELDS = ("text", "caption", "txt", "prompt")   # tried in order when caption_column is None
@@ -113,7 +115,7 @@ class Source(ABC):
         return None
 
     @classmethod
-    def from_spec(cls, target: Path | str | None, **settings: Any) -> "Source":
+    def from_spec(cls, target: Path | str | None, **settings: Any) -> Source:
         """The source for a parsed spec: ``target`` is the path (or, without ``reads_path``, the text after
         ``kind:`` or None); ``settings`` are the options and the common settings the constructor takes."""
         return cls(target, **settings) if cls.reads_path else cls(**settings)
@@ -125,16 +127,16 @@ class Source(ABC):
 
     def __init__(self, *, min_side: int = 0, limit: int | None = None):
         if min_side < 0:
-            raise ValueError(f"min_side must be >= 0 pixels, got {min_side}")
+            raise InputError(f"min_side must be >= 0 pixels, got {min_side}")
         if limit is not None and limit < 0:
-            raise ValueError(f"limit must be None or >= 0 records, got {limit}")
+            raise InputError(f"limit must be None or >= 0 records, got {limit}")
         self.min_side = int(min_side)
         self.limit = limit
 
     def records(self, start: int = 0) -> Iterator[SourceRecord]:
         """Records ``start, start + 1, ...`` (skipped ones count), at most ``limit`` in all."""
         if start < 0:
-            raise ValueError(f"start must be >= 0, got {start}")
+            raise InputError(f"start must be >= 0, got {start}")
         return self._iter_records(start)
 
     @abstractmethod
@@ -237,8 +239,8 @@ def caption_field(row: Mapping[str, Any], caption_column: str | None) -> Any:
 def image_record(key: str, caption: Caption, read: Callable[[], bytes], min_side: int,
                   name: str | None = None) -> SourceRecord:
     """A checked record: decode the image, then check the caption (random bytes named .jpg are
-    ``not_an_image``, whatever the caption); ``read`` returns the encoded image bytes. ``name`` is the file's path relative to the
-    source, which a skip carries as ``file`` for the report."""
+    ``not_an_image``, whatever the caption); ``read`` returns the encoded image bytes. ``name`` is the file's
+    path relative to the source, which a skip carries as ``file`` for the report."""
     try:
         data = read()
     except OSError as err:
@@ -333,12 +335,12 @@ def register_source(cls: type[Source]) -> type[Source]:
     if not (isinstance(cls, type) and issubclass(cls, Source)):
         raise TypeError(f"register_source takes a Source subclass, got {cls!r}")
     if not isinstance(name, str) or not _KIND_NAME.match(name):
-        raise ValueError(f"{cls.__name__}.kind must be a name of 2+ letters, digits, _ + . - (it is the spec "
+        raise InputError(f"{cls.__name__}.kind must be a name of 2+ letters, digits, _ + . - (it is the spec "
                          f"prefix, as in 'kind:PATH'); got {name!r}")
     if name in _REGISTRY and _REGISTRY[name] is not cls:
-        raise ValueError(f"source kind {name!r} is already registered by {_REGISTRY[name].__name__}")
+        raise InputError(f"source kind {name!r} is already registered by {_REGISTRY[name].__name__}")
     if not cls.summary:
-        raise ValueError(f"{cls.__name__}.summary must say how the spec help names this kind, e.g. 'an image folder'")
+        raise InputError(f"{cls.__name__}.summary must say how the spec help names this kind, e.g. 'an image folder'")
     if inspect.isabstract(cls):
         missing = ", ".join(sorted(cls.__abstractmethods__))
         raise TypeError(f"{cls.__name__} does not implement {missing}: describe() must fingerprint the input, "
@@ -360,5 +362,5 @@ def source_kinds() -> tuple[str, ...]:
 def source_class(kind: str) -> type[Source]:
     """The ``Source`` subclass of ``kind``; ``ValueError`` listing the known kinds otherwise."""
     if kind not in _REGISTRY:
-        raise ValueError(f"unknown source kind {kind!r}: known kinds are {', '.join(_REGISTRY)}")
+        raise InputError(f"unknown source kind {kind!r}: known kinds are {', '.join(_REGISTRY)}")
     return _REGISTRY[kind]

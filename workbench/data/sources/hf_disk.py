@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from .base import (CAPTION_FIELDS, KEY_FIELDS, SOURCES_VERSION, Source, SourceRecord, caption_from_value,
-                  image_record, register_source, skip_record)
+from .base import (CAPTION_FIELDS, KEY_FIELDS, SOURCES_VERSION, Source, SourceRecord, caption_from_value, image_record,
+                   register_source, skip_record)
+from ...errors import InputError, MissingFileError
 
 _RAW_IMAGE_DTYPES = ("binary", "large_binary", "string", "large_string")   # bytes or file paths
 
@@ -45,7 +47,7 @@ class HFDiskSource(Source):
         super().__init__(min_side=min_side, limit=limit)
         self.path = Path(path).resolve()
         if not self.path.is_dir():
-            raise FileNotFoundError(f"saved dataset folder {self.path} does not exist")
+            raise MissingFileError(f"saved dataset folder {self.path} does not exist")
         loaded = datasets.load_from_disk(str(self.path))
         self.split = self._pick_split(loaded, split)
         ds = loaded[self.split] if self.split is not None else loaded
@@ -59,7 +61,7 @@ class HFDiskSource(Source):
         if isinstance(feature, datasets.Image):
             ds = ds.cast_column(self.image_column, datasets.Image(decode=False))
         elif not (isinstance(feature, datasets.Value) and feature.dtype in _RAW_IMAGE_DTYPES):
-            raise ValueError(f"image_column {self.image_column!r} has type {feature}; expected an Image feature, "
+            raise InputError(f"image_column {self.image_column!r} has type {feature}; expected an Image feature, "
                              "encoded image bytes, or file path strings")
         keep = [c for c in (self.image_column, self.caption_column, self.key_column) if c]
         self._ds = ds.select_columns(list(dict.fromkeys(keep)))
@@ -69,18 +71,18 @@ class HFDiskSource(Source):
     def _pick_split(loaded: Any, split: str | None) -> str | None:
         if not hasattr(loaded, "keys"):                                 # a Dataset, not a DatasetDict
             if split is not None:
-                raise ValueError(f"split={split!r} given, but the saved dataset has no splits")
+                raise InputError(f"split={split!r} given, but the saved dataset has no splits")
             return None
         names = list(loaded.keys())
         choice = split or ("train" if "train" in names else names[0] if len(names) == 1 else None)
         if choice not in names:
-            raise ValueError(f"saved DatasetDict has splits {names}; pass split= one of them")
+            raise InputError(f"saved DatasetDict has splits {names}; pass split= one of them")
         return choice
 
     @staticmethod
     def _need_column(columns: list[str], name: str | None, option: str) -> str:
         if name is None or name not in columns:
-            raise ValueError(f"{option}={name!r} is not a column of the saved dataset; columns are {columns}. "
+            raise InputError(f"{option}={name!r} is not a column of the saved dataset; columns are {columns}. "
                              f"Pass {option}=<column name>")
         return name
 

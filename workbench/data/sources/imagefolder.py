@@ -7,15 +7,16 @@ import io
 import json
 import os
 import posixpath
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from ...io import fingerprint
 from ..images import IMAGE_EXTENSIONS
 from .base import (METADATA_FILES, SOURCES_VERSION, Caption, Source, SourceRecord, caption_field, caption_from_bytes,
-                  caption_from_value, display_name, file_problem, image_record, read_bounded, register_source,
-                  skip_record, stat_line, walk_files)
+                   caption_from_value, display_name, file_problem, image_record, read_bounded, register_source,
+                   skip_record, stat_line, walk_files)
+from ...errors import InputError, MissingFileError
 
 
 @dataclass
@@ -82,11 +83,11 @@ class ImageFolderSource(Source):
         super().__init__(min_side=min_side, limit=limit)
         self.root = Path(root).resolve()
         if not self.root.is_dir():
-            raise FileNotFoundError(f"image folder {self.root} does not exist or is not a folder")
+            raise MissingFileError(f"image folder {self.root} does not exist or is not a folder")
         self.caption_column = caption_column
         self._entries, self._sidecars, stats = self._scan()
         if not self._entries:
-            raise ValueError(
+            raise InputError(
                 f"no images found under {self.root}: expected image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) "
                 "with captions in a metadata.jsonl (file_name + text) or in .txt files next to each image")
         self._fingerprint = fingerprint(stats)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from ..mds_reader import INDEX, MDSReader
 from .base import (CAPTION_FIELDS, SOURCES_VERSION, Source, SourceRecord, caption_from_value, image_record,
-                  register_source)
+                   register_source)
+from ...errors import InputError
 
 IMAGE_FIELDS = ("jpg", "jpeg", "png", "image", "webp")       # tried in order when image_column is None
 
@@ -41,11 +42,11 @@ class MDSSource(Source):
         self.caption_column = caption_column or next((c for c in CAPTION_FIELDS if c in columns), None)
         for option, name in (("image_column", self.image_column), ("caption_column", self.caption_column)):
             if name not in columns:
-                raise ValueError(f"{option}: the MDS dataset {self.path} has columns {sorted(columns)}, not "
+                raise InputError(f"{option}: the MDS dataset {self.path} has columns {sorted(columns)}, not "
                                  f"{name!r}; pass {option}=... (the paper's precomputed latents import with "
                                  f"`workbench import-mds` instead)")
         if columns[self.image_column] not in ("jpeg", "png", "bytes"):
-            raise ValueError(f"image_column {self.image_column!r} has MDS encoding {columns[self.image_column]!r}; "
+            raise InputError(f"image_column {self.image_column!r} has MDS encoding {columns[self.image_column]!r}; "
                              "expected jpeg, png or bytes (encoded image files)")
 
     def _count(self) -> int:
@@ -57,7 +58,8 @@ class MDSSource(Source):
             row = self.reader.get(index, raw={self.image_column})
             key = self.reader.shard_name(index)
             caption = caption_from_value(row[self.caption_column], f"column {self.caption_column!r}")
-            yield image_record(key, caption, lambda: row[self.image_column], self.min_side, key)
+            image_bytes = row[self.image_column]
+            yield image_record(key, caption, lambda data=image_bytes: data, self.min_side, key)
 
     def describe(self) -> dict:
         return {"kind": self.kind, "version": SOURCES_VERSION, "path": str(self.path),

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from ..shapes import SHAPES_VERSION, SPLITS, check_template_weights, shape_rows
 from .base import Source, SourceRecord, register_source
+from ...errors import InputError
 
 
 @register_source
@@ -33,18 +35,18 @@ class ShapesSource(Source):
                  template_weights: Mapping[str, float] | None = None, limit: int | None = None):
         super().__init__(limit=limit)
         if split not in SPLITS:
-            raise ValueError(f"unknown shapes split {split!r}; use 'shapes:train' or 'shapes:val'")
+            raise InputError(f"unknown shapes split {split!r}; use 'shapes:train' or 'shapes:val'")
         if n < 0 or resolution < 8:
-            raise ValueError(f"shapes needs n >= 0 and resolution >= 8, got n={n}, resolution={resolution}")
+            raise InputError(f"shapes needs n >= 0 and resolution >= 8, got n={n}, resolution={resolution}")
         check_template_weights(template_weights)
         self.n, self.resolution, self.split, self.seed = int(n), int(resolution), split, int(seed)
         self.template_weights = None if template_weights is None else dict(template_weights)
 
     @classmethod
-    def from_spec(cls, target: Path | str | None, *, split: str | None = None, **settings: Any) -> "ShapesSource":
+    def from_spec(cls, target: Path | str | None, *, split: str | None = None, **settings: Any) -> ShapesSource:
         """``shapes:val`` and ``split="val"`` say the same; saying two different splits is an error."""
         if target and split and target != split:
-            raise ValueError(f"spec says split {target!r} but split={split!r} was passed")
+            raise InputError(f"spec says split {target!r} but split={split!r} was passed")
         return cls(split=target or split or "train", **settings)
 
     @classmethod

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from .base import COMMON_SETTINGS, Source, source_class, source_kinds
+from ...errors import InputError, MissingFileError
 
 _KIND_PREFIX = re.compile(r"^([A-Za-z][\w+.-]*):(.*)$")
 
 
-class SourceOptionError(TypeError, ValueError):
-    """A source option the source kind does not accept (a TypeError for Python, a ValueError for the CLI)."""
+class SourceOptionError(InputError, TypeError):
+    """A source option the source kind does not accept (an InputError for the CLI, a TypeError for Python)."""
 
 
 def _classes() -> list[type[Source]]:
@@ -51,7 +52,7 @@ def parse_source_spec(spec: str | os.PathLike) -> tuple[str, Path | str | None]:
     """
     text = os.fspath(spec).strip()
     if not text:
-        raise ValueError(f"empty source spec. {spec_help()}")
+        raise InputError(f"empty source spec. {spec_help()}")
     if text in source_kinds() and not source_class(text).reads_path:
         return text, None
     prefix = _KIND_PREFIX.match(text)
@@ -61,16 +62,16 @@ def parse_source_spec(spec: str | os.PathLike) -> tuple[str, Path | str | None]:
             return kind, rest
         path = Path(rest).expanduser()
         if not path.exists():
-            raise FileNotFoundError(f"source path {str(path)!r} does not exist. {spec_help()}")
+            raise MissingFileError(f"source path {str(path)!r} does not exist. {spec_help()}")
         return kind, path
     path = Path(text).expanduser()
     if path.exists():
         return _recognise(path), path
     if prefix and len(prefix.group(1)) > 1:                     # 'http:...', 's3:...' (not 'C:\...')
-        raise ValueError(f"unsupported source kind {prefix.group(1)!r} in {text!r}: supported kinds are "
+        raise InputError(f"unsupported source kind {prefix.group(1)!r} in {text!r}: supported kinds are "
                          f"{', '.join(source_kinds())}. Remote URLs and Hub ids are not read directly: download "
                          f"them first (e.g. datasets.load_dataset(...).save_to_disk(PATH)). {spec_help()}")
-    raise FileNotFoundError(f"source path {text!r} does not exist. {spec_help()} Hub datasets: save them first "
+    raise MissingFileError(f"source path {text!r} does not exist. {spec_help()} Hub datasets: save them first "
                             "with datasets.load_dataset(...).save_to_disk(PATH).")
 
 
@@ -80,16 +81,16 @@ def _recognise(path: Path) -> str:
     if not found:
         if path.is_file():
             files = " or ".join(cls.single_file for cls in _classes() if cls.single_file)
-            raise ValueError(f"unsupported source file {str(path)!r}: a single file must be {files}. {spec_help()}")
+            raise InputError(f"unsupported source file {str(path)!r}: a single file must be {files}. {spec_help()}")
         fallback = next((cls.kind for cls in _classes() if cls.reads_any_folder), None)
         if fallback is None:
-            raise ValueError(f"no source kind recognises the folder {str(path)!r}. {spec_help()}")
+            raise InputError(f"no source kind recognises the folder {str(path)!r}. {spec_help()}")
         return fallback
     best = min(p for p, _, _ in found)
     top = [(kind, what) for p, kind, what in found if p == best]
     if len(top) > 1:
         (a, what_a), (b, what_b) = top[:2]
-        raise ValueError(f"{str(path)!r} holds both {what_a} and {what_b}; say which with '{a}:{path}' "
+        raise InputError(f"{str(path)!r} holds both {what_a} and {what_b}; say which with '{a}:{path}' "
                          f"or '{b}:{path}'")
     return top[0][0]
 

@@ -8,14 +8,15 @@ import re
 import tarfile
 import warnings
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from ...io import fingerprint
 from .base import (SOURCES_VERSION, TAR_SUFFIXES, Caption, Source, SourceRecord, caption_field, caption_from_bytes,
-                  caption_from_value, display_name, file_problem, image_record, register_source, skip_record,
-                  stat_line, walk_files)
+                   caption_from_value, display_name, file_problem, image_record, register_source, skip_record,
+                   stat_line, walk_files)
+from ...errors import InputError, MissingFileError
 
 _WDS_NAME = re.compile(r"^((?:.*/|)[^./][^.]*)\.([^/]*)$")      # webdataset: key = up to the first dot
 _IMAGE_EXTS = tuple(e.lstrip(".") for e in (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"))
@@ -104,10 +105,10 @@ class WebDatasetSource(Source):
         super().__init__(min_side=min_side, limit=limit)
         self.path = Path(path).resolve()
         if not self.path.exists():
-            raise FileNotFoundError(f"webdataset path {self.path} does not exist")
+            raise MissingFileError(f"webdataset path {self.path} does not exist")
         self.shards = [self.path] if self.path.is_file() else self._find_shards()
         if not self.shards:
-            raise ValueError(f"no tar shards ({', '.join(TAR_SUFFIXES)}) found under {self.path}")
+            raise InputError(f"no tar shards ({', '.join(TAR_SUFFIXES)}) found under {self.path}")
         self.caption_column = caption_column
         base = self.path.parent if self.path.is_file() else self.path
         self._fingerprint = fingerprint([stat_line(p.relative_to(base).as_posix(), p) for p in self.shards])
@@ -159,7 +160,7 @@ class WebDatasetSource(Source):
                 continue
             problem = file_problem(rel, path)
             if problem:
-                warnings.warn(f"skipping {display_name(rel)}: {problem[1]}")
+                warnings.warn(f"skipping {display_name(rel)}: {problem[1]}", stacklevel=2)
             else:
                 shards.append(path)
         return shards

@@ -43,6 +43,7 @@ from .state import TrainingState, capture_rng, restore_rng
 
 __all__ = ["CONFIG_FILE", "CheckpointError", "EMA_FILE", "FORMAT", "MANIFEST", "MODEL_FILE", "OPTIMIZER_FILE",
            "REQUIRED_FILES", "SCHEDULER_FILE", "STATE_FILE", "TrainingState", "apply_retention", "capture_rng",
-           "check_model_config", "has_ema", "is_final", "latest_valid_checkpoint", "list_checkpoints", "load_checkpoint",
-           "load_model", "load_model_weights", "load_optimizer_state", "model_config", "read_config", "read_manifest",
-           "remove_stale_temps", "resolve_checkpoint", "restore_rng", "save_checkpoint", "unwrap_model", "verify_checkpoint"]
+           "check_model_config", "has_ema", "is_final", "latest_valid_checkpoint", "list_checkpoints",
+           "load_checkpoint", "load_model", "load_model_weights", "load_optimizer_state", "model_config", "read_config",
+           "read_manifest", "remove_stale_temps", "resolve_checkpoint", "restore_rng", "save_checkpoint",
+           "unwrap_model", "verify_checkpoint"]

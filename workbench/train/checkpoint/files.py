@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.config import complete_model_config
-from workbench.errors import WorkbenchError
+from workbench.errors import InputError, MissingFileError, WorkbenchError
 from workbench.io import remove_inside
 
 FORMAT = 1                                       # manifest format version
@@ -34,7 +34,7 @@ _IN_FLIGHT_LOCK = threading.Lock()
 
 
 
-class CheckpointError(WorkbenchError, ValueError):
+class CheckpointError(InputError):
     """A checkpoint is partial, corrupt, or lacks a part the caller asked to load."""
 
 
@@ -134,7 +134,7 @@ def resolve_checkpoint(spec: str | Path) -> Path:
     """
     path = Path(spec)
     if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}: the path does not exist")
+        raise MissingFileError(f"no checkpoint at {path}: the path does not exist")
     if _STEP_DIR.match(path.name) or (path / MANIFEST).is_file():
         return path
     for root in (path / "checkpoints", path):
@@ -142,14 +142,14 @@ def resolve_checkpoint(spec: str | Path) -> Path:
         if candidates:
             found = latest_valid_checkpoint(root)
             if found is None:
-                raise FileNotFoundError(f"no valid checkpoint under {root}: all {len(candidates)} are partial "
+                raise MissingFileError(f"no valid checkpoint under {root}: all {len(candidates)} are partial "
                                         "or corrupt (see the warnings)")
             return found
     stages = sorted(p.name for p in path.iterdir() if (p / "checkpoints").is_dir()) if path.is_dir() else []
     if stages:
-        raise FileNotFoundError(f"{path} is a run with stages {', '.join(stages)}: name one, "
+        raise MissingFileError(f"{path} is a run with stages {', '.join(stages)}: name one, "
                                 f"e.g. {path / stages[-1]}")
-    raise FileNotFoundError(f"no checkpoints under {path}: expected a step_NNNNNNN folder, a checkpoints folder "
+    raise MissingFileError(f"no checkpoints under {path}: expected a step_NNNNNNN folder, a checkpoints folder "
                             "holding them, or a stage folder with a checkpoints/ subfolder")
 
 
@@ -193,7 +193,7 @@ def apply_retention(root: str | Path, keep_last: int | None, log: Callable[[str]
     interrupted deletion never leaves a half-deleted ``step_*``. Returns the deleted paths.
     """
     if keep_last is not None and (not isinstance(keep_last, int) or keep_last < 1):
-        raise ValueError(f"keep_last: expected an integer >= 1 or None (keep all), got {keep_last!r}")
+        raise InputError(f"keep_last: expected an integer >= 1 or None (keep all), got {keep_last!r}")
     root = Path(root)
     deleted = remove_stale_temps(root)
     if keep_last is None:

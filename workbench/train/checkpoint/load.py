@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from workbench.config import config_diff, format_diff, to_dict
+from workbench.errors import InputError
 
 from .files import (CONFIG_FILE, EMA_FILE, MODEL_FILE, OPTIMIZER_FILE, SCHEDULER_FILE, STATE_FILE, CheckpointError,
                     read_config, read_manifest, resolve_checkpoint, verify_checkpoint)
@@ -97,7 +98,10 @@ def load_optimizer_state(path: str | Path, optimizer: torch.optim.Optimizer, *,
     _check_files(path, [OPTIMIZER_FILE], verify)
     saved = safe_torch_load(path / OPTIMIZER_FILE, map_location)
     ours = optimizer.state_dict()
-    names = lambda sd: [g.get("name") for g in sd["param_groups"]]  # noqa: E731
+
+    def names(state_dict: dict) -> list:
+        return [g.get("name") for g in state_dict["param_groups"]]
+
     if names(saved) != names(ours):
         saved = _match_groups_by_name(saved, ours)
     optimizer.load_state_dict(saved)
@@ -161,11 +165,12 @@ def check_model_config(path: str | Path, model: torch.nn.Module, *, strict: bool
         return
     message = (f"checkpoint {path} was saved from a model with another config "
                f"({format_diff(diff, 'checkpoint', 'model')}). Build the model "
-               f"from the checkpoint's config (workbench.train.checkpoint.load_model({str(path)!r})), or pass ignore_fields=[...] for fields that do not "
+               f"from the checkpoint's config (workbench.train.checkpoint.load_model({str(path)!r})), "
+               f"or pass ignore_fields=[...] for fields that do not "
                f"change the weights (e.g. sample_size, pos_interp_scale)")
     if strict:
-        raise ValueError(message)
-    warnings.warn(message)
+        raise InputError(message)
+    warnings.warn(message, stacklevel=2)
 
 
 def _check_files(path: Path, names: list[str], verify: bool) -> None:

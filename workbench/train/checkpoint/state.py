@@ -31,7 +31,7 @@ class TrainingState:
         return {"step": int(self.step), "rng": self.rng, "loader": self.loader, "extra": self.extra}
 
     @classmethod
-    def from_dict(cls, values: Mapping) -> "TrainingState":
+    def from_dict(cls, values: Mapping) -> TrainingState:
         """Rebuild from ``to_dict()`` output; raise ``CheckpointError`` when ``step`` is missing."""
         if "step" not in values:
             raise CheckpointError(f"{STATE_FILE} has no 'step' (keys: {sorted(values)})")
@@ -85,6 +85,6 @@ def _restore_cuda_rng(cuda_states: list | None) -> None:
     count = torch.cuda.device_count()
     if len(cuda_states) != count:
         warnings.warn(f"RNG state was captured on {len(cuda_states)} CUDA devices, restoring on {count}: "
-                      "only the first min(both) devices are restored")
+                      "only the first min(both) devices are restored", stacklevel=2)
     for device, device_state in enumerate(cuda_states[:count]):
         torch.cuda.set_rng_state(device_state.cpu(), device)
