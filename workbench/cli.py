@@ -175,7 +175,9 @@ def add_sample_parser(sub) -> None:
                           formatter_class=argparse.RawDescriptionHelpFormatter,
                           epilog="samplers:\n" + "\n".join(f"  {name:<16} {entry.description}"
                                                            for name, entry in SAMPLERS.items()))
-    samp.add_argument("--checkpoint", required=True, help="a checkpoint folder, or a stage folder (newest checkpoint)")
+    samp.add_argument("--checkpoint", required=True,
+                      help="a checkpoint folder, a stage folder (its newest checkpoint), or 'reference' (the "
+                           "trained model that ships with the package)")
     samp.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
     samp.add_argument("--cfg-scale", type=float, default=5.0, help="classifier-free guidance scale (default 5.0)")
     samp.add_argument("--steps", type=int, default=30, help="σ levels of the Karras schedule (default 30)")

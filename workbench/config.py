@@ -22,9 +22,44 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
 from .errors import InputError, MissingFileError
 
 T = TypeVar("T")
+PACKAGE_ROOT = Path(__file__).resolve().parent          # .../workbench
+
+
+def shipped_dir(name: str, checkout: str) -> Path:
+    """A folder shipped inside the wheel as ``workbench/<name>``, or the source checkout's ``<checkout>/``."""
+    packaged = PACKAGE_ROOT / name
+    return packaged if packaged.is_dir() else PACKAGE_ROOT.parent / checkout
+
+
+def configs_dir() -> Path:
+    """The shipped configs: ``configs/`` of the checkout, in the wheel as ``workbench/configs``."""
+    return shipped_dir("configs", "configs")
+
+
+def find_config_file(path: str | os.PathLike, what: str = "config") -> Path:
+    """A config YAML by path: as given (relative paths start at the working folder), else the shipped one.
+
+    ``configs/demo/stage1.yaml`` (or ``demo/stage1.yaml``) is found in the package's configs when the
+    working folder has none, so a notebook or command runs from any folder. The error names every
+    folder searched::
+
+        find_config_file("configs/demo/stage1.yaml")     # ./configs/demo/stage1.yaml, else the shipped file
+    """
+    given = Path(path).expanduser()
+    if given.is_file():
+        return given
+    if given.is_absolute():
+        raise MissingFileError(f"{what} file not found: {path}")
+    inside = Path(*given.parts[1:]) if given.parts[:1] == ("configs",) else given
+    shipped = configs_dir() / inside
+    if shipped.is_file():
+        return shipped
+    raise MissingFileError(f"{what} file not found: {path} (looked in {Path.cwd()} and {configs_dir()}); give the "
+                           f"path of a YAML file, or a shipped one such as configs/demo/stage1.yaml")
 
 
 class _Loader(yaml.SafeLoader):
@@ -94,11 +129,10 @@ def read_yaml_mapping(path: Path, what: str, error: type[Exception] = InputError
 def load_yaml(cls: type[T], path: str | Path, **overrides: Any) -> T:
     """Load dataclass ``cls`` from a YAML file (a mapping of field names to values), then apply overrides.
 
+    ``path`` is found as :func:`find_config_file` finds it (the working folder, then the shipped configs).
     Unknown keys in the file or the overrides raise ``ValueError`` with a did-you-mean hint.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"{cls.__name__} config file not found: {path}")
+    path = find_config_file(path, f"{cls.__name__} config")
     values = read_yaml_mapping(path, f"{cls.__name__} fields")
     check_known_keys(cls, values, what=f"{cls.__name__} config {path}")
     check_known_keys(cls, overrides)

@@ -54,9 +54,11 @@ def _recipe_part(spec: str, latent_downsample: int | None) -> list[StagePlan]:
             raise InputError(f"recipe: folder {spec!r} holds no pipeline.yaml and no stage YAMLs")
         return [plan for p in yamls for plan in _recipe_part(str(p), latent_downsample)]
     if not path.is_file():
-        path = resolve_config_path(spec)          # a shipped pipeline's name, e.g. "demo"
-    if not path.is_file():
-        raise MissingFileError(f"recipe: {spec!r} not found (a pipeline or stage YAML, a folder, or 'paper')")
+        try:                                      # a shipped pipeline's name ("demo") or a shipped YAML's path
+            path = resolve_config_path(spec)
+        except MissingFileError:
+            raise MissingFileError(f"recipe: {spec!r} not found in the working folder or the shipped configs (a "
+                                   f"pipeline or stage YAML, a folder, or 'paper')") from None
     if _is_pipeline_yaml(path):
         return _pipeline_plans(path, latent_downsample)
     return stage_plans([str(path)], latent_downsample)

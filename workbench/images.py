@@ -65,6 +65,9 @@ def _wrap(text: str, font, width: int, max_lines: int) -> list[str]:
     return lines
 
 
+LABEL_FONT_PX = 13                  # label text height in labelled_grid: readable at a notebook's 100% zoom
+
+
 def labelled_grid(images: np.ndarray, labels, columns: int | None = None, scale: int | None = None,
                   max_lines: int = 2, pad: int = 2) -> np.ndarray:
     """Tiles upscaled for display (``display_scale``), each with its label written under it: uint8 (H', W', 3).
@@ -78,7 +81,7 @@ def labelled_grid(images: np.ndarray, labels, columns: int | None = None, scale:
     if len(labels) != n:
         raise InputError(f"labelled_grid: {n} images but {len(labels)} labels")
     scale = display_scale(h) if scale is None else scale
-    font = ImageFont.load_default()
+    font = ImageFont.load_default(size=LABEL_FONT_PX)     # Pillow's scalable default font, readable in notebooks
     line_h = font.getbbox("Ag")[3] + 2
     tile_w, tile_h = w * scale, h * scale + max_lines * line_h + 4
     cols = columns or math.ceil(math.sqrt(n))

@@ -28,20 +28,27 @@ RESULT_PREFIX = "workbench-result: "           # outside a kernel record() print
 _START_DIR: Path | None = None
 
 
-def notebook_setup(workdir: str | os.PathLike = "..", threads: int = 0) -> Path:
-    """Enter the project folder and set torch's thread count; returns the folder.
+def notebook_setup(workdir: str | os.PathLike = "auto", threads: int = 0) -> Path:
+    """Enter the project folder (printed on one line) and set torch's thread count; returns the folder.
 
-    A relative ``workdir`` is taken from the folder the kernel started in (a notebook in
-    ``notebooks/`` uses ``".."``), so running the cell twice is harmless. ``threads > 0`` calls
-    ``torch.set_num_threads`` (on a busy 2-core machine 1 thread can be much faster than 2).
+    ``"auto"`` (the notebooks' default) is the project folder as a user meets it: the folder above
+    the notebook's when the notebook sits in a ``notebooks/`` folder beside ``configs/`` (a checkout
+    of this repository), else the notebook's own folder (a copy of the notebooks anywhere). Any other
+    relative ``workdir`` is taken from the folder the kernel started in, so running the cell twice is
+    harmless. ``threads > 0`` calls ``torch.set_num_threads`` (on a busy 2-core machine 1 thread can
+    be much faster than 2).
     """
     global _START_DIR
     if _START_DIR is None:
         _START_DIR = Path.cwd()
+    if str(workdir) == "auto":
+        checkout = _START_DIR.name == "notebooks" and (_START_DIR.parent / "configs").is_dir()
+        workdir = ".." if checkout else "."
     target = (_START_DIR / Path(workdir).expanduser()).resolve()
     if not target.is_dir():
         raise MissingFileError(f"workdir {str(target)!r} does not exist")
     os.chdir(target)
+    print(f"project folder: {target}")
     if threads and int(threads) > 0:
         import torch
 

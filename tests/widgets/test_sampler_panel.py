@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from workbench.diffusion import SAMPLERS, EDMConfig, sample
-from workbench.images import display_scale, image_grid
+from workbench.images import display_scale, image_grid, labelled_grid
 from workbench.widgets import SamplerPanel
 from workbench.widgets.common import default_text_encoder
 
@@ -117,8 +117,9 @@ def test_save_writes_the_grid_as_png(panel, tmp_path):
     panel.generate(wait=True)
     panel.save_button.click()
     path = tmp_path / "a_red_circle_heun_seed0.png"
-    assert panel.save_path.value == str(path) and path.is_file()
-    assert png_size(path.read_bytes()) == png_size(panel.grid.value)
+    assert panel.save_path.value == str(path) and path.is_file() and str(path) in panel.status.value
+    labelled = labelled_grid(panel.images, ["a red circle"] * 3)               # each tile over its prompt
+    assert png_size(path.read_bytes()) == (labelled.shape[1], labelled.shape[0])
     panel.save_path.value = str(tmp_path / "sub" / "mine.png")
     panel.save_button.click()
     assert (tmp_path / "sub" / "mine.png").is_file() and "saved" in panel.status.value

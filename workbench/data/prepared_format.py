@@ -150,8 +150,9 @@ class PreparedInfo:
         """Read and check ``path/prepared.json``; raise ``FileNotFoundError`` / ``ValueError`` clearly."""
         p = Path(path).expanduser()
         if not p.is_dir():
-            raise MissingFileError(f"prepared dataset folder {str(p)!r} does not exist; "
-                                    "make one with `workbench prepare --out PATH` or workbench.data.prepare.prepare()")
+            raise MissingFileError(f"prepared dataset folder {str(p)!r} does not exist (looked in {p.absolute()}); "
+                                   f"prepare it first: run notebooks/01_prepare_data.ipynb from the same folder, or "
+                                   f"`workbench prepare --source shapes --out {p}`")
         marker = p / INFO_FILE
         if not marker.is_file():
             partial = (p / SHARDS_DIR).is_dir() or (p / SETTINGS_FILE).is_file()

@@ -11,38 +11,25 @@ from typing import Any
 import yaml
 
 from ..errors import InputError
-from ..config import did_you_mean, parse_yaml, read_yaml_mapping
+from ..config import configs_dir, did_you_mean, find_config_file, parse_yaml, read_yaml_mapping, shipped_dir
 from ..train.stages import FOLDER_NAME_RULE, is_single_path_component
 
 KERNEL_NAME = "workbench"
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]     # .../workbench
-
 
 class PipelineConfigError(InputError):
     """A bad pipeline parameter, found before any kernel starts; the message names it."""
 
 
-def _shipped(name: str, checkout: str) -> Path:
-    """A folder shipped inside the wheel as ``workbench/<name>``, or the source checkout's ``<checkout>/``."""
-    packaged = PACKAGE_ROOT / name
-    return packaged if packaged.is_dir() else PACKAGE_ROOT.parent / checkout
-
-
 def templates_dir() -> Path:
     """The notebook templates: ``notebooks/`` of the checkout, shipped in the wheel as ``workbench/templates``."""
-    return _shipped("templates", "notebooks")
-
-
-def configs_dir() -> Path:
-    """The shipped configs: ``configs/`` of the checkout, in the wheel as ``workbench/configs``."""
-    return _shipped("configs", "configs")
+    return shipped_dir("templates", "notebooks")
 
 
 def resolve_config_path(spec: str | os.PathLike) -> Path:
     """A pipeline YAML: a path, or the name of a shipped one (``demo`` -> ``configs/demo/pipeline.yaml``)."""
     path = Path(spec)
     if path.is_file() or path.suffix in (".yaml", ".yml") or os.sep in str(spec):
-        return path
+        return find_config_file(path, "pipeline config")     # the working folder, then the shipped configs
     shipped = configs_dir() / str(spec) / "pipeline.yaml"
     if shipped.is_file():
         return shipped

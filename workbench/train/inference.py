@@ -244,14 +244,16 @@ def sample_checkpoint(spec: str | Path, prompts: list[str], out: str | Path = "s
                       cfg_scale: float = 5.0, seed: int = 0, per_prompt: int = 1, use_ema: bool = True,
                       sampler: str = DEFAULT_SAMPLER, device: str | None = None,
                       sampler_options: dict | None = None) -> Path:
-    """Sample ``per_prompt`` images of each prompt from a checkpoint into one PNG grid (a row per prompt).
+    """Sample ``per_prompt`` images of each prompt from a checkpoint into one PNG grid (a row per prompt, each
+    image labelled with its prompt).
 
     ``device`` defaults to the GPU when torch sees one, else the CPU; a seed gives the same
     initial noise on every device (it is drawn on the CPU).
     """
-    from ..images import display_scale, image_grid, save_png
+    from ..images import labelled_grid, save_png
 
     bundle = load_for_sampling(spec, use_ema=use_ema, device=device)
-    images = bundle.sample([p for p in prompts for _ in range(per_prompt)], steps=steps, cfg_scale=cfg_scale,
-                           seed=seed, sampler=sampler, sampler_options=sampler_options)
-    return save_png(image_grid(images, per_prompt), out, scale=display_scale(images.shape[1]))
+    labels = [p for p in prompts for _ in range(per_prompt)]
+    images = bundle.sample(labels, steps=steps, cfg_scale=cfg_scale, seed=seed, sampler=sampler,
+                           sampler_options=sampler_options)
+    return save_png(labelled_grid(images, labels, per_prompt), out)       # each tile over its prompt

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..diffusion import DEFAULT_SAMPLER, SAMPLERS, EDMConfig, get_sampler, sample
-from ..images import display_scale, grid_png, image_grid, save_png
+from ..images import grid_png, labelled_grid, save_png
 from .common import (DisplayMixin, blank_png, check_codec, embed_captions, open_checkpoint, resolve_codec,
                      resolve_text_encoder)
 from ..errors import InputError
@@ -98,6 +98,7 @@ class SamplerPanel(DisplayMixin):
         self._build_widgets(prompt, cfg_scale, steps, sampler, initial_options, seed, batch_size)
 
         self.images: np.ndarray | None = None
+        self.last_prompt = ""
         self.latents: torch.Tensor | None = None
         self.preview_updates = 0
         self.error: BaseException | None = None
@@ -222,10 +223,10 @@ class SamplerPanel(DisplayMixin):
                              sampler_options=settings["sampler_options"], latent_size=self.latent_side,
                              edm=self.edm, callback=callback)                           # (B, C, h, w)
             images = self.codec.decode(latents)                                         # (B, H, W, 3) uint8
-            self.latents, self.images = latents.cpu(), images
+            self.latents, self.images, self.last_prompt = latents.cpu(), images, settings["prompt"]
             self.grid.value = grid_png(images)
-            self.save_path.value = str(self.out_dir / (f"{_slug(settings['prompt'])}_{settings['sampler']}"
-                                                       f"_seed{settings['seed']}.png"))
+            self.save_path.value = str((self.out_dir / (f"{_slug(settings['prompt'])}_{settings['sampler']}"
+                                                        f"_seed{settings['seed']}.png")).absolute())
             self.save_button.disabled = False
             self.status.value = f"{batch} sample(s) in {time.perf_counter() - start:.1f} s"
         except BaseException as err:     # shown in the panel; join() re-raises it
@@ -240,10 +241,11 @@ class SamplerPanel(DisplayMixin):
 
         if self.images is None:
             raise InputError("nothing to save yet: press Generate (or call generate(wait=True)) first")
-        path = Path(path or self.save_path.value or self.out_dir / "samples.png")
-        written = save_png(image_grid(self.images), path, scale=display_scale(self.images.shape[1]))
+        path = Path(path or self.save_path.value or self.out_dir / "samples.png").absolute()
+        labels = [self.last_prompt] * len(self.images)
+        written = save_png(labelled_grid(self.images, labels), path)
         self.save_path.value = str(written)
-        self.status.value = f"saved {written}"
+        self.status.value = f"saved {html.escape(str(written))}"
         return written
 
     def _on_save(self, _button=None) -> None:
