@@ -46,6 +46,8 @@ def test_the_wheel_ships_the_notebooks_configs_and_weights(wheel):
         assert f"workbench/templates/{notebook.name}" in names
     for config in (ROOT / "configs").glob("*/*.yaml"):
         assert f"workbench/configs/{config.parent.name}/{config.name}" in names
+    for results in (ROOT / "docs" / "ablations").glob("*/results.json"):
+        assert f"workbench/ablations/{results.parent.name}/results.json" in names
     for asset in (ROOT / "workbench" / "assets").rglob("*"):
         if asset.is_file():
             assert f"workbench/assets/{asset.relative_to(ROOT / 'workbench' / 'assets').as_posix()}" in names

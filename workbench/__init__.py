@@ -7,6 +7,7 @@ The notebook-facing API, imported lazily so that ``import workbench`` stays fast
     model.summary()
 """
 
+import sys
 from importlib import import_module
 
 __version__ = "0.1.0"
@@ -37,6 +38,11 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
+
+if "ipykernel" in sys.modules:              # in a notebook: a WorkbenchError shows as its one-line message
+    from .kernel import show_workbench_errors_briefly
+
+    show_workbench_errors_briefly()
 
 
 def __getattr__(name: str):

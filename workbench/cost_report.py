@@ -117,9 +117,11 @@ def usd(value: float | None) -> str:
 
 
 def no_tex(text: str, markdown: bool = False) -> str:
-    """``text`` with every ``$`` escaped so a notebook's MathJax never reads it as TeX: ``&#36;`` (HTML)
-    or ``\\$`` (``markdown=True``)."""
-    return text.replace("$", "\\$" if markdown else "&#36;")
+    """``text`` that a notebook's MathJax never reads as TeX: Markdown gets ``\\$``; HTML gets ``&#36;`` inside a
+    ``mathjax_ignore`` block (JupyterLab typesets the rendered DOM, where an entity is a ``$`` again)."""
+    if markdown:
+        return text.replace("$", "\\$")
+    return f'<div class="tex2jax_ignore mathjax_ignore">{text.replace("$", "&#36;")}</div>'
 
 
 def _number(value: float, digits: int = 4) -> str:

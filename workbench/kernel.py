@@ -31,6 +31,44 @@ def running_kernel():
     return getattr(shell, "kernel", None) if shell is not None else None
 
 
+def show_workbench_errors_briefly(shell=None) -> bool:
+    """In a kernel, show a ``WorkbenchError`` (a bad input, a missing file) as its one-line message, with the full
+    traceback folded one click below it; every other exception keeps IPython's traceback. ``import workbench``
+    calls this; returns whether a kernel was found. ``%tb`` still prints the whole traceback."""
+    if shell is None:
+        if running_kernel() is None:
+            return False
+        from IPython import get_ipython
+
+        shell = get_ipython()
+    from .errors import WorkbenchError
+
+    shell.set_custom_exc((WorkbenchError,), _one_line_error)
+    return True
+
+
+def _one_line_error(shell, etype, value, tb, tb_offset=None) -> list[str]:
+    """IPython's custom exception handler: a folded traceback (HTML), then the one-line error as the cell's error."""
+    import html
+
+    from IPython.display import HTML, display
+
+    sys.last_type, sys.last_value, sys.last_traceback = etype, value, tb      # what %tb shows
+    full = shell.InteractiveTB.stb2text(shell.InteractiveTB.structured_traceback(etype, value, tb, tb_offset))
+    plain = html.escape(_strip_ansi(full)).replace("$", "&#36;")
+    display(HTML(f"<details class='tex2jax_ignore mathjax_ignore'><summary style='cursor:pointer'>traceback "
+                 f"({etype.__name__})</summary><pre style='font-size:85%'>{plain}</pre></details>"))
+    stb = [f"\x1b[0;31m{etype.__name__}\x1b[0m: {value}"]
+    shell._showtraceback(etype, value, stb)
+    return stb
+
+
+def _strip_ansi(text: str) -> str:
+    import re
+
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
 def kernel_spec() -> dict:
     """The kernel spec with ``argv[0]`` set to the running interpreter (works from a wheel: no file needed)."""
     spec = json.loads(json.dumps(KERNEL_SPEC))

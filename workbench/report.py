@@ -59,12 +59,20 @@ def latest_samples(stage_dir: str | os.PathLike) -> Path | None:
     return found[-1] if found else None
 
 
+def latest_checkpoint(stage_dir: str | os.PathLike) -> Path | None:
+    """The stage's newest ``checkpoints/step_NNNNNNN`` folder (final or not), or None."""
+    from .train import checkpoint as ckpt
+
+    found = ckpt.list_checkpoints(Path(stage_dir) / "checkpoints")
+    return found[-1] if found else None
+
+
 def final_checkpoint(stage_dir: str | os.PathLike) -> Path | None:
     """The stage's newest checkpoint when its manifest marks it final (the stage finished), else None."""
     from .train import checkpoint as ckpt
 
-    found = ckpt.list_checkpoints(Path(stage_dir) / "checkpoints")
-    return found[-1] if found and ckpt.is_final(found[-1]) else None
+    latest = latest_checkpoint(stage_dir)
+    return latest if latest is not None and ckpt.is_final(latest) else None
 
 
 def stage_dirs(run_dir: str | os.PathLike, names: Iterable[str] | None = None) -> list[Path]:
@@ -114,7 +122,9 @@ def stage_summary(stage_dir: str | os.PathLike, tail: float = 0.1) -> dict:
     losses = [r["loss"] for r in records if isinstance(r.get("loss"), (int, float)) and math.isfinite(r["loss"])]
     speeds = [r["img_per_s"] for r in records if r.get("img_per_s")]
     n_tail = max(1, int(len(losses) * tail))
-    step = records[-1]["step"] if records else 0
+    latest = latest_checkpoint(stage_dir)
+    # the newest checkpoint is where the stage is (a Stop between log lines is past the last logged record)
+    step = max(records[-1]["step"] if records else 0, int(latest.name.split("_")[-1]) if latest else 0)
     img_per_s = float(np.median(speeds)) if speeds else None
     checkpoint, samples = final_checkpoint(stage_dir), latest_samples(stage_dir)
     return {
@@ -128,6 +138,7 @@ def stage_summary(stage_dir: str | os.PathLike, tail: float = 0.1) -> dict:
         "train_seconds": step * stage.global_batch / img_per_s if img_per_s else None,
         "complete": checkpoint is not None,
         "checkpoint": str(checkpoint) if checkpoint else None,
+        "latest_checkpoint": str(latest) if latest else None,
         "samples": str(samples) if samples else None,
         "sample_prompts": list(stage.sample_prompts),
         "scores": read_stage_scores(stage_dir),
@@ -171,12 +182,13 @@ def samples_html(summaries: list[dict], width: int = 320) -> str:
     """HTML: the latest sample grid of each stage side by side (images embedded, base64 PNG)."""
     cells = []
     for s in summaries:
-        title = html.escape(f"{s['stage']}: {s['resolution']} px, mask {s['mask_ratio']:g}, step {s['step']}")
+        where = f"step {s['step']}" + (f" of {s['steps']}" if s.get("steps") else "")
+        title = html.escape(f"{s['stage']}: {s['resolution']} px, mask {s['mask_ratio']:g}, {where}")
         if s.get("samples"):
             body = (f'<img src="{png_data_uri(s["samples"])}" style="width:{width}px;image-rendering:pixelated" '
                     f'alt="samples of {html.escape(s["stage"])}"/>')
         else:
-            body = "<i>no samples yet</i>"
+            body = "<i>no samples yet (a stage samples at its end, and every sample_every steps)</i>"
         cells.append(f'<figure style="display:inline-block;margin:6px;vertical-align:top;max-width:{width}px">{body}'
                      f"<figcaption>{title}</figcaption></figure>")
     return '<div class="samples">' + "".join(cells) + "</div>"
@@ -420,27 +432,3 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
             f"<h1>{html.escape(title)}</h1><p><small>{html.escape(str(run_dir))} · written {stamp}</small></p>"
             f"{body}</body></html>")
     return atomic_write_text(out, page)
-
-
-# ---------------------------------------------------------------------------------------------
-#  Masking comparison (notebook 04)
-# ---------------------------------------------------------------------------------------------
-
-def masking_errors(explorer) -> dict:
-    """Errors of a ``MaskExplorer``'s predictions against the clean image: all, kept and dropped patches.
-
-    On the dropped patches the masked prediction has only what the kept tokens (and, before
-    masking, the patch-mixer) carried over; this is where the mixer helps.
-    """
-    import torch
-
-    p = explorer.model.config.patch_size
-    keep = torch.as_tensor(explorer.keep).reshape(explorer.x0.shape[-2] // p, explorer.x0.shape[-1] // p)
-    keep_px = keep.repeat_interleave(p, 0).repeat_interleave(p, 1).to(explorer.x0.device)   # (h, w)
-    out = {"kept_patches": int(explorer.num_kept), "patches": int(explorer.num_tokens),
-           "sigma": float(explorer.sigma.value), "mask_ratio": float(explorer.mask_ratio.value)}
-    for name, pred in (("unmasked", explorer.denoised_unmasked), ("masked", explorer.denoised_masked)):
-        err = ((pred.float() - explorer.x0.float()) ** 2).mean(dim=(0, 1))                     # (h, w)
-        out[f"mse_{name}"] = float(err.mean())
-        out[f"mse_{name}_dropped"] = float(err[~keep_px].mean()) if (~keep_px).any() else 0.0
-    return out

@@ -200,3 +200,40 @@ def test_a_second_suite_run_in_the_same_folder_is_refused_while_the_first_runs(t
     finally:
         lock.release(owner=first)
     assert not (tmp_path / "ablate.json").exists()                        # refused before anything was written
+
+
+def test_committed_results_load_by_name_from_any_folder_and_a_missing_one_lists_them(tmp_path, monkeypatch):
+    from workbench.ablate.runner import load_results, shipped_results
+
+    monkeypatch.chdir(tmp_path)
+    assert {"masking-20T", "moe-20T"} <= set(shipped_results())
+    committed = load_results("masking-20T")
+    assert committed["suite"] == "masking" and committed["seeds"] == 2 and not committed["failures"]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "results.json").write_text(json.dumps({"suite": "mine", "rows": []}))
+    assert load_results("mine")["suite"] == "mine" == load_results(tmp_path / "mine" / "results.json")["suite"]
+    with pytest.raises(FileNotFoundError, match="no ablation results at nope: .*masking-20T"):
+        load_results("nope")
+
+
+def test_spread_rows_give_mean_min_max_per_variant_and_what_overlaps():
+    from workbench.ablate.runner import spread_rows
+
+    rows = [{"variant": v, "seed": s, "train_flops": 1.0, "metrics": {"val_loss": x, "fid_proxy": 10 * x}}
+            for v, s, x in [("a", 0, 0.30), ("a", 1, 0.34), ("b", 0, 0.32), ("b", 1, 0.36), ("c", 0, 0.1),
+                            ("c", 1, 0.11)]]
+    a, c = spread_rows({"rows": rows}, variants=("a", "c", "missing"))
+    assert a == {"variant": "a", "val_loss": "0.32 [0.3, 0.34]", "val_loss: not told apart from": "none",
+                 "fid_proxy": "3.2 [3, 3.4]", "fid_proxy: not told apart from": "none", "seeds": 2}
+    assert c["variant"] == "c"
+    assert spread_rows({"rows": rows})[0]["val_loss: not told apart from"] == "b"   # b overlaps a when listed
+
+
+def test_only_keeps_the_named_variants_and_run_dir_is_the_last_phase(tmp_path):
+    from workbench.ablate.runner import run_dir
+
+    two = Suite.load("masking").only("c_deferred_75", "b_naive_75")
+    assert list(two.variants) == ["c_deferred_75", "b_naive_75"] and two.base == Suite.load("masking").base
+    with pytest.raises(ValueError, match="no variant 'nope' .*it has a_no_mask"):
+        Suite.load("masking").only("nope")
+    assert run_dir(two, "b_naive_75", 1, 1e12, tmp_path) == tmp_path / "runs" / "masking-b_naive_75-s1" / "finetune"

@@ -22,7 +22,7 @@ SIZES = {                      # shrink the work, never a path: every path param
     "02_train_stage.ipynb": {"steps": 2, "overrides": "{sample_steps: 2, global_batch: 8, micro_batch: 8}"},
     "03_sample_and_evaluate.ipynb": {"samples_per_prompt": 1, "earlier_samples_per_prompt": 0, "eval_steps": 2,
                                      "fid_samples": 8},
-    "04_masking_explorer.ipynb": {"steps": 2},
+    "04_masking_explorer.ipynb": {"quick": True, "live_budget": 0.2e12, "live_seeds": 1},
     "05_cost_model.ipynb": {},
     "06_ablations.ipynb": {},
 }

@@ -224,26 +224,24 @@ def test_03_sample_and_evaluate_compares_the_stages_of_a_run(workspace, trained)
 
 
 @pytest.mark.slow
-def test_04_masking_explorer_compares_models_with_and_without_the_mixer(workspace, prepared):
-    nb, result = execute("04_masking_explorer.ipynb", workspace / "out04", data=str(prepared[2]), resolution=16,
-                         steps=2, runs_dir=str(workspace / "runs"))
-    for key in ("with_mixer", "without_mixer"):
-        errors = result[key]
+def test_04_masking_explorer_shows_the_equal_compute_comparison_and_a_live_rerun(tmp_path):
+    nb, result = execute("04_masking_explorer.ipynb", tmp_path / "out04", quick=True, live_budget=0.2e12,
+                         live_seeds=2, out=str(tmp_path / "live"))
+    committed = {row["variant"]: row for row in result["committed"]}
+    assert list(committed) == ["a_no_mask", "b_naive_75", "c_deferred_75"]
+    assert all(row["seeds"] == 2 and " [" in row["val_loss"] for row in committed.values())
+    assert [row["variant"] for row in result["live"]] == ["b_naive_75", "c_deferred_75"]
+    assert result["live_rows"] == 2 * 2 and result["live_failures"] == 0       # 2 variants x 2 seeds, scored once
+    for errors in result["errors"]:
         assert errors["patches"] == 64 and errors["kept_patches"] == 16
-        assert all(errors[k] >= 0 for k in ("mse_unmasked", "mse_masked", "mse_masked_dropped"))
-    assert mimetypes(nb).count(WIDGET_VIEW) >= 2
-    assert result["resumed_from"] == [None, None] and result["steps"] == [2, 2]
+        assert all(errors[k] >= 0 for k in ("mse_unmasked", "mse_unmasked_kept", "mse_masked_kept"))
+    assert mimetypes(nb).count(WIDGET_VIEW) >= 3                                   # two explorers and the table
+    assert "not told apart from" in html_outputs(nb)
 
-    # run again with more steps: fresh=True starts both runs over instead of mixing them with the first
-    nb, again = execute("04_masking_explorer.ipynb", workspace / "out04b", data=str(prepared[2]), resolution=16,
-                        steps=3, runs_dir=str(workspace / "runs"))
-    assert again["resumed_from"] == [None, None] and again["steps"] == [3, 3]
-    for name in ("with_mixer", "without_mixer"):
-        records = [json.loads(line) for line in (workspace / "runs" / "masking" / name / "metrics.jsonl").read_text()
-                   .splitlines()]
-        assert [r["step"] for r in records] == [1, 3]                    # log_every 10: the first and last step
-    logs = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []) if o.get("name") == "stdout")
-    assert "starting over (fresh=True removed checkpoints" in logs
+    # a rerun resumes: every run finished, so nothing trains again and the numbers are the same
+    _, again = execute("04_masking_explorer.ipynb", tmp_path / "out04b", quick=True, live_budget=0.2e12,
+                       live_seeds=2, out=str(tmp_path / "live"))
+    assert again["live"] == result["live"]
 
 
 @pytest.mark.slow

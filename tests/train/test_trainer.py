@@ -192,7 +192,7 @@ def wait_for(predicate, timeout=60.0):
         time.sleep(0.01)
 
 
-def test_stop_from_another_thread_ends_at_a_step_boundary_with_a_resumable_checkpoint(make_stage):
+def test_stop_from_another_thread_ends_at_a_step_boundary_with_a_resumable_checkpoint(make_stage, capsys):
     stage = make_stage(steps=12)
     calls = []
     trainer = Trainer(stage, progress=False, on_step=lambda t, m: (calls.append(m["step"]), time.sleep(0.1)))
@@ -202,9 +202,10 @@ def test_stop_from_another_thread_ends_at_a_step_boundary_with_a_resumable_check
     assert not thread.is_alive() and not trainer.running and trainer.error is None
     stopped = trainer.step_count
     assert 3 <= stopped < stage.steps and calls == list(range(1, stopped + 1))
-    assert len(trainer.history) == stopped
+    assert len(trainer.history) == stopped and trainer.interrupted and trainer.stop_signal == "stop"
     path = ckpt.latest_valid_checkpoint(stage.checkpoint_dir)
     assert path.name == f"step_{stopped:07d}" and ckpt.verify_checkpoint(path) == [] and not ckpt.is_final(path)
+    assert f"stopped (Stop button / trainer.stop()) at step {stopped}; checkpoint {path}" in capsys.readouterr().out
     assert same_tensors(final_weights(stage), raw_state(trainer))
 
     resumed = Trainer(stage, progress=False)
@@ -213,6 +214,19 @@ def test_stop_from_another_thread_ends_at_a_step_boundary_with_a_resumable_check
     assert resumed.done and resumed.step_count == 12
     assert [r["step"] for r in resumed.history] == list(range(1, 13))
     assert ckpt.is_final(ckpt.latest_valid_checkpoint(stage.checkpoint_dir))
+
+
+def test_after_a_stop_between_log_lines_the_summary_reads_the_newest_checkpoint(make_stage):
+    from workbench.report import samples_html, stage_summary
+
+    stage = make_stage(steps=12, log_every=5)
+    trainer = Trainer(stage, progress=False, on_step=lambda t, m: t.stop(wait=False) if m["step"] == 7 else None)
+    trainer.run()
+    path = ckpt.latest_valid_checkpoint(stage.checkpoint_dir)
+    summary = stage_summary(stage.stage_dir)                 # what notebook 02's summary cell shows after Stop
+    assert trainer.step_count == 7 and path.name == "step_0000007"
+    assert (summary["step"], summary["latest_checkpoint"], summary["complete"]) == (7, str(path), False)
+    assert "step 7 of 12" in samples_html([summary])
 
 
 def test_run_continues_after_a_stop(make_stage):

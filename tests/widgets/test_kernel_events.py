@@ -115,10 +115,13 @@ def test_stop_ends_a_foreground_run_with_a_checkpoint(kernel, tmp_path):
     out, errors = collect(client, run_id)
     assert not errors, errors[0]
     state = report(client)
-    assert 3 <= state["step"] < STEPS and not state["running"] and not state["interrupted"]
+    assert 3 <= state["step"] < STEPS and not state["running"] and state["interrupted"]
     assert f"step {state['step']}/{STEPS}" in state["status"] and "stopped" in state["status"]
     path = ckpt.latest_valid_checkpoint(stage_dir / "checkpoints")
     assert path.name == f"step_{state['step']:07d}" and ckpt.verify_checkpoint(path) == []
+    # the same one line as Ctrl-C: where it stopped, the checkpoint, how to resume
+    [line] = [line for line in out.splitlines() if line.startswith("stopped (Stop button")]
+    assert f"at step {state['step']}; checkpoint {path}; resume with" in line
 
 
 @pytest.mark.slow

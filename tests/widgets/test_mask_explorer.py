@@ -154,3 +154,27 @@ def test_shows_itself_in_a_notebook(explorer):
 def test_a_bare_model_needs_its_sigma_data():
     with pytest.raises(ValueError, match="pass sigma_data=.*0.5 for the demo"):
         MaskExplorer(tiny_model(), text_encoder=False)
+
+
+def test_errors_cover_all_and_kept_pixels_and_equal_the_direct_computation(explorer):
+    errors = explorer.errors()
+    assert (errors["kept_patches"], errors["patches"], errors["mask_ratio"]) == (explorer.num_kept, 64, 0.75)
+    assert errors["mse_unmasked"] == pytest.approx(float(((explorer.denoised_unmasked - explorer.x0) ** 2).mean()))
+    keep = torch.as_tensor(explorer.keep).reshape(8, 8).repeat_interleave(2, 0).repeat_interleave(2, 1)  # (16, 16)
+    kept = ((explorer.denoised_masked - explorer.x0) ** 2).mean(dim=(0, 1))[keep]
+    assert errors["mse_masked_kept"] == pytest.approx(float(kept.mean()))
+    assert not any("dropped" in key for key in errors)          # equal by construction: not reported
+
+
+def test_a_comparison_links_the_sliders_and_its_table_follows_them(model):
+    from workbench.widgets import MaskComparison
+
+    a, b = (MaskExplorer(model, text_encoder=False, mask_ratio=0.75, sigma=1.0, sigma_data=0.5) for _ in range(2))
+    comparison = MaskComparison({"a": a, "b": b})
+    before = comparison.widget.value
+    a.sigma.value, a.mask_ratio.value, a.seed.value = 2.0, 0.5, 3
+    assert (b.sigma.value, b.mask_ratio.value, b.seed.value) == (2.0, 0.5, 3)
+    assert [r["sigma"] for r in comparison.rows()] == [2.0, 2.0] and comparison.widget.value != before
+    assert f"{comparison.rows()[1]['mse_unmasked']:.4g}" in comparison.widget.value
+    with pytest.raises(ValueError, match="at least two explorers"):
+        MaskComparison({"a": a})

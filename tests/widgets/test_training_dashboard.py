@@ -62,6 +62,10 @@ def test_dashboard_follows_a_background_run_to_the_end(data, tmp_path):
         assert list(trace.x) == [1, 2, 3, 4]
         assert list(trace.y) == [r[key] for r in trainer.history]
     assert dashboard.progress.value == STEPS
+    [shown] = dashboard.views["curves"].outputs                    # what the browser draws: the same points
+    plotted = shown["data"]["application/vnd.plotly.v1+json"]["data"]
+    assert [t["name"] for t in plotted] == ["loss", "learning rate", "img/s"]
+    assert plotted[0]["x"] == [1, 2, 3, 4] and plotted[0]["y"] == [r["loss"] for r in trainer.history]
     bins = {t.name: len(t.x) for t in dashboard.sigma_fig.data}
     assert sum(bins.values()) == sum(len(r["loss_per_sigma"]) for r in trainer.history) > 0
     assert len(samples) == 2                                         # the grids of steps 2 and 4
@@ -169,7 +173,7 @@ def test_scores_curve_shows_the_evaluators_numbers_when_eval_every_is_set(data, 
     trainer = Trainer(stage, progress=False, evaluator=lambda t: {"overall": t.step_count / 10,
                                                                  "single_object_shape": 0.5})
     dashboard = TrainingDashboard(trainer)
-    assert dashboard.scores_fig in dashboard.widget.children
+    assert dashboard.views["scores_fig"] in dashboard.widget.children
     trainer.run()
     dashboard.refresh()
     traces = {t.name: (list(t.x), list(t.y)) for t in dashboard.scores_fig.data}
@@ -177,4 +181,4 @@ def test_scores_curve_shows_the_evaluators_numbers_when_eval_every_is_set(data, 
     assert traces["single_object_shape"] == ([2, 4], [0.5, 0.5])
     assert traces["single_object_colour"] == ([], [])
     plain = TrainingDashboard(make_trainer(data, tmp_path / "plain"))
-    assert plain.scores_fig not in plain.widget.children
+    assert plain.views["scores_fig"] not in plain.widget.children

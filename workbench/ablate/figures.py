@@ -19,10 +19,14 @@ METRICS = ("val_loss", "shape_accuracy", "colour_accuracy", "fid_proxy")
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
 
-def curves(results: dict, metric: str) -> dict[str, list[tuple[float, float, float, float]]]:
-    """``{variant: [(flops, mean, min, max), ...]}`` over seeds at each evaluation point."""
+def curves(results: dict, metric: str, variants: tuple[str, ...] | None = None
+           ) -> dict[str, list[tuple[float, float, float, float]]]:
+    """``{variant: [(flops, mean, min, max), ...]}`` over seeds at each evaluation point (only ``variants``
+    when given)."""
     points: dict = {}
     for row in results["rows"]:
+        if variants and row["variant"] not in variants:
+            continue
         value = row["metrics"].get(metric)
         if value is not None:
             points.setdefault(row["variant"], {}).setdefault(round(row["train_flops"], -9), []).append(value)
@@ -30,12 +34,13 @@ def curves(results: dict, metric: str) -> dict[str, list[tuple[float, float, flo
             for v, by in points.items()}
 
 
-def ablation_figure(results: dict, metric: str = "val_loss"):
-    """A plotly figure of ``metric`` against training FLOPs: a line per variant, the seeds' range as a band."""
+def ablation_figure(results: dict, metric: str = "val_loss", variants: tuple[str, ...] | None = None):
+    """A plotly figure of ``metric`` against training FLOPs: a line per variant (only ``variants`` when given),
+    the seeds' range as a band."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    for i, (variant, pts) in enumerate(curves(results, metric).items()):
+    for i, (variant, pts) in enumerate(curves(results, metric, variants).items()):
         colour = COLOURS[i % len(COLOURS)]
         x = [p[0] / 1e12 for p in pts]
         fig.add_trace(go.Scatter(x=x + x[::-1], y=[p[3] for p in pts] + [p[2] for p in pts][::-1], fill="toself",

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..diffusion import DEFAULT_SAMPLER
 from ..io import atomic_write_json
 from .suite import Suite
-from ..errors import InputError
+from ..errors import InputError, MissingFileError
 
 FLOPS = "workbench.eval.cost: 3 x MicroDiT.flops (analytic forward FLOPs at the stage's mask ratio) per step"
 
@@ -104,6 +104,15 @@ def run_points(suite: Suite, phases: list, checkpoints: int) -> list[list[int]]:
     if len(phases) == 1:
         points[0] = sorted(set(points[0]) | {phases[0][0].steps})
     return points + [[stage.steps] for stage, _ in phases[1:]]
+
+
+def run_dir(suite: Suite, variant: str, seed: int, budget: float, out: str | Path) -> Path:
+    """The stage folder of a run's last phase (its final model), e.g. for ``MaskExplorer`` or ``SamplerPanel``::
+
+        MaskExplorer(run_dir(suite, "c_deferred_75", 0, 20e12, "runs/ablate/masking"))
+    """
+    stage, _ = suite.stages(variant, budget, seed, runs_dir=str(Path(out) / "runs"))[-1]
+    return stage.stage_dir
 
 
 def record_path(out: Path, stage, step: int) -> Path:
@@ -289,14 +298,69 @@ def summary_table(results: dict, metric: str = "val_loss") -> list[dict]:
     return table
 
 
-def load_or_run(suite: Suite, budget: float, seeds: int, checkpoints: int, out: str | Path, run: bool) -> dict | None:
-    """Run (or resume) ``suite`` when ``run``, else read ``out/results.json``; None (with a line saying how to make
-    it) when there is none yet. What notebook 06 calls."""
-    path = Path(out) / "results.json"
+def spread_rows(results: dict, metrics: tuple[str, ...] = ("val_loss", "fid_proxy"),
+                variants: tuple[str, ...] | None = None) -> list[dict]:
+    """One row per variant (in ``variants`` order, default the suite's) at the final budget: each metric's mean
+    [min, max] over seeds, and the variants whose range overlaps (not told apart). Rows for ``table_html``::
+
+        HTML(table_html(spread_rows(load_results("masking-20T"), variants=("b_naive_75", "c_deferred_75"))))
+    """
+    tables = {metric: {row["variant"]: row for row in summary_table(results, metric)} for metric in metrics}
+    present = tuple(dict.fromkeys(r["variant"] for r in results["rows"]))
+    names = tuple(v for v in variants if v in present) if variants else present
+    rows = []
+    for variant in names:
+        row = {"variant": variant}
+        for metric, table in tables.items():
+            t = table.get(variant)
+            if t is None:
+                row[metric] = "n/a"
+                continue
+            row[metric] = f"{t['mean']:.4g} [{t['min']:.4g}, {t['max']:.4g}]"
+            close = [o for o in t["within_spread_of"] if o in names]
+            row[f"{metric}: not told apart from"] = ", ".join(close) or "none"
+        row["seeds"] = max((table[variant]["seeds"] for table in tables.values() if variant in table), default=0)
+        rows.append(row)
+    return rows
+
+
+def shipped_results_dir() -> Path:
+    """The committed ablation results (``docs/ablations/<name>/results.json``; ``workbench/ablations`` in a wheel)."""
+    from ..config import shipped_dir
+
+    return shipped_dir("ablations", "docs/ablations")
+
+
+def shipped_results() -> list[str]:
+    """Names of the committed ablation results, e.g. ``["masking-10T", "masking-20T", "moe-20T"]``."""
+    root = shipped_results_dir()
+    return sorted(p.parent.name for p in root.glob("*/results.json")) if root.is_dir() else []
+
+
+def load_results(spec: str | Path) -> dict:
+    """An ablation's ``results.json``: a file, an output folder holding one, or a committed result by name::
+
+        results = load_results("masking-20T")            # the committed 20 TFLOP masking suite (docs/ablations.md)
+        results = load_results("runs/ablate/masking")    # your own run
+    """
+    path = Path(spec).expanduser()
+    for candidate in (path, path / "results.json", shipped_results_dir() / str(spec) / "results.json"):
+        if candidate.is_file():
+            return json.loads(candidate.read_text())
+    raise MissingFileError(f"no ablation results at {spec}: give a results.json, a `workbench ablate --out` folder, "
+                           f"or a committed result ({', '.join(shipped_results()) or 'none shipped'})")
+
+
+def load_or_run(suite: Suite, budget: float, seeds: int, checkpoints: int, out: str | Path, run: bool,
+                results: str | Path | None = None) -> dict | None:
+    """Run (or resume) ``suite`` into ``out`` when ``run``; else read ``results`` (default ``out``; a committed
+    result by name works too, see :func:`load_results`). None, with a line saying how to make them, when there
+    are none yet. What notebook 06 calls."""
     if run:
         return run_suite(suite, budget, seeds, checkpoints, out)
-    if path.is_file():
-        return json.loads(path.read_text())
-    print(f"no results in {out} yet: run `workbench ablate --suite {suite.name} --budget {budget:g} --seeds {seeds} "
-          f"--out {out}`, or set run = True")
-    return None
+    try:
+        return load_results(results or out)
+    except MissingFileError:
+        print(f"no results in {results or out} yet: run `workbench ablate --suite {suite.name} --budget {budget:g} "
+              f"--seeds {seeds} --out {out}`, or set run = True (committed results: {', '.join(shipped_results())})")
+        return None

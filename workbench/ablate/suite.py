@@ -166,6 +166,17 @@ class Suite:
                                    evaluate={"samples_per_prompt": 1, "steps": 2, "cfg_scale": 3.0, "fid_samples": 8,
                                              "val_n": 32})
 
+    def only(self, *variants: str) -> Suite:
+        """The same suite with just ``variants`` (in that order), e.g. a small live rerun of two of them::
+
+            Suite.load("masking").only("b_naive_75", "c_deferred_75")
+        """
+        missing = [v for v in variants if v not in self.variants]
+        if missing or not variants:
+            raise InputError(f"suite {self.name} has no variant {', '.join(map(repr, missing)) or '(none given)'} "
+                             f"(it has {', '.join(self.variants)})")
+        return dataclasses.replace(self, variants={v: self.variants[v] for v in variants})
+
     def plan(self, budget: float) -> str:
         """One line per variant: its phases' steps and FLOPs at ``budget`` (what equal compute buys each)."""
         lines = []

@@ -20,8 +20,9 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def exit_code(signal_name: str) -> int:
-    """The shell's exit code for a run stopped by ``signal_name``: 130 for SIGINT (or none), 143 for SIGTERM."""
-    return 128 + signal.Signals[signal_name or "SIGINT"]
+    """The shell's exit code for a run stopped by ``signal_name``: 143 for SIGTERM, else 130 (SIGINT, or a
+    ``Trainer.stop()`` request, reported as ``"stop"``)."""
+    return 128 + (signal.SIGTERM if signal_name == "SIGTERM" else signal.SIGINT)
 
 
 class StopOnInterrupt:

@@ -41,6 +41,7 @@ def clear_outputs(stage) -> list[str]:
 
 def stopped_line(step: int, checkpoint, signal_name: str) -> str:
     """The one line a run stopped by Ctrl-C, Kernel › Interrupt, SIGTERM or the Stop button prints."""
-    how = "interrupted" if signal_name in ("", "SIGINT") else f"stopped by {signal_name}"
+    how = {"": "interrupted", "SIGINT": "interrupted", "stop": "stopped (Stop button / trainer.stop())"}.get(
+        signal_name, f"stopped by {signal_name}")
     return (f"{how} at step {step}; checkpoint {checkpoint}; resume with trainer.run() or the same command "
             f"(it resumes automatically)")

@@ -97,7 +97,7 @@ class Trainer:
         self._checkpointed_step = self._sampled_step = -1
         self._thread: threading.Thread | None = None
         self._active = False
-        self.interrupted, self.stop_signal = False, ""      # stop_signal: "SIGINT" / "SIGTERM" when one stopped run()
+        self.interrupted, self.stop_signal = False, ""      # stop_signal: "SIGINT" / "SIGTERM" / "stop" (stop())
         self.error: BaseException | None = None
         set_seed(stage.seed)
         self._lock = None
@@ -361,7 +361,9 @@ class Trainer:
                         wanted = torch.tensor([float(self._stop.is_set())], device=acc.device)
                         if acc.reduce(wanted, reduction="sum").item() > 0:
                             self._stop.set()
-                self.interrupted, self.stop_signal = interrupt.hit, interrupt.signal_name
+                requested = self._stop.is_set() and self.step_count < target     # stop(): the Stop button
+                self.interrupted = interrupt.hit or requested
+                self.stop_signal = interrupt.signal_name if interrupt.hit else ("stop" if requested else "")
                 if self._checkpointed_step != self.step_count:
                     self.save_checkpoint()
                 if self.done and self._sampled_step != self.step_count:

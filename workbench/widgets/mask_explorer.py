@@ -165,7 +165,9 @@ class MaskExplorer(DisplayMixin):
                                    disabled=self.text_encoder is None,
                                    layout=W.Layout(width="28em"))
         # ------------------------------------------------------------ outputs
-        image_layout = W.Layout(width=f"{max(128, self.resolution * self.scale)}px")
+        side = max(128, self.resolution * self.scale)                     # px on screen
+        image_layout = W.Layout(width=f"{side}px", height=f"{side}px", overflow="hidden", margin="0")
+        panel_layout = W.Layout(width=f"{side + 8}px", overflow="hidden")   # no scrollbar under each image
         self.image_view, self.patch_view, self.noisy_view, self.unmasked_view, self.masked_view = (
             W.Image(format="png", layout=image_layout) for _ in range(5))
         self.image_view.value = png_bytes(self.pixels, self.scale)
@@ -177,8 +179,8 @@ class MaskExplorer(DisplayMixin):
             W.HBox([self.mask_ratio, self.sigma, self.seed]),
             self.caption_text,
             W.HBox([W.VBox([W.HTML(f"<div style='text-align:center;line-height:1.25;height:2.6em'><b>{title}</b>"
-                                   f"</div>", layout=image_layout), view], layout=image_layout)
-                    for view, title in panels]),
+                                   f"</div>"), view], layout=panel_layout)
+                    for view, title in panels], layout=W.Layout(flex_flow="row wrap", overflow="visible")),
             self.info,
         ])
 
@@ -203,6 +205,27 @@ class MaskExplorer(DisplayMixin):
     def _error(self, denoised: torch.Tensor) -> float:
         return float(((denoised - self.x0) ** 2).mean())
 
+    def errors(self) -> dict:
+        """Mean squared error to the clean image at the current settings: every pixel unmasked, and the kept
+        patches unmasked and masked (what the backbone saw; with a patch-mixer the kept tokens also carry what
+        the mixer spread from the dropped ones).
+
+        No error is given over the dropped patches: there the network outputs its learnt mask token, so the
+        prediction is the skip connection ``c_skip·x`` plus a constant, the same whatever the backbone or mixer
+        learnt about the image, and a dropped-patch MSE measures almost nothing about either.
+        """
+        p = self.model.config.patch_size                                          # latent pixels per patch side
+        h, w = self.x0.shape[-2] // p, self.x0.shape[-1] // p
+        keep = torch.as_tensor(self.keep).reshape(h, w)
+        keep_px = keep.repeat_interleave(p, 0).repeat_interleave(p, 1).to(self.x0.device)       # (h·p, w·p)
+        unmasked = ((self.denoised_unmasked.float() - self.x0) ** 2).mean(dim=(0, 1))          # (h·p, w·p)
+        masked = ((self.denoised_masked.float() - self.x0) ** 2).mean(dim=(0, 1))              # (h·p, w·p)
+        return {"mask_ratio": float(self.mask_ratio.value), "sigma": float(self.sigma.value),
+                "seed": int(self.seed.value), "kept_patches": self.num_kept, "patches": self.num_tokens,
+                "mse_unmasked": float(unmasked.mean()), "mse_unmasked_kept": float(unmasked[keep_px].mean()),
+                "mse_masked_kept": float(masked[keep_px].mean())}
+
+    @torch.no_grad()
     def update(self) -> None:
         """Recompute the noisy input, the keep mask and both predictions from the controls."""
         ratio, sigma, seed = float(self.mask_ratio.value), float(self.sigma.value), int(self.seed.value)
@@ -231,3 +254,42 @@ class MaskExplorer(DisplayMixin):
             f"int(T·(1−r)) = {num_kept(self.num_tokens, ratio)} tokens) · σ = {sigma:.3g} · "
             f"MSE to the clean image: unmasked {self._error(self.denoised_unmasked):.4f}, "
             f"masked {self._error(self.denoised_masked):.4f}")
+
+
+class MaskComparison(DisplayMixin):
+    """Several ``MaskExplorer``s driven by one set of sliders, with a table of their errors that follows them.
+
+    The first explorer's mask ratio, σ and seed are linked to every other's, so all models see the same image,
+    noise and mask; the table (``MaskExplorer.errors`` per model) is recomputed on every change::
+
+        comparison = MaskComparison({"with mixer": explorer_a, "without mixer": explorer_b})
+        comparison                      # the table; move explorer_a's sliders and it updates
+        comparison.rows()               # the same numbers as dicts
+    """
+
+    def __init__(self, explorers: dict[str, MaskExplorer]):
+        import ipywidgets as W
+        import traitlets
+
+        if len(explorers) < 2:
+            raise InputError("MaskComparison needs at least two explorers, e.g. {'with mixer': a, 'without': b}")
+        self.explorers = dict(explorers)
+        first, *others = self.explorers.values()
+        self._links = [traitlets.link((getattr(first, name), "value"), (getattr(other, name), "value"))
+                       for other in others for name in ("mask_ratio", "sigma", "seed")]
+        self.widget = W.HTML()
+        for explorer in self.explorers.values():
+            for name in ("mask_ratio", "sigma", "seed", "caption_text"):
+                getattr(explorer, name).observe(self._refresh, names="value")
+        self._refresh()
+
+    def rows(self) -> list[dict]:
+        """One dict per model: its name and ``MaskExplorer.errors()``."""
+        return [{"model": name, **explorer.errors()} for name, explorer in self.explorers.items()]
+
+    def _refresh(self, _change=None) -> None:
+        from ..report import table_html
+
+        self.widget.value = (table_html(self.rows()) + "<p style='font-size:90%'>Follows the sliders of the first "
+                             "explorer (linked to the others). The dropped patches have no column: there every "
+                             "model outputs its mask token, see <code>MaskExplorer.errors</code>.</p>")

@@ -16,11 +16,17 @@ next step with a checkpoint. Kernel › Interrupt does the same.
 The dashboard registers ``on_step`` / ``on_samples`` / ``on_end`` callbacks on the trainer. Curves are redrawn
 from ``trainer.history`` at most every ``throttle_s`` seconds (and at the last step); ``refresh()``
 redraws them at any time, so a dashboard made after a run shows that run too.
+
+The figures are plain plotly figures shown through ``ipywidgets.Output`` (JupyterLab's plotly renderer),
+not ``FigureWidget``s: a FigureWidget is an anywidget, whose view gives up ("Failed to initialize model")
+when its model takes over 2 s to initialise, as it does on a busy 2-core machine, leaving empty axes on the
+first run. Each redraw replaces the Output's content with the figure's current JSON, which any view shows.
 """
 
 from __future__ import annotations
 
 import html
+import json
 import math
 import threading
 import time
@@ -57,6 +63,14 @@ def thin(records: list[dict], max_points: int) -> list[dict]:
     return kept if kept[-1] is records[-1] else [*kept, records[-1]]
 
 
+def figure_output(fig) -> dict:
+    """A plotly figure as one ``display_data`` output (plotly's mimetype, rendered by JupyterLab's plotly
+    extension and by nbconvert), for ``ipywidgets.Output.outputs``; plotly's encoder turns arrays into lists."""
+    return {"output_type": "display_data", "metadata": {},
+            "data": {"application/vnd.plotly.v1+json": {**json.loads(fig.to_json()), "config": {"displaylogo": False}},
+                     "text/plain": f"<plotly figure: {len(fig.data)} traces>"}}
+
+
 class TrainingDashboard(DisplayMixin):
     """A live view of a :class:`~workbench.train.Trainer` with Stop and Resume buttons.
 
@@ -66,10 +80,11 @@ class TrainingDashboard(DisplayMixin):
         max_points: points per curve; longer histories are evenly thinned.
 
     Attributes:
-        curves: ``plotly`` ``FigureWidget`` with the traces "loss", "learning rate", "img/s" (one subplot each).
-        sigma_fig: ``FigureWidget`` with one "loss vs step" trace per σ bin (trace name = the bin, e.g. "0.1-0.5").
-        scores_fig: ``FigureWidget`` with the compositional scores over steps (``SCORES``), shown when the
+        curves: ``plotly`` ``Figure`` with the traces "loss", "learning rate", "img/s" (one subplot each).
+        sigma_fig: ``Figure`` with one "loss vs step" trace per σ bin (trace name = the bin, e.g. "0.1-0.5").
+        scores_fig: ``Figure`` with the compositional scores over steps (``SCORES``), shown when the
             stage sets ``eval_every`` and the trainer has an evaluator.
+        views: ``{figure name: ipywidgets.Output}`` showing each figure as it was last drawn.
         sample_image: ``ipywidgets.Image`` of the latest sample grid (``sample_path`` is its file).
         progress: ``ipywidgets.IntProgress`` (value = the trainer's step, max = the stage's steps).
         stop_button, resume_button, status: the controls and a one-line state (always the trainer's real one).
@@ -101,14 +116,14 @@ class TrainingDashboard(DisplayMixin):
         fig.update_layout(height=260, margin=dict(l=50, r=20, t=40, b=30), showlegend=False,
                           template="plotly_white")
         fig.update_xaxes(title_text="step")
-        self.curves = go.FigureWidget(fig)
-        self.sigma_fig = go.FigureWidget(layout=dict(
+        self.curves = fig
+        self.sigma_fig = go.Figure(layout=dict(
             title=dict(text="loss per σ bin"), height=300, width=560, margin=dict(l=50, r=20, t=40, b=30),
             xaxis=dict(title=dict(text="step")), yaxis=dict(title=dict(text="loss")), template="plotly_white",
             legend=dict(title=dict(text="σ bin"))))
         for name in sigma_bin_names():
             self.sigma_fig.add_scatter(x=[], y=[], mode="lines+markers", name=name)
-        self.scores_fig = go.FigureWidget(layout=dict(
+        self.scores_fig = go.Figure(layout=dict(
             title=dict(text="compositional scores (eval_every)"), height=300, width=560, template="plotly_white",
             margin=dict(l=50, r=20, t=40, b=30), xaxis=dict(title=dict(text="step")),
             yaxis=dict(title=dict(text="accuracy"), range=[0, 1.02])))
@@ -125,12 +140,13 @@ class TrainingDashboard(DisplayMixin):
         self.stop_button.on_click(lambda _button: self.stop())
         self.live_stop = handle_during_cells(self.stop_button)
         self.resume_button.on_click(lambda _button: self.resume())
+        self.views = {name: W.Output() for name in ("curves", "sigma_fig", "scores_fig")}
         self.widget = W.VBox([
             W.HTML(f"<b>{html.escape(stage.run)}/{html.escape(stage.name)}</b>"),
             W.HBox([self.progress, self.stop_button, self.resume_button, self.status]),
-            self.curves,
-            W.HBox([self.sigma_fig, W.VBox([W.HTML("<b>latest samples</b>"), self.sample_image])]),
-        ] + ([self.scores_fig] if stage.eval_every else []))
+            self.views["curves"],
+            W.HBox([self.views["sigma_fig"], W.VBox([W.HTML("<b>latest samples</b>"), self.sample_image])]),
+        ] + ([self.views["scores_fig"]] if stage.eval_every else []))
 
         trainer.callbacks["on_step"].append(self._on_step)
         trainer.callbacks["on_samples"].append(self._on_samples)
@@ -173,6 +189,8 @@ class TrainingDashboard(DisplayMixin):
                     trace.x, trace.y = [p[0] for p in points], [p[1] for p in points]
             self._draw_sigma_bins(records)
             self._draw_scores(list(self.trainer.history))
+            for name, view in self.views.items():
+                view.outputs = (figure_output(getattr(self, name)),)
             latest = self._latest_sample()
             if latest is not None and latest != self.sample_path:
                 self._show_sample(latest)
