@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 PIP     := $(VENV)/bin/pip -q --disable-pip-version-check
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup demo lint test test-fast bench clean
+.PHONY: setup demo lint test test-fast bench gpu-check clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -36,6 +36,10 @@ test-fast: lint
 
 bench: setup
 	$(VENV)/bin/workbench bench model --json docs/bench/model.json
+
+# where a GPU is lent: tests/train/test_gpu.py and the xl_2 figures, outputs under $OUT; elsewhere one line, exit 0
+gpu-check: setup
+	PY=$(PY) scripts/gpu-check
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -75,3 +75,11 @@ def test_the_command_line_needs_a_suite_or_a_report(tmp_path, capsys):
     assert "no suite" in capsys.readouterr().err
     args = build_parser().parse_args(["ablate", "--suite", "moe", "--quick", "--budget", "1e11"])
     assert args.quick and args.budget == 1e11 and args.seeds == 2 and args.checkpoints == 4
+
+
+def test_variants_selects_part_of_a_suite_and_an_unknown_one_lists_the_known(capsys):
+    args = build_parser().parse_args(["ablate", "--suite", "optim", "--variants", "base", "rope"])
+    assert args.variants == ["base", "rope"]
+    assert main(["ablate", "--suite", "optim", "--variants", "base", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "no variant 'nope'" in err and "rope" in err

@@ -17,6 +17,8 @@ def add_parser(sub) -> None:
     built_in = sorted(entry.name.removesuffix(".yaml") for entry in resources.files(__package__).joinpath("suites")
                       .iterdir() if entry.name.endswith(".yaml"))      # suite.BUILT_IN, without importing torch
     ab.add_argument("--suite", default=None, help=f"{' | '.join(built_in)} | a suite YAML file")
+    ab.add_argument("--variants", nargs="+", default=None, metavar="NAME",
+                    help="run only these variants of the suite (default: all), e.g. --variants base rope")
     ab.add_argument("--budget", type=float, default=20e12, help="training FLOPs of every run (default 20e12)")
     ab.add_argument("--seeds", type=int, default=2, help="seeds per variant (default 2)")
     ab.add_argument("--checkpoints", type=int, default=4, help="evaluations per run at k/N of the budget (default 4)")
@@ -45,6 +47,7 @@ def run(args) -> int:
         from .suite import Suite
 
         suite = Suite.load(args.suite)
+        suite = suite.only(*args.variants) if args.variants else suite
         suite = suite.quick() if args.quick else suite
         out = Path(args.out or f"runs/ablate/{suite.name}{'-quick' if args.quick else ''}")
         command = "workbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])

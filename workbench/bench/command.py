@@ -1,4 +1,4 @@
-"""``workbench bench model|data|train|memory|step``: the command's options and what each runs."""
+"""``workbench bench model|data|train|memory|step|gpu``: the command's options and what each runs."""
 
 from __future__ import annotations
 
@@ -6,14 +6,17 @@ from __future__ import annotations
 def add_bench_parser(sub) -> None:
     """The ``bench`` subcommand of ``workbench``."""
     bench = sub.add_parser("bench", help="performance benchmarks (JSON)")
-    bench.add_argument("what", choices=["model", "data", "train", "memory", "step"])
+    bench.add_argument("what", choices=["model", "data", "train", "memory", "step", "gpu"])
     bench.add_argument("--json", metavar="PATH", default=None, help="also write the report here")
     bench.add_argument("--batch", type=int, default=16)
     bench.add_argument("--resolution", type=int, default=32, help="image side in pixels (data, train)")
     bench.add_argument("--latent-size", type=int, default=32, help="the model input's side (model)")
     bench.add_argument("--repeats", type=int, default=5)
     bench.add_argument("--bf16", action="store_true", help="bf16 autocast (model, train)")
-    bench.add_argument("--compile", action="store_true", help="torch.compile the model (model, train)")
+    bench.add_argument("--compile", action="store_true", help="torch.compile each block (MicroDiT.compile_blocks; "
+                                                                  "model, train, step)")
+    bench.add_argument("--gradient-checkpointing", action="store_true",
+                       help="recompute each block's activations in the backward pass (model)")
     bench.add_argument("--presets", type=lambda s: tuple(s.split(",")), default=None, metavar="A,B",
                        help="MicroDiT presets (model, train: default nano,micro, e.g. xl_2 on a GPU; memory: the "
                             "first, default micro)")
@@ -35,7 +38,8 @@ def cmd_bench(args) -> int:
         from .model import bench_model
 
         report = bench_model(presets=args.presets or ("nano", "micro"), batch=args.batch, latent_size=args.latent_size,
-                             repeats=args.repeats, bf16=args.bf16, compile=args.compile)
+                             repeats=args.repeats, bf16=args.bf16, compile=args.compile,
+                             gradient_checkpointing=args.gradient_checkpointing)
     elif args.what == "train":
         from .train import bench_train
 
@@ -53,9 +57,13 @@ def cmd_bench(args) -> int:
 
         report = bench_step(preset=(args.presets or ("micro",))[0], mask_ratio=args.mask, batch=args.batch,
                             resolution=args.resolution, steps=args.steps or 6,
-                            mixed_precision="bf16" if args.bf16 else "no", data=args.data)
+                            mixed_precision="bf16" if args.bf16 else "no", compile=args.compile, data=args.data)
         if not args.profile:
             report.pop("top_ops")
+    elif args.what == "gpu":
+        from .gpu import bench_gpu
+
+        report = bench_gpu(preset=(args.presets or ("xl_2",))[0], latent_size=args.latent_size, repeats=args.repeats)
     else:
         from .data import bench_data
 

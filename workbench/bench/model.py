@@ -15,24 +15,30 @@ from . import environment, interleaved_timings
 
 def bench_model(presets=("nano", "micro"), batch: int = 16, latent_size: int = 32, caption_len: int = 77,
                 mask_ratios=(0.0, 0.75), repeats: int = 5, bf16: bool = False, compile: bool = False,
-                progress=print) -> dict:
+                gradient_checkpointing: bool = False, progress=print) -> dict:
     """Time one training forward+backward per preset and mask ratio; returns a JSON-able report.
 
     ``latent_size`` is the side of the model's input (latents for 4-channel presets such as xl_2:
-    32 is the paper's 256 px stage). On a GPU, ``bf16=True, compile=True`` is the paper's setting.
+    32 is the paper's 256 px stage). On a GPU, ``bf16=True, compile=True`` is the paper's setting;
+    ``compile`` compiles each block (``MicroDiT.compile_blocks``, as ``Stage.compile`` does) and
+    ``gradient_checkpointing`` recomputes each block's activations in the backward pass.
 
     Example::
 
         bench_model(presets=("xl_2",), batch=64, latent_size=32, bf16=True)   # on a GPU
     """
     report = {"benchmark": "model", "batch": batch, "latent_size": latent_size, "caption_len": caption_len,
-              "autocast_bf16": bf16, "compile": compile, "environment": environment(), "results": []}
+              "autocast_bf16": bf16, "compile": compile, "gradient_checkpointing": gradient_checkpointing,
+              "environment": environment(), "results": []}
     device = default_device()
     for name in presets:
         torch.manual_seed(0)
         model = MicroDiT.from_preset(name).to(device).train()
         c = model.arch
-        forward = torch.compile(model) if compile else model
+        if gradient_checkpointing:
+            model.enable_gradient_checkpointing()
+        if compile:
+            model.compile_blocks()
         x = torch.randn(batch, c.in_channels, latent_size, latent_size, device=device)
         caption = torch.randn(batch, caption_len, c.caption_dim, device=device)
         mask = torch.ones(batch, caption_len, dtype=torch.long, device=device)
@@ -41,7 +47,7 @@ def bench_model(presets=("nano", "micro"), batch: int = 16, latent_size: int = 3
         inputs = (x, c_noise, caption, mask)
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        steps = {str(r): _train_step(model, forward, inputs, r, bf16) for r in mask_ratios}
+        steps = {str(r): _train_step(model, inputs, r, bf16) for r in mask_ratios}
         seconds = interleaved_timings(steps, repeats, warmup=3 if compile else 2)
         peak_gib = round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None
         base = str(mask_ratios[0])
@@ -64,19 +70,19 @@ def bench_model(presets=("nano", "micro"), batch: int = 16, latent_size: int = 3
                      f"{row['ms_per_step']:8.1f} ms/step  {row['img_per_s']:7.1f} img/s"
                      + (f"  speed-up {row['realised_speedup']:.2f}x of {row['theoretical_speedup']:.2f}x theoretical"
                         if "realised_speedup" in row else ""))
-        del model, forward
+        del model
         if device == "cuda":
             torch.cuda.empty_cache()
     return report
 
 
-def _train_step(model: MicroDiT, forward, inputs: tuple, mask_ratio: float, bf16: bool):
-    """One forward + backward of ``forward`` (the model or its compiled form) on fixed ``inputs``, as a closure."""
+def _train_step(model: MicroDiT, inputs: tuple, mask_ratio: float, bf16: bool):
+    """One forward + backward of ``model`` on fixed ``inputs``, as a closure."""
     device = inputs[0].device.type
 
     def run():
         with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-            out = forward(*inputs, mask_ratio=mask_ratio).sample
+            out = model(*inputs, mask_ratio=mask_ratio).sample
         out.float().square().mean().backward()
         model.zero_grad(set_to_none=True)
     return run

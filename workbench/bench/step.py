@@ -73,12 +73,13 @@ def profile_steps(trainer, steps: int) -> dict:
 
 
 def bench_step(preset: str = "micro", mask_ratio: float = 0.75, batch: int = 16, resolution: int = 32,
-               steps: int = 6, profile_steps_n: int = 3, mixed_precision: str = "no", data: str | Path | None = None,
-               progress=print) -> dict:
+               steps: int = 6, profile_steps_n: int = 3, mixed_precision: str = "no", compile: bool = False,
+               data: str | Path | None = None, progress=print) -> dict:
     """Profile real ``Trainer.step()`` calls of one preset at one mask ratio and batch; a JSON-able report.
 
     ``data`` is a prepared dataset with ``resolution`` in it; by default a small shapes set is
-    prepared in a temporary folder (pixel codec, MiniLM captions), as ``bench train`` does.
+    prepared in a temporary folder (pixel codec, MiniLM captions), as ``bench train`` does. With
+    ``compile`` each block is compiled (``Stage.compile``); ``first_step_s`` then holds the compilation.
     """
     from ..data.prepare import prepare
     from ..eval.cost import forward_flops
@@ -91,14 +92,16 @@ def bench_step(preset: str = "micro", mask_ratio: float = 0.75, batch: int = 16,
                     text_encoder_options={"trim_padding": True}, progress=False)
         stage = Stage(name="step", run="bench", runs_dir=str(Path(tmp) / "runs"), data=str(data), resolution=resolution,
                       model=preset, mask_ratio=mask_ratio, steps=steps + profile_steps_n + 2, global_batch=batch,
-                      micro_batch=batch, lr=1e-4, ema_decay=0.999, mixed_precision=mixed_precision, sample_steps=1,
-                      sample_prompts=["a red circle"], log_every=1000)
+                      micro_batch=batch, lr=1e-4, ema_decay=0.999, mixed_precision=mixed_precision, compile=compile,
+                      sample_steps=1, sample_prompts=["a red circle"], log_every=1000)
         trainer = Trainer(stage, progress=False)
         try:
             latent_side = trainer.info.latent_shapes[resolution][-1]            # (C, h, w) of the prepared rows
             dtype = torch.bfloat16 if mixed_precision == "bf16" else torch.float32
             peak = matmul_peak_gflops(dtype=dtype, device=trainer.accelerator.device.type)
-            trainer.step()                                        # warm-up: allocations, first-call paths
+            start = time.perf_counter()
+            trainer.step()                                        # warm-up: allocations, first-call paths, compiling
+            first_step_s = time.perf_counter() - start
             seconds = []
             for _ in range(steps):
                 start = time.perf_counter()
@@ -110,7 +113,8 @@ def bench_step(preset: str = "micro", mask_ratio: float = 0.75, batch: int = 16,
     step_s = median(seconds)
     train_flops = 3 * forward_flops(preset, latent_side, mask_ratio, batch)
     report = {"benchmark": "step", "preset": preset, "mask_ratio": mask_ratio, "batch": batch,
-              "resolution": resolution, "mixed_precision": mixed_precision, "environment": environment(),
+              "resolution": resolution, "mixed_precision": mixed_precision, "compile": compile,
+              "environment": environment(), "first_step_s": round(first_step_s, 2),
               "aten_ops_per_step": profiled["aten_ops_per_step"],
               "host_ms_per_step": round(max(0.0, 1000 * step_s - profiled["ms_in_ops_per_step"]), 1),
               "ms_per_step": round(1000 * step_s, 1), "img_per_s": round(batch / step_s, 1),
@@ -118,7 +122,8 @@ def bench_step(preset: str = "micro", mask_ratio: float = 0.75, batch: int = 16,
               "achieved_gflop_per_s": round(train_flops / step_s / 1e9, 1),
               "matmul_peak_gflops": round(peak, 1), "mfu": round(train_flops / step_s / 1e9 / peak, 3),
               "top_ops": profiled["top_ops"]}
-    progress(f"{preset} mask {mask_ratio:.2f} batch {batch}: {report['aten_ops_per_step']:.0f} aten ops/step, "
+    progress(f"{preset} mask {mask_ratio:.2f} batch {batch}{' compiled' if compile else ''}: "
+             f"{report['aten_ops_per_step']:.0f} aten ops/step, "
              f"host {report['host_ms_per_step']:.1f} of {report['ms_per_step']:.1f} ms/step, "
              f"{report['img_per_s']:.1f} img/s, {100 * report['mfu']:.0f}% of the {peak:.0f} GFLOP/s matmul peak")
     return report

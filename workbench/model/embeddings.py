@@ -29,8 +29,14 @@ def null_caption(caption: torch.Tensor, caption_mask: torch.Tensor | None = None
     return torch.zeros_like(caption), mask
 
 
+CAPTION_LENGTH_MULTIPLE = 16       # trimmed lengths are rounded up to this: few distinct shapes to compile
+
+
 def trim_caption_padding(caption: torch.Tensor, caption_mask: torch.Tensor | None):
     """Drop the trailing caption positions that no row of the batch uses: ``(caption[:, :L], mask[:, :L])``.
+
+    ``L`` is the longest real caption rounded up to a multiple of ``CAPTION_LENGTH_MULTIPLE`` (at most the
+    stored length), so that a compiled model (``Stage.compile``) sees one or two shapes, not one per batch.
 
     Padding is masked out of every attention and of the pooling, so the model's output is the
     same (up to float rounding); only the work shrinks (77 -> ~10 tokens for short captions).
@@ -44,7 +50,8 @@ def trim_caption_padding(caption: torch.Tensor, caption_mask: torch.Tensor | Non
     real = caption_mask.bool()                                                        # (B, L)
     if not bool(real.any(dim=1).all()):
         return caption, caption_mask
-    length = int(real.any(dim=0).nonzero().max()) + 1
+    used = int(real.any(dim=0).nonzero().max()) + 1
+    length = min(caption.shape[1], -(-used // CAPTION_LENGTH_MULTIPLE) * CAPTION_LENGTH_MULTIPLE)
     return caption[:, :length], caption_mask[:, :length]                              # (B, l, D), (B, l)
 
 

@@ -25,9 +25,9 @@ from .stages import lr_factor
 
 # take effect from the resumed step on (``steps`` also re-spans a cosine schedule, so its LR changes from there);
 # micro_batch is not here: the data loader's saved position is counted in micro-batches
-APPLICABLE = ("steps", "compile", "sample_prompts", "sample_every", "sample_steps", "sample_cfg_scale",
-              "eval_every", "eval_samples_per_prompt", "checkpoint_every", "keep_last", "log_every", "max_nonfinite",
-              "tensorboard")
+APPLICABLE = ("steps", "compile", "activation_checkpointing", "sample_prompts", "sample_every", "sample_steps",
+              "sample_cfg_scale", "eval_every", "eval_samples_per_prompt", "checkpoint_every", "keep_last", "log_every",
+              "max_nonfinite", "tensorboard")
 # where the run lives and how it started, not how it trains: a rerun from another folder may spell them differently
 NOT_COMPARED = ("name", "run", "runs_dir", "data", "init_from", "init_mode")
 

@@ -109,7 +109,8 @@ class Stage:
     p_std: float = 1.2                         # EDM training noise: std of ln sigma
     sigma_data: float = 0.9                    # EDM sigma_data
     mixed_precision: str = "no"                # no | bf16 | fp16 (fp16 is for GPUs only)
-    compile: bool = False                      # torch.compile the model
+    compile: bool = False                      # torch.compile each model block (MicroDiT.compile_blocks)
+    activation_checkpointing: bool = False     # recompute each block's activations in backward (less memory)
     fsdp: bool = False                         # shard with FSDP instead of DDP (multi-GPU launches only)
     seed: int = 0                              # data order and per-sample noise
     init_from: str | None = None               # a run stage folder or checkpoint to start from

@@ -126,6 +126,10 @@ class Trainer:
 
             self.repa = build_repa(stage.repa_encoder, self.info, model, stage.repa_depth)
             self.repa.attach(model)
+        if stage.activation_checkpointing:
+            model.enable_gradient_checkpointing()
+        if stage.compile:
+            model.compile_blocks()                  # in place: the EMA copy above and the checkpoints stay plain
         optimizer = make_optimizer(model, stage, acc.device, self.repa)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, stage))
         self.loader = PreparedLoader(stage.data, stage.resolution, stage.micro_batch, seed=stage.seed,
@@ -136,8 +140,6 @@ class Trainer:
         self.model, self.optimizer = acc.prepare(model, optimizer)
         if self.ema is not None:
             self.ema.to(acc.device)
-        if stage.compile:
-            self.model = torch.compile(self.model)
 
     def _open_stage_folder(self, resume, fresh: bool) -> None:
         """Temp folders of dead writers removed, ``fresh``'s deletions, the metrics log, resume, stage.yaml."""
