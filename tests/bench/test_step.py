@@ -21,6 +21,8 @@ def test_the_masked_micro_step_reports_every_field_and_stays_under_the_op_ceilin
     assert 0 < report["mfu"] < 1.5 and report["matmul_peak_gflops"] > 0 and report["img_per_s"] > 0
     assert report["aten_ops_per_step"] < OPS_CEILING_MICRO_MASKED, report["top_ops"]
     assert report["top_ops"][0]["per_step"] > 0
+    shares = [row["share"] for row in report["top_self_time"]]
+    assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1.01
 
 
 def test_the_cli_writes_the_json_and_leaves_out_the_op_table_without_profile(tmp_path, one_thread, capsys):
@@ -29,3 +31,4 @@ def test_the_cli_writes_the_json_and_leaves_out_the_op_table_without_profile(tmp
                  "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["benchmark"] == "step" and report["preset"] == "nano" and "top_ops" not in report
+    assert "top_self_time" not in report

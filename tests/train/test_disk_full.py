@@ -107,7 +107,7 @@ def test_out_of_memory_in_a_step_names_the_batch_and_the_fix(make_stage, monkeyp
 
     def oom():
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-    monkeypatch.setattr(trainer, "step", oom)
+    monkeypatch.setattr(trainer, "_step", oom)
     with pytest.raises(WorkbenchError) as caught:
         trainer.run()
     message = str(caught.value)

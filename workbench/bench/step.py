@@ -10,6 +10,8 @@ For one preset, mask ratio and batch this benchmark reports, from the same run a
   backward, clipping, AdamW, EMA);
 - ``host_ms_per_step``: the step's wall time (unprofiled) minus the time spent inside those ops:
   Python and framework work between operators;
+- ``top_ops`` and ``top_self_time`` (with ``--profile``): the commonest ops, and where the time goes
+  (self CPU time per op, its share of the time inside ops);
 - ``img_per_s`` and ``mfu``: the analytic training FLOPs (3x the forward, ``eval.cost``) per second,
   over ``matmul_peak_gflops``, an fp32 (or bf16) matmul measured just before with the same threads.
 
@@ -67,9 +69,13 @@ def profile_steps(trainer, steps: int) -> dict:
             trainer.step()
     top = [e for e in prof.events() if e.name.startswith("aten::") and not _under_aten_op(e)]
     counts = Counter(e.name for e in top)
+    total_us = sum(e.cpu_time_total for e in top)
+    by_time = sorted(prof.key_averages(), key=lambda a: a.self_cpu_time_total, reverse=True)[:12]
     return {"aten_ops_per_step": round(len(top) / steps, 1),
-            "ms_in_ops_per_step": sum(e.cpu_time_total for e in top) / 1000 / steps,
-            "top_ops": [{"op": name, "per_step": round(n / steps, 1)} for name, n in counts.most_common(12)]}
+            "ms_in_ops_per_step": total_us / 1000 / steps,
+            "top_ops": [{"op": name, "per_step": round(n / steps, 1)} for name, n in counts.most_common(12)],
+            "top_self_time": [{"op": a.key, "ms_per_step": round(a.self_cpu_time_total / 1000 / steps, 2),
+                               "share": round(a.self_cpu_time_total / max(total_us, 1), 3)} for a in by_time]}
 
 
 def bench_step(preset: str = "micro", mask_ratio: float = 0.75, batch: int = 16, resolution: int = 32,
@@ -121,7 +127,7 @@ def bench_step(preset: str = "micro", mask_ratio: float = 0.75, batch: int = 16,
               "train_gflop_per_step": round(train_flops / 1e9, 3),
               "achieved_gflop_per_s": round(train_flops / step_s / 1e9, 1),
               "matmul_peak_gflops": round(peak, 1), "mfu": round(train_flops / step_s / 1e9 / peak, 3),
-              "top_ops": profiled["top_ops"]}
+              "top_ops": profiled["top_ops"], "top_self_time": profiled["top_self_time"]}
     progress(f"{preset} mask {mask_ratio:.2f} batch {batch}{' compiled' if compile else ''}: "
              f"{report['aten_ops_per_step']:.0f} aten ops/step, "
              f"host {report['host_ms_per_step']:.1f} of {report['ms_per_step']:.1f} ms/step, "

@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from .caption_padding import trim_caption_padding
 from .prepared_format import PreparedInfo, load_prepared
 from ..errors import InputError
 
@@ -122,6 +123,8 @@ class PreparedLoader:
         device: where the tensors go (latents and embeddings float32, mask bool).
         rank, world_size: this process's share; None takes them from ``distributed_defaults()``.
         return_captions: also attach the caption strings to each batch (``batch.captions``).
+        trim_captions: drop the caption positions no row of a batch uses (``trim_caption_padding``),
+            on the host before the transfer; for models that mask padding (not ``caption_mask_compat``).
 
     Iteration: ``iter(loader)`` yields the rest of the current epoch (all of it when fresh), then
     the next ``iter`` starts the next epoch; ``loader.batches()`` chains epochs endlessly.
@@ -151,6 +154,7 @@ class PreparedLoader:
         rank: int | None = None,                # None: distributed_defaults()
         world_size: int | None = None,          # None: distributed_defaults()
         return_captions: bool = False,          # attach caption strings as batch.captions
+        trim_captions: bool = False,            # drop padding no row uses (trim_caption_padding), on the host
     ):
         import datasets
 
@@ -194,6 +198,7 @@ class PreparedLoader:
         self.batch_size, self.seed = int(batch_size), int(seed)
         self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
         self.device = torch.device(device)
+        self.trim_captions = trim_captions
         self.epoch, self.position = 0, 0
         if len(self) == 0:
             raise InputError(f"{self.source} has {self.num_rows} rows: not enough for one batch of {self.batch_size} "
@@ -227,6 +232,8 @@ class PreparedLoader:
         lat = torch.from_numpy(self._latents.take(rows))          # (B, C, h, w) fp16
         emb = torch.from_numpy(self._emb.take(rows))              # (B, L, D) fp16
         mask = torch.from_numpy(self._mask[rows])                 # (B, L) bool
+        if self.trim_captions:
+            emb, mask = trim_caption_padding(emb, mask)           # (B, l, D), (B, l): host work, no device read
         if self.device.type == "cuda":
             lat, emb, mask = (t.pin_memory().to(self.device, non_blocking=True) for t in (lat, emb, mask))
         captions = [self._captions[i] for i in rows] if self._captions is not None else None

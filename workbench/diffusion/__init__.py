@@ -9,6 +9,8 @@ from workbench.diffusion.edm import (
     draw_training_sigmas,
     edm_scalings,
     loss_per_sigma_bin,
+    sigma_bin_means,
+    sigma_bin_sums,
     patch_loss,
     precondition,
 )
@@ -41,7 +43,7 @@ from workbench.diffusion.schedulers import (  # registers the diffusers samplers
 
 __all__ = [
     "DEFAULT_SIGMA_BIN_EDGES", "EDMConfig", "EDMLoss", "LossOutput", "draw_training_sigmas", "edm_scalings",
-    "loss_per_sigma_bin", "patch_loss", "precondition",
+    "loss_per_sigma_bin", "sigma_bin_means", "sigma_bin_sums", "patch_loss", "precondition",
     "DEFAULT_SAMPLER", "DEFAULT_SCHEDULE", "SAMPLERS", "SCHEDULES", "SamplerEntry", "SamplerOption", "denoise_at",
     "get_sampler", "get_schedule", "karras_schedule", "karras_sigmas", "ode_derivative", "register_sampler",
     "sample_edm_stochastic", "sample_euler", "sample_heun",

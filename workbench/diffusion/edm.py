@@ -191,16 +191,30 @@ class EDMLoss:
         return LossOutput(loss=per_sample.mean(), per_sample=per_sample, sigma=sigma)
 
 
+def sigma_bin_sums(per_sample: torch.Tensor, sigma: torch.Tensor, edges=DEFAULT_SIGMA_BIN_EDGES) -> torch.Tensor:
+    """Per σ bin ``[edges[i], edges[i+1])``: the sum of the losses and their count, (n_bins, 2), on their device.
+
+    No value is read back to the host, so a training step can keep it until its metrics are logged.
+    """
+    per_sample, sigma = per_sample.detach().flatten().float(), sigma.detach().flatten().float()  # (B,), (B,)
+    bounds = torch.tensor(edges, dtype=sigma.dtype, device=sigma.device)                       # (n_bins + 1,)
+    index = torch.bucketize(sigma, bounds, right=True) - 1              # (B,) bin of each σ; -1 or n_bins outside
+    inside = (index >= 0) & (index < len(edges) - 1)                                           # (B,)
+    values = torch.stack([per_sample, torch.ones_like(per_sample)], dim=1) * inside[:, None]    # (B, 2)
+    return torch.zeros(len(edges) + 1, 2, device=sigma.device).index_add_(0, index + 1, values)[1:-1]  # (n_bins, 2)
+
+
+def sigma_bin_means(sums, edges=DEFAULT_SIGMA_BIN_EDGES) -> dict[str, float]:
+    """``sigma_bin_sums``' rows (a tensor or nested lists) as ``{"0.002-0.1": mean, ...}``; empty bins left out."""
+    rows = sums.tolist() if torch.is_tensor(sums) else sums
+    return {f"{lo:g}-{hi:g}": total / count for (lo, hi), (total, count) in zip(zip(edges[:-1], edges[1:]), rows)
+            if count > 0}
+
+
 def loss_per_sigma_bin(per_sample: torch.Tensor, sigma: torch.Tensor,
                        edges=DEFAULT_SIGMA_BIN_EDGES) -> dict[str, float]:
     """Mean loss per σ bin, e.g. ``{"0.002-0.1": 1.3, "0.1-0.5": 0.8, ...}`` for logging.
 
     Bins are ``[edges[i], edges[i+1])``; empty bins and σ outside ``[edges[0], edges[-1])`` are left out.
     """
-    per_sample, sigma = per_sample.detach().flatten().float(), sigma.detach().flatten().float()
-    result = {}
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        inside = (sigma >= lo) & (sigma < hi)  # (B,)
-        if inside.any():
-            result[f"{lo:g}-{hi:g}"] = per_sample[inside].mean().item()
-    return result
+    return sigma_bin_means(sigma_bin_sums(per_sample, sigma, edges), edges)

@@ -140,3 +140,52 @@ def start_from(stage, model: torch.nn.Module, ema: torch.nn.Module | None, optim
             group.update(initial_lr=base, lr=base * lr_factor(0, stage), betas=stage.betas,
                          weight_decay=stage.weight_decay)
     return {"path": str(path), "mode": stage.init_mode}
+
+
+def resume_trainer(trainer, resume) -> str | None:
+    """Restore ``trainer`` from a checkpoint of its stage (``resume``: "auto", "never"/None or a path); its path.
+
+    "auto" takes the newest checkpoint that verifies and loads (all unusable: an error, not step 0); none at
+    all is a fresh start, which drops an earlier run's never-checkpointed metrics. The model, optimiser,
+    scheduler, EMA, RNG, loader position, REPA projector and fp16 loss scale are restored, and the metrics
+    log is cut back to the resumed step.
+    """
+    root = trainer.stage.checkpoint_dir
+    if resume in (None, "never"):
+        if ckpt.list_checkpoints(root):
+            raise InputError(f"{root} already has checkpoints; resume with resume='auto' (--resume auto) or "
+                             f"choose another run/stage name")
+        return None
+    applied = {}
+
+    def load(path):
+        applied[path] = check_resume(path, trainer.stage, trainer.info.fingerprint)   # refuses what cannot apply
+        return ckpt.load_checkpoint(path, model=trainer.raw_model, optimizer=trainer.optimizer,
+                                    scheduler=trainer.scheduler, ema=trainer.ema,
+                                    map_location=trainer.accelerator.device, verify=resume != "auto")
+
+    if resume == "auto":                     # the newest usable one; all unusable: an error, not step 0
+        path, state = resumable_checkpoint(root, load)
+    else:
+        path = ckpt.resolve_checkpoint(resume)
+        state = load(path)
+    if path is None:
+        if trainer.accelerator.is_main_process:   # a fresh start: drop an earlier run's metrics (never checkpointed)
+            if trainer.metrics.read():
+                print(f"{trainer.stage.run}/{trainer.stage.name}: starting at step 0 (the earlier run in "
+                      f"{trainer.stage.stage_dir} left no valid checkpoint)", flush=True)
+            trainer.metrics.truncate_after(0)
+        return None
+    ckpt.restore_rng(state.rng)
+    trainer.step_count = trainer._checkpointed_step = state.step
+    trainer.loader.load_state_dict(state.loader)
+    trainer.nonfinite_total = state.extra.get("nonfinite_total", 0)
+    if trainer.repa is not None and state.extra.get("repa"):
+        trainer.repa.projector.load_state_dict(state.extra["repa"])
+    if trainer.accelerator.scaler is not None and state.extra.get("grad_scaler"):
+        trainer.accelerator.scaler.load_state_dict(state.extra["grad_scaler"])   # fp16: the loss scale
+    trainer.history = [r for r in trainer.metrics.read() if r.get("step", 0) <= state.step]
+    if trainer.accelerator.is_main_process:
+        trainer.metrics.truncate_after(state.step)
+        print(resumed_lines(trainer.stage, path, state.step, applied[path]), flush=True)
+    return str(path)

@@ -13,7 +13,6 @@ over processes and micro-batches, and a resumed run repeats the uninterrupted on
 from __future__ import annotations
 
 import copy
-import math
 import threading
 import time
 import warnings
@@ -25,9 +24,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.loader import PreparedLoader
-from ..diffusion import EDMLoss, loss_per_sigma_bin
-from ..errors import InputError, out_of_memory, writing
-from ..model import MicroDiT, null_caption, trim_caption_padding
+from ..diffusion import EDMLoss, sigma_bin_sums
+from ..errors import out_of_memory, writing
+from ..model import MicroDiT, null_caption
 from . import checkpoint as ckpt
 from .accelerator import make_accelerator
 from .inference import sampling_record
@@ -36,9 +35,10 @@ from .lock import StageLock
 from .monitor import MetricsLog, PromptGrid
 from .noise import draw_sample_noise
 from .optim import clip_grad_norm, make_optimizer
-from .resume import check_resume, resumable_checkpoint, resumed_lines, start_from
+from .resume import resume_trainer, start_from
 from .stage_folder import clear_outputs, samples_path, stopped_line
 from .stages import Stage, check_stage, ema_decay_at, lr_factor
+from .step_metrics import PendingMetrics
 
 
 class TrainingDiverged(RuntimeError):
@@ -133,7 +133,11 @@ class Trainer:
         optimizer = make_optimizer(model, stage, acc.device, self.repa)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, stage))
         self.loader = PreparedLoader(stage.data, stage.resolution, stage.micro_batch, seed=stage.seed,
-                                     device=acc.device, rank=acc.process_index, world_size=acc.num_processes)
+                                     device=acc.device, rank=acc.process_index, world_size=acc.num_processes,
+                                     trim_captions=not model.arch.caption_mask_compat)   # same loss, less work
+        self.pending = PendingMetrics(stage.global_batch, stage.mask_ratio, repa=self.repa is not None)
+        # steps between reads of the metrics from the device (a read waits for the GPU); on the CPU a read is free
+        self.read_every = 1 if acc.device.type == "cpu" else stage.log_every
         self.init_info = start_from(stage, model, self.ema, optimizer) if stage.init_from else None
         if self.repa is not None:
             self.repa.to(acc.device)
@@ -152,7 +156,7 @@ class Trainer:
                       f"in {stage.stage_dir})", flush=True)
         acc.wait_for_everyone()
         self.metrics = MetricsLog(stage.stage_dir / "metrics.jsonl")
-        self.resumed_from = self._resume(resume)
+        self.resumed_from = resume_trainer(self, resume)
         if acc.is_main_process and not self.past_steps:     # a stage past its steps records nothing new
             with writing("stage.yaml", stage.stage_dir):
                 stage.to_yaml(stage.stage_dir / "stage.yaml")
@@ -161,46 +165,6 @@ class Trainer:
                                                  if isinstance(v, (int, float, str, bool))})
 
     # ------------------------------------------------------------------ set-up
-    def _resume(self, resume) -> str | None:
-        root = self.stage.checkpoint_dir
-        if resume in (None, "never"):
-            if ckpt.list_checkpoints(root):
-                raise InputError(f"{root} already has checkpoints; resume with resume='auto' (--resume auto) or "
-                                 f"choose another run/stage name")
-            return None
-        applied = {}
-
-        def load(path):
-            applied[path] = check_resume(path, self.stage, self.info.fingerprint)   # refuses what cannot apply
-            return ckpt.load_checkpoint(path, model=self.raw_model, optimizer=self.optimizer, scheduler=self.scheduler,
-                                        ema=self.ema, map_location=self.accelerator.device, verify=resume != "auto")
-
-        if resume == "auto":                     # the newest usable one; all unusable: an error, not step 0
-            path, state = resumable_checkpoint(root, load)
-        else:
-            path = ckpt.resolve_checkpoint(resume)
-            state = load(path)
-        if path is None:
-            if self.accelerator.is_main_process:   # a fresh start: drop an earlier run's metrics (never checkpointed)
-                if self.metrics.read():
-                    print(f"{self.stage.run}/{self.stage.name}: starting at step 0 (the earlier run in "
-                          f"{self.stage.stage_dir} left no valid checkpoint)", flush=True)
-                self.metrics.truncate_after(0)
-            return None
-        ckpt.restore_rng(state.rng)
-        self.step_count = self._checkpointed_step = state.step
-        self.loader.load_state_dict(state.loader)
-        self.nonfinite_total = state.extra.get("nonfinite_total", 0)
-        if self.repa is not None and state.extra.get("repa"):
-            self.repa.projector.load_state_dict(state.extra["repa"])
-        if self.accelerator.scaler is not None and state.extra.get("grad_scaler"):
-            self.accelerator.scaler.load_state_dict(state.extra["grad_scaler"])   # fp16: the loss scale
-        self.history = [r for r in self.metrics.read() if r.get("step", 0) <= state.step]
-        if self.accelerator.is_main_process:
-            self.metrics.truncate_after(state.step)
-            print(resumed_lines(self.stage, path, state.step, applied[path]), flush=True)
-        return str(path)
-
     # ------------------------------------------------------------------ training
     @property
     def done(self) -> bool:
@@ -214,26 +178,48 @@ class Trainer:
 
     def step(self) -> dict:
         """One optimiser step over ``global_batch`` samples; returns its metrics."""
-        acc, stage = self.accelerator, self.stage
+        self._step()
+        return self._read_metrics()[-1]
+
+    def _step(self) -> None:
+        """One optimiser step that reads nothing back from the device: its metrics wait in ``self.pending``."""
+        acc = self.accelerator
         start = time.perf_counter()
         batches = self._batches()
         self.model.train()
         outs = [self._forward_backward(batch, len(batches), last=i == len(batches) - 1)
                 for i, batch in enumerate(batches)]
-        grad_norm = float(self._clip_gradients())
+        grad_norm = self._clip_gradients()                                                # ()
         losses = acc.gather(torch.cat([per_sample for per_sample, _, _ in outs]))         # (global_batch,)
         all_sigmas = acc.gather(torch.cat([sigma for _, sigma, _ in outs]))               # (global_batch,)
-        loss = losses.float().mean().item()
-        lr = self._update(finite=math.isfinite(grad_norm) and math.isfinite(loss))
-        elapsed = time.perf_counter() - start
-        metrics = {"step": self.step_count, "loss": loss, "lr": lr,
-                   "grad_norm": grad_norm, "img_per_s": stage.global_batch / elapsed, "mask_ratio": stage.mask_ratio,
-                   "nonfinite_steps": self.nonfinite_total,
-                   "loss_per_sigma": loss_per_sigma_bin(losses, all_sigmas)}
-        if self.repa is not None:
-            metrics["repa_loss"] = acc.gather(torch.cat([repa for _, _, repa in outs])).float().mean().item()
-        self.history.append(metrics)
-        return metrics
+        loss = losses.float().mean()                                                      # ()
+        finite = torch.isfinite(grad_norm) & torch.isfinite(loss)                         # () bool, on the device
+        lr = self._update(finite)
+        repa = acc.gather(torch.cat([r for _, _, r in outs])).float().mean() if self.repa is not None else None
+        self.pending.add(step=self.step_count, lr=lr, seconds=time.perf_counter() - start, loss=loss,
+                         grad_norm=grad_norm, finite=finite, sigma_sums=sigma_bin_sums(losses, all_sigmas),
+                         repa_loss=repa)
+
+    def _read_metrics(self) -> list[dict]:
+        """The pending steps' metrics in one read from the device, into ``history``; counts non-finite steps.
+
+        ``max_nonfinite`` of them in a row raise ``TrainingDiverged`` (their updates were skipped).
+        """
+        rows = self.pending.read()
+        for metrics in rows:
+            if metrics.pop("finite"):
+                self.nonfinite_streak = 0
+            else:
+                self.nonfinite_total += 1
+                self.nonfinite_streak += 1
+            metrics["nonfinite_steps"] = self.nonfinite_total
+            self.history.append(metrics)
+            if self.nonfinite_streak >= self.stage.max_nonfinite:
+                raise TrainingDiverged(
+                    f"{self.nonfinite_streak} consecutive steps had a non-finite loss or gradient (last at step "
+                    f"{metrics['step']}); the last good checkpoint in {self.stage.checkpoint_dir} is intact. Lower "
+                    f"the LR, raise warmup_steps or use grad_clip")
+        return rows
 
     def _forward_backward(self, batch, micro_batches: int, *, last: bool) -> tuple:
         """One micro-batch: its noise, the caption (dropped for CFG), the loss and its gradient.
@@ -246,10 +232,8 @@ class Trainer:
         tokens = (h // self._patch) * (w // self._patch)
         sigma, noise, mask_noise, drop = draw_sample_noise(batch.indices, self.step_count, stage, self.edm, (c, h, w),
                                                            tokens)
-        caption, caption_mask = batch.caption_emb, batch.caption_mask
-        if not self.raw_model.arch.caption_mask_compat:     # same loss, less work: see trim_caption_padding
-            caption, caption_mask = trim_caption_padding(caption, caption_mask)
-        if drop.any():
+        caption, caption_mask = batch.caption_emb, batch.caption_mask   # padding trimmed by the loader
+        if drop.numpy().any():                                  # drop is drawn on the host: no device read
             null, null_mask = null_caption(caption, caption_mask)
             d = drop.to(caption.device)
             caption = torch.where(d[:, None, None], null, caption)                 # (B, L, D)
@@ -267,31 +251,27 @@ class Trainer:
             acc.backward(total / micro_batches)
         return out.per_sample.detach(), out.sigma.detach(), None if repa is None else repa.detach()
 
-    def _update(self, *, finite: bool) -> float:
+    def _update(self, finite: torch.Tensor) -> float:
         """The optimiser, schedule and EMA updates after the backward passes; returns the LR this step used.
 
-        A non-finite step updates nothing (fp16 aside: its GradScaler skips the update itself and lowers
-        its scale); ``max_nonfinite`` of them in a row raise ``TrainingDiverged``.
+        A non-finite step (``finite`` False, a tensor on the device) updates no weight, no optimiser state and no
+        EMA, without reading ``finite`` back: the fused AdamW skips on the device (its ``found_inf``), the
+        EMA's weight is multiplied by it. fp16's GradScaler skips the update itself and lowers its scale;
+        only the foreach kernel (FSDP) needs one read.
         """
-        stage = self.stage
-        if finite or self.accelerator.scaler is not None:
+        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)          # under accelerate's wrapper
+        if self.accelerator.scaler is not None:
             self.optimizer.step()
-        if finite:
-            self.nonfinite_streak = 0
-        else:
-            self.nonfinite_total += 1
-            self.nonfinite_streak += 1
+        elif optimizer.defaults.get("fused"):
+            optimizer.found_inf = (~finite).float()       # the fused kernel's skip flag, as the GradScaler sets it
+            self.optimizer.step()
+        elif bool(finite):
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         self.step_count += 1
-        if finite:
-            self._update_ema()
-        if self.nonfinite_streak >= stage.max_nonfinite:
-            raise TrainingDiverged(
-                f"{self.nonfinite_streak} consecutive steps had a non-finite loss or gradient (last at step "
-                f"{self.step_count}); the last good checkpoint in {stage.checkpoint_dir} is intact. Lower the LR, "
-                f"raise warmup_steps or use grad_clip")
+        self._update_ema(finite)
         return lr
 
     @property
@@ -320,7 +300,7 @@ class Trainer:
         self.accelerator.unscale_gradients()
         return clip_grad_norm(params, max_norm)
 
-    def _update_ema(self) -> None:
+    def _update_ema(self, finite: torch.Tensor) -> None:
         if self.ema is None:
             return
         if getattr(self, "_ema_pairs", None) is None:       # the same tensors every step: listed once
@@ -328,10 +308,12 @@ class Trainer:
         ema, raw = self._ema_pairs
         decay = ema_decay_at(self.step_count, self.stage)
         with torch.no_grad():
-            if decay == 0.0:
+            if decay == 0.0:                        # a skipped step left raw as it was: copying it changes nothing
                 torch._foreach_copy_(ema, raw)
             else:
-                torch._foreach_lerp_(ema, raw, 1.0 - decay)
+                step = torch._foreach_sub(raw, ema)              # ema += w (raw - ema), w = 0 on a skipped step:
+                torch._foreach_mul_(step, (1.0 - decay) * finite.float())    # a tensor weight (lerp would read it)
+                torch._foreach_add_(ema, step)
 
     def run(self, steps: int | None = None) -> list[dict]:
         """Train until the stage's last step (or ``steps`` more), then checkpoint and sample.
@@ -351,18 +333,19 @@ class Trainer:
         self._active, self.interrupted = True, False
         try:
             with StopOnInterrupt(self._stop) as interrupt:
-                while self.step_count < target and not self._stop.is_set():
+                stopping = False
+                while self.step_count < target and not stopping:
                     try:
-                        metrics = self.step()
+                        self._step()
                     except torch.OutOfMemoryError as err:
                         raise out_of_memory(stage) from err
                     bar.update(1)
-                    bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{metrics['img_per_s']:.1f}")
-                    self._after_step(metrics)
-                    if acc.num_processes > 1:   # every rank stops at the same step, or the collectives hang
-                        wanted = torch.tensor([float(self._stop.is_set())], device=acc.device)
-                        if acc.reduce(wanted, reduction="sum").item() > 0:
-                            self._stop.set()
+                    if self._needs_metrics(target):
+                        metrics = self._read_metrics()[-1]
+                        bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{metrics['img_per_s']:.1f}")
+                        self._after_step(metrics)
+                    stopping = self._stop_agreed(target)
+                self._read_metrics()                    # steps since the last read (a stop between reads)
                 requested = self._stop.is_set() and self.step_count < target     # stop(): the Stop button
                 self.interrupted = interrupt.hit or requested
                 self.stop_signal = interrupt.signal_name if interrupt.hit else ("stop" if requested else "")
@@ -382,6 +365,27 @@ class Trainer:
         for fn in self.callbacks["on_end"]:
             fn(self, self.history)
         return self.history
+
+    def _needs_metrics(self, target: int) -> bool:
+        """Whether this step's metrics are read now: a log, eval, checkpoint or sample step, a callback, the end,
+        every ``read_every`` steps, or a stop request (one process: the same steps on every rank otherwise)."""
+        s, stage = self.step_count, self.stage
+        every = (self.read_every, stage.log_every, stage.eval_every if self.evaluator else 0, stage.checkpoint_every,
+                 stage.sample_every)
+        return (s >= target or s == 1 or any(n and s % n == 0 for n in every) or bool(self.callbacks["on_step"])
+                or (self.accelerator.num_processes == 1 and self._stop.is_set()))
+
+    def _stop_agreed(self, target: int) -> bool:
+        """A stop request, seen by every rank at the same step (every ``read_every`` steps), else the collectives
+        of the next step would hang."""
+        if self.accelerator.num_processes == 1:
+            return self._stop.is_set()
+        if self.step_count % self.read_every and self.step_count < target:
+            return False
+        wanted = torch.tensor([float(self._stop.is_set())], device=self.accelerator.device)
+        if self.accelerator.reduce(wanted, reduction="sum").item() > 0:
+            self._stop.set()
+        return self._stop.is_set()
 
     def _after_step(self, metrics: dict) -> None:
         stage, acc = self.stage, self.accelerator
@@ -404,6 +408,7 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         """Write a checkpoint of the current step (atomic; retention applied); returns its path."""
         acc = self.accelerator
+        self._read_metrics()                    # the non-finite count it records is up to date
         acc.wait_for_everyone()
         path = None
         if acc.is_main_process:
