@@ -38,6 +38,16 @@ def unescaped_dollars(path: Path) -> list[str]:
             if mime in ("text/html", "text/markdown") and "$" in text]
 
 
+def echoed_paths(path: Path) -> list[str]:
+    """Cell results that are a bare ``PosixPath(...)`` (a cell ending in an expression that returns a path)."""
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    return [text[:80] for cell in nb.cells for output in cell.get("outputs", [])
+            if output.get("output_type") == "execute_result"
+            for text in [output.get("data", {}).get("text/plain", "")] if "Path(" in text]
+
+
 @pytest.mark.slow
 def test_every_notebook_runs_from_a_copy_outside_the_checkout(workspace, tmp_path):  # noqa: F811
     import papermill as pm
@@ -55,6 +65,7 @@ def test_every_notebook_runs_from_a_copy_outside_the_checkout(workspace, tmp_pat
         assert notebook_errors(out) == [], name
         assert read_results(out), f"{name} recorded nothing"
         assert unescaped_dollars(out) == [], f"{name}: a $ in rendered output is typeset as maths by MathJax"
+        assert echoed_paths(out) == [], f"{name}: a cell echoes a path object (end it with a statement)"
     assert (mine / "data" / "prepared" / "shapes" / "prepared.json").is_file()
     assert sorted(p.name for p in (mine / "runs" / "demo" / "stage1" / "checkpoints").iterdir())
     assert (mine / "runs" / "demo" / "stage1" / "eval" / "scores.json").is_file()

@@ -116,8 +116,8 @@ def test_invalid_stage_fields_fail_when_the_stage_is_built(changes, message):
     (dict(init_from="runs/nowhere/stage1"), FileNotFoundError, r"no checkpoint at runs/nowhere/stage1"),
     (dict(data="data/prepared/missing"), FileNotFoundError, r"prepared dataset folder .*missing.* does not exist"),
     (dict(model_overrides={**TINY_MODEL, "in_channels": 4}), ValueError, r"expects 4-channel latents"),
-    (dict(fsdp=True), ValueError, r"Stage\.fsdp: FSDP shards the model across GPU processes, but this run is .* "
-                                  r"with 1 process\(es\).*set fsdp: false"),
+    (dict(fsdp=True), ValueError, r"Stage\.fsdp shards the model across processes, but this run has 1; set "
+                                  r"fsdp: false, or launch N of them: accelerate launch --multi_gpu"),
 ])
 def test_stage_problems_fail_before_training_starts(make_stage, changes, error, message):
     stage = make_stage(**changes)

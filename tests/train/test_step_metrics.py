@@ -12,7 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from tests.train.conftest import final_weights
 from tests.train.test_trainer import poison
 from workbench.train import Trainer, TrainingDiverged
-from workbench.train.step_metrics import PendingMetrics
+from workbench.train.step_metrics import PendingMetrics, read_pending_steps
 
 # ops that copy a value to the host: on a GPU each one waits for every queued kernel
 HOST_READS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default,
@@ -39,7 +39,7 @@ def test_a_step_reads_nothing_back_until_its_metrics_are_read(make_stage):
         for _ in range(3):
             trainer._step()
     assert counter.reads == [] and len(trainer.pending) == 3
-    rows = trainer._read_metrics()
+    rows = read_pending_steps(trainer)
     assert [r["step"] for r in rows] == [2, 3, 4] and [h["step"] for h in trainer.history] == [1, 2, 3, 4]
     assert all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 and r["loss_per_sigma"] for r in rows)
     assert len(trainer.pending) == 0

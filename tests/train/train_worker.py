@@ -5,7 +5,7 @@
 
 Every rank appends one JSON line per optimiser step to ``DIR/rank<r>.jsonl``:
 ``{"step", "loss", "hash", "world"}`` where ``hash`` is the sha256 of all of that rank's model
-parameters after the step (equal hashes = identical replicas). The line is flushed before the
+parameters after the step (equal hashes = identical replicas; under FSDP, of its shards). The line is flushed before the
 step's checkpoint is written, so a test that polls the file knows which steps have run.
 """
 
@@ -29,7 +29,8 @@ def param_hash(model: torch.nn.Module) -> str:
     digest = hashlib.sha256()
     for name, p in model.named_parameters():
         digest.update(name.encode())
-        digest.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        local = p.to_local() if hasattr(p, "to_local") else p                 # FSDP: this rank's shard
+        digest.update(local.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 

@@ -1,4 +1,4 @@
-"""The stage's ``accelerate.Accelerator``: one process, ``accelerate launch`` / torchrun, GPU or CPU, FSDP.
+"""The stage's ``accelerate.Accelerator``: one process, ``accelerate launch`` / torchrun, GPU or CPU.
 
     acc = make_accelerator(stage)      # what Trainer(stage) builds when no accelerator is passed
 """
@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 
 from ..devices import has_gpu
+from .sharding import check_fsdp
 from .stages import Stage
-from ..errors import InputError
 
 
 def make_accelerator(stage: Stage):
@@ -23,24 +23,16 @@ def make_accelerator(stage: Stage):
     """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, is_initialized
-    from accelerate.utils import DistributedType
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1 and is_initialized() and AcceleratorState().mixed_precision != stage.mixed_precision:
         AcceleratorState._reset_state()
-    plugin = None
-    if stage.fsdp:
-        from accelerate import FullyShardedDataParallelPlugin
-        plugin = FullyShardedDataParallelPlugin()
-    acc = Accelerator(mixed_precision=stage.mixed_precision, fsdp_plugin=plugin, cpu=world > 1 and not has_gpu(),
+    acc = Accelerator(mixed_precision=stage.mixed_precision, cpu=world > 1 and not has_gpu(),
                       log_with="tensorboard" if stage.tensorboard else None, project_dir=str(stage.stage_dir))
     if world > 1 and acc.num_processes == 1:
         raise RuntimeError(f"the launcher started {world} processes (WORLD_SIZE) but accelerate joined "
                            f"{acc.num_processes}; on a CPU machine use `accelerate launch --multi_gpu "
                            f"--num_processes {world}` or torchrun")
-    if stage.fsdp and acc.distributed_type != DistributedType.FSDP:   # accelerate would silently use DDP / one device
-        raise InputError(f"Stage.fsdp: FSDP shards the model across GPU processes, but this run is "
-                         f"{acc.distributed_type.value} with {acc.num_processes} process(es) on {acc.device}; set "
-                         f"fsdp: false, or launch on N GPUs: accelerate launch --use_fsdp --num_processes N "
-                         f"-m workbench train --config ...")
+    if stage.fsdp:                                  # the Trainer shards with FSDP2 itself (train/sharding.py)
+        check_fsdp(stage, acc.num_processes)
     return acc

@@ -160,8 +160,8 @@ def resume_trainer(trainer, resume) -> str | None:
 
     def load(path):
         applied[path] = check_resume(path, trainer.stage, trainer.info.fingerprint)   # refuses what cannot apply
-        return ckpt.load_checkpoint(path, model=trainer.raw_model, optimizer=trainer.optimizer,
-                                    scheduler=trainer.scheduler, ema=trainer.ema,
+        model, optimizer, ema = trainer.checkpoint_views()
+        return ckpt.load_checkpoint(path, model=model, optimizer=optimizer, scheduler=trainer.scheduler, ema=ema,
                                     map_location=trainer.accelerator.device, verify=resume != "auto")
 
     if resume == "auto":                     # the newest usable one; all unusable: an error, not step 0

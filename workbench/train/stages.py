@@ -111,7 +111,7 @@ class Stage:
     mixed_precision: str = "no"                # no | bf16 | fp16 (fp16 is for GPUs only)
     compile: bool = False                      # torch.compile each model block (MicroDiT.compile_blocks)
     activation_checkpointing: bool = False     # recompute each block's activations in backward (less memory)
-    fsdp: bool = False                         # shard with FSDP instead of DDP (multi-GPU launches only)
+    fsdp: bool = False                         # shard with FSDP2 instead of DDP (2+ processes; train/sharding.py)
     seed: int = 0                              # data order and per-sample noise
     init_from: str | None = None               # a run stage folder or checkpoint to start from
     init_mode: str = "weights"                 # weights: model (+EMA) only; full: also the optimiser state

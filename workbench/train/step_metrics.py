@@ -19,6 +19,10 @@ import torch
 
 from ..diffusion import sigma_bin_means
 
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive non-finite losses or gradients."""
+
+
 FIXED = 4               # loss, grad_norm, finite, repa_loss; then the σ bins' (sum, count) pairs
 
 
@@ -64,3 +68,36 @@ class PendingMetrics:
             rows.append(metrics)
         self._steps, self._values = [], []
         return rows
+
+
+def read_pending_steps(trainer) -> list[dict]:
+    """The trainer's pending steps read in one transfer, appended to ``history``, non-finite steps counted.
+
+    ``max_nonfinite`` of them in a row raise ``TrainingDiverged`` (their updates were skipped on the device).
+    """
+    rows = trainer.pending.read()
+    for metrics in rows:
+        if metrics.pop("finite"):
+            trainer.nonfinite_streak = 0
+        else:
+            trainer.nonfinite_total += 1
+            trainer.nonfinite_streak += 1
+        metrics["nonfinite_steps"] = trainer.nonfinite_total
+        trainer.history.append(metrics)
+        if trainer.nonfinite_streak >= trainer.stage.max_nonfinite:
+            raise TrainingDiverged(
+                f"{trainer.nonfinite_streak} consecutive steps had a non-finite loss or gradient (last at step "
+                f"{metrics['step']}); the last good checkpoint in {trainer.stage.checkpoint_dir} is intact. Lower "
+                f"the LR, raise warmup_steps or use grad_clip")
+    return rows
+
+
+def metrics_due(trainer, target: int) -> bool:
+    """Whether the trainer reads its pending metrics after this step: a log, eval, checkpoint or sample step, an
+    ``on_step`` callback, the run's last step, every ``read_every`` steps, or a stop request (one process only:
+    with several, every rank must read at the same steps)."""
+    s, stage = trainer.step_count, trainer.stage
+    every = (trainer.read_every, stage.log_every, stage.eval_every if trainer.evaluator else 0,
+             stage.checkpoint_every, stage.sample_every)
+    return (s >= target or s == 1 or any(n and s % n == 0 for n in every) or bool(trainer.callbacks["on_step"])
+            or (trainer.accelerator.num_processes == 1 and trainer._stop.is_set()))

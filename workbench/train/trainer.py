@@ -37,12 +37,9 @@ from .noise import draw_sample_noise
 from .optim import clip_grad_norm, make_optimizer
 from .resume import resume_trainer, start_from
 from .stage_folder import clear_outputs, samples_path, stopped_line
+from .sharding import FullOptimizerState, FullState, Snapshot, full_norm, local_tensors, plain_copy, shard_model
 from .stages import Stage, check_stage, ema_decay_at, lr_factor
-from .step_metrics import PendingMetrics
-
-
-class TrainingDiverged(RuntimeError):
-    """Too many consecutive non-finite losses or gradients."""
+from .step_metrics import PendingMetrics, metrics_due, read_pending_steps
 
 
 class Trainer:
@@ -130,6 +127,11 @@ class Trainer:
             model.enable_gradient_checkpointing()
         if stage.compile:
             model.compile_blocks()                  # in place: the EMA copy above and the checkpoints stay plain
+        if stage.fsdp:                              # weights in before sharding; the optimiser over the shards
+            self.init_info = start_from(stage, model, self.ema, None) if stage.init_from else None
+            shard_model(model.to(acc.device), acc.device)
+            if self.ema is not None:
+                shard_model(self.ema.to(acc.device), acc.device)
         optimizer = make_optimizer(model, stage, acc.device, self.repa)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, stage))
         self.loader = PreparedLoader(stage.data, stage.resolution, stage.micro_batch, seed=stage.seed,
@@ -138,10 +140,14 @@ class Trainer:
         self.pending = PendingMetrics(stage.global_batch, stage.mask_ratio, repa=self.repa is not None)
         # steps between reads of the metrics from the device (a read waits for the GPU); on the CPU a read is free
         self.read_every = 1 if acc.device.type == "cpu" else stage.log_every
-        self.init_info = start_from(stage, model, self.ema, optimizer) if stage.init_from else None
+        if not stage.fsdp:
+            self.init_info = start_from(stage, model, self.ema, optimizer) if stage.init_from else None
         if self.repa is not None:
             self.repa.to(acc.device)
-        self.model, self.optimizer = acc.prepare(model, optimizer)
+        if stage.fsdp:                              # sharded already: accelerate must not wrap it in DDP
+            self.model, self.optimizer = model, acc.prepare(optimizer)
+        else:
+            self.model, self.optimizer = acc.prepare(model, optimizer)
         if self.ema is not None:
             self.ema.to(acc.device)
 
@@ -179,7 +185,7 @@ class Trainer:
     def step(self) -> dict:
         """One optimiser step over ``global_batch`` samples; returns its metrics."""
         self._step()
-        return self._read_metrics()[-1]
+        return read_pending_steps(self)[-1]
 
     def _step(self) -> None:
         """One optimiser step that reads nothing back from the device: its metrics wait in ``self.pending``."""
@@ -200,27 +206,6 @@ class Trainer:
                          grad_norm=grad_norm, finite=finite, sigma_sums=sigma_bin_sums(losses, all_sigmas),
                          repa_loss=repa)
 
-    def _read_metrics(self) -> list[dict]:
-        """The pending steps' metrics in one read from the device, into ``history``; counts non-finite steps.
-
-        ``max_nonfinite`` of them in a row raise ``TrainingDiverged`` (their updates were skipped).
-        """
-        rows = self.pending.read()
-        for metrics in rows:
-            if metrics.pop("finite"):
-                self.nonfinite_streak = 0
-            else:
-                self.nonfinite_total += 1
-                self.nonfinite_streak += 1
-            metrics["nonfinite_steps"] = self.nonfinite_total
-            self.history.append(metrics)
-            if self.nonfinite_streak >= self.stage.max_nonfinite:
-                raise TrainingDiverged(
-                    f"{self.nonfinite_streak} consecutive steps had a non-finite loss or gradient (last at step "
-                    f"{metrics['step']}); the last good checkpoint in {self.stage.checkpoint_dir} is intact. Lower "
-                    f"the LR, raise warmup_steps or use grad_clip")
-        return rows
-
     def _forward_backward(self, batch, micro_batches: int, *, last: bool) -> tuple:
         """One micro-batch: its noise, the caption (dropped for CFG), the loss and its gradient.
 
@@ -238,7 +223,9 @@ class Trainer:
             d = drop.to(caption.device)
             caption = torch.where(d[:, None, None], null, caption)                 # (B, L, D)
             caption_mask = torch.where(d[:, None], null_mask, caption_mask)       # (B, L)
-        sync = acc.no_sync(model) if not last and acc.num_processes > 1 else nullcontext()
+        if stage.fsdp:
+            model.set_requires_gradient_sync(last)          # FSDP2: reduce-scatter on the last micro-batch only
+        sync = acc.no_sync(model) if not last and acc.num_processes > 1 and not stage.fsdp else nullcontext()
         repa = None
         with sync, acc.autocast():
             out = self.loss_fn(model, batch.latents, caption, caption_mask, stage.mask_ratio,
@@ -295,8 +282,8 @@ class Trainer:
         """
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         max_norm = self.stage.grad_clip if self.stage.grad_clip > 0 else float("inf")
-        if self.stage.fsdp:
-            return self.accelerator.clip_grad_norm_(params, max_norm)
+        if self.stage.fsdp:                             # sharded gradients: torch's clip reduces over the mesh
+            return full_norm(torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True))
         self.accelerator.unscale_gradients()
         return clip_grad_norm(params, max_norm)
 
@@ -304,7 +291,7 @@ class Trainer:
         if self.ema is None:
             return
         if getattr(self, "_ema_pairs", None) is None:       # the same tensors every step: listed once
-            self._ema_pairs = (list(self.ema.parameters()), list(self.raw_model.parameters()))
+            self._ema_pairs = (local_tensors(self.ema.parameters()), local_tensors(self.raw_model.parameters()))
         ema, raw = self._ema_pairs
         decay = ema_decay_at(self.step_count, self.stage)
         with torch.no_grad():
@@ -340,12 +327,12 @@ class Trainer:
                     except torch.OutOfMemoryError as err:
                         raise out_of_memory(stage) from err
                     bar.update(1)
-                    if self._needs_metrics(target):
-                        metrics = self._read_metrics()[-1]
+                    if metrics_due(self, target):
+                        metrics = read_pending_steps(self)[-1]
                         bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{metrics['img_per_s']:.1f}")
                         self._after_step(metrics)
                     stopping = self._stop_agreed(target)
-                self._read_metrics()                    # steps since the last read (a stop between reads)
+                read_pending_steps(self)                    # steps since the last read (a stop between reads)
                 requested = self._stop.is_set() and self.step_count < target     # stop(): the Stop button
                 self.interrupted = interrupt.hit or requested
                 self.stop_signal = interrupt.signal_name if interrupt.hit else ("stop" if requested else "")
@@ -365,15 +352,6 @@ class Trainer:
         for fn in self.callbacks["on_end"]:
             fn(self, self.history)
         return self.history
-
-    def _needs_metrics(self, target: int) -> bool:
-        """Whether this step's metrics are read now: a log, eval, checkpoint or sample step, a callback, the end,
-        every ``read_every`` steps, or a stop request (one process: the same steps on every rank otherwise)."""
-        s, stage = self.step_count, self.stage
-        every = (self.read_every, stage.log_every, stage.eval_every if self.evaluator else 0, stage.checkpoint_every,
-                 stage.sample_every)
-        return (s >= target or s == 1 or any(n and s % n == 0 for n in every) or bool(self.callbacks["on_step"])
-                or (self.accelerator.num_processes == 1 and self._stop.is_set()))
 
     def _stop_agreed(self, target: int) -> bool:
         """A stop request, seen by every rank at the same step (every ``read_every`` steps), else the collectives
@@ -408,8 +386,11 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         """Write a checkpoint of the current step (atomic; retention applied); returns its path."""
         acc = self.accelerator
-        self._read_metrics()                    # the non-finite count it records is up to date
+        read_pending_steps(self)                    # the non-finite count it records is up to date
         acc.wait_for_everyone()
+        model, optimizer, ema = self.checkpoint_views()
+        if self.stage.fsdp:                     # gathered on every rank (collectives), written by rank 0
+            model, optimizer, ema = (None if v is None else Snapshot(v) for v in (model, optimizer, ema))
         path = None
         if acc.is_main_process:
             state = ckpt.TrainingState(step=self.step_count, rng=ckpt.capture_rng(), loader=self.loader.state_dict(),
@@ -419,8 +400,8 @@ class Trainer:
                                                        {k: v.detach().cpu() for k, v in
                                                         self.repa.projector.state_dict().items()})})
             path = ckpt.save_checkpoint(self.stage.checkpoint_dir, self.step_count,
-                                        model=self.raw_model, optimizer=self.optimizer,
-                                        scheduler=self.scheduler, ema=self.ema, state=state,
+                                        model=model, optimizer=optimizer, scheduler=self.scheduler, ema=ema,
+                                        state=state,
                                         stage_config=self.stage.to_dict(),
                                         sampling=sampling_record(self.info, self.stage), final=self.done,
                                         keep_last=self.stage.keep_last)
@@ -443,18 +424,31 @@ class Trainer:
         if not samples_path(self.stage.stage_dir, self.step_count).is_file():
             self.save_samples()
 
+    def checkpoint_views(self) -> tuple:
+        """(model, optimizer, EMA) as the checkpoint code reads and writes them: the objects themselves, or
+        under FSDP views with full (gathered) state dicts (``sharding.FullState``)."""
+        if not self.stage.fsdp:
+            return self.raw_model, self.optimizer, self.ema
+        return (FullState(self.raw_model), FullOptimizerState(self.raw_model, self.optimizer),
+                None if self.ema is None else FullState(self.ema))
+
     def sampling_model(self) -> MicroDiT:
-        """The EMA model when the stage keeps one, else the raw model."""
-        return self.ema if self.ema is not None else self.raw_model
+        """The EMA model when the stage keeps one, else the raw model (under FSDP a gathered plain copy)."""
+        model = self.ema if self.ema is not None else self.raw_model
+        if not self.stage.fsdp:
+            return model
+        state = FullState(model).state_dict()           # a collective: every rank calls sampling_model()
+        return plain_copy(model, state, self.accelerator.device) if self.accelerator.is_main_process else model
 
     def save_samples(self) -> Path | None:
         """Sample the stage's prompts (EMA weights when present) into samples/step_NNNNNNN.png."""
         self._sampled_step = self.step_count
+        model = self.sampling_model()                   # on every rank (FSDP gathers)
         if not self.accelerator.is_main_process:
             return None
         path = samples_path(self.stage.stage_dir, self.step_count)
         with writing(f"the sample grid {path.name}", path.parent):
-            self.grid.save(self.sampling_model(), path, device=self.accelerator.device)
+            self.grid.save(model, path, device=self.accelerator.device)
         for fn in self.callbacks["on_samples"]:
             fn(self, path)
         return path

@@ -53,6 +53,8 @@ def load_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer=None,
     _check_files(path, needed, verify)
     model = unwrap_model(model)
     check_model_config(path, model, strict=strict_config, ignore_fields=ignore_fields)
+    if torch.device(map_location).type == "cpu":
+        map_location = "cpu"           # safetensors and torch.load refuse "cpu:0" (a gloo rank's device)
     device = str(map_location)
     weights = load_file(str(path / MODEL_FILE), device=device)
     ema_weights = load_file(str(path / EMA_FILE), device=device) if ema is not None else None
