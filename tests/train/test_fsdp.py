@@ -63,6 +63,21 @@ def test_two_sharded_processes_match_one_and_their_checkpoint_resumes_and_sample
         assert diff < WEIGHT_ATOL, f"{'EMA' if use_ema else 'model'} differs from one process by {diff}"
 
 
+def test_a_sharded_stage_carries_a_one_process_stages_optimiser(make_stage, tmp_path):
+    """init_mode: full (the paper's stage 2) from a one-process checkpoint, whose optimiser state is keyed by
+    parameter index: the sharded stage maps it to names and trains as the one-process stage 2 does."""
+    first = make_stage(name="stage1", runs_dir=str(tmp_path / "runs"), steps=2, lr=2e-3)
+    Trainer(first, progress=False).run()
+    second = dict(name="stage2", steps=2, global_batch=8, init_from=str(first.stage_dir), init_mode="full", lr=1e-3)
+    sharded = make_stage(runs_dir=str(tmp_path / "fsdp"), micro_batch=4, fsdp=True, **second)
+    single = make_stage(runs_dir=str(tmp_path / "single"), micro_batch=8, **second)
+    proc = start(launch(sharded, tmp_path / "out"))
+    Trainer(single, progress=False).run()
+    finish(proc, timeout=300)
+    assert [losses(sharded)[s] for s in (1, 2)] == pytest.approx([losses(single)[s] for s in (1, 2)], rel=LOSS_RTOL)
+    assert max_difference(final_weights(sharded), final_weights(single)) < WEIGHT_ATOL
+
+
 def test_fsdp_in_one_process_says_how_to_launch_it(make_stage):
     with pytest.raises(ValueError, match=r"accelerate launch --multi_gpu --num_processes N"):
         Trainer(make_stage(fsdp=True), progress=False)

@@ -133,13 +133,20 @@ def start_from(stage, model: torch.nn.Module, ema: torch.nn.Module | None, optim
     ckpt.load_model_weights(path, model, ignore_fields=RESOLUTION_FIELDS)
     if ema is not None:
         ckpt.load_model_weights(path, ema, ema=ckpt.has_ema(path), ignore_fields=RESOLUTION_FIELDS)
-    if stage.init_mode == "full":
-        ckpt.load_optimizer_state(path, optimizer)      # moments and step counts; it also restores the
-        for group in optimizer.param_groups:            # old stage's settings: use this stage's instead
-            base = stage.lr * (stage.moe_lr_scale if group.get("name") == "moe" else 1.0)
-            group.update(initial_lr=base, lr=base * lr_factor(0, stage), betas=stage.betas,
-                         weight_decay=stage.weight_decay)
+    if stage.init_mode == "full" and optimizer is not None:
+        carry_optimizer(stage, optimizer)
     return {"path": str(path), "mode": stage.init_mode}
+
+
+def carry_optimizer(stage, optimizer) -> None:
+    """``init_mode: full``: the ``init_from`` checkpoint's AdamW moments and step counts, with this stage's LR,
+    betas and weight decay (loading restores the old stage's). ``optimizer`` may be a sharded model's
+    ``FullOptimizerState`` view; its groups are read after loading, which may replace them."""
+    ckpt.load_optimizer_state(ckpt.resolve_checkpoint(stage.init_from), optimizer)
+    for group in optimizer.param_groups:
+        base = stage.lr * (stage.moe_lr_scale if group.get("name") == "moe" else 1.0)
+        group.update(initial_lr=base, lr=base * lr_factor(0, stage), betas=stage.betas,
+                     weight_decay=stage.weight_decay)
 
 
 def resume_trainer(trainer, resume) -> str | None:

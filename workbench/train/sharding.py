@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 def check_fsdp(stage, num_processes: int) -> None:
     """``InputError`` for a ``Stage.fsdp`` run this module cannot shard: one process, accelerate's own FSDP
-    launch, or an option not supported with sharding yet (REPA, ``init_mode: full``, ``eval_every``)."""
+    launch, or an option not supported with sharding yet (REPA, ``eval_every``)."""
     from ..errors import InputError
 
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
@@ -35,7 +35,6 @@ def check_fsdp(stage, num_processes: int) -> None:
                          f"fsdp: false, or launch N of them: accelerate launch --multi_gpu --num_processes N "
                          f"-m workbench train --config STAGE.yaml")
     unsupported = [name for name, on in (("repa_weight > 0", stage.repa_weight > 0),
-                                         ("init_mode: full", bool(stage.init_from) and stage.init_mode == "full"),
                                          ("eval_every > 0", stage.eval_every > 0)) if on]
     if unsupported:
         raise InputError(f"Stage.fsdp does not support {', '.join(unsupported)} yet; set fsdp: false (DDP) for them")
@@ -101,15 +100,32 @@ class FullOptimizerState:
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
         self.model, self.optimizer = model, getattr(optimizer, "optimizer", optimizer)
 
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.optimizer.param_groups
+
     def state_dict(self) -> dict:
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
         return get_optimizer_state_dict(self.model, self.optimizer, options=_options(cpu_offload=True))
 
     def load_state_dict(self, state: dict) -> None:
+        """Scatter a full optimiser state dict: keyed by parameter name (a sharded run's checkpoint) or by
+        index (a one-process or DDP run's, mapped to names through this optimiser's groups)."""
         from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
+        if any(isinstance(p, int) for group in state["param_groups"] for p in group["params"]):
+            state = self._by_name(state)
         set_optimizer_state_dict(self.model, self.optimizer, state, options=_options())
+
+    def _by_name(self, state: dict) -> dict:
+        names = {id(p): name for name, p in self.model.named_parameters()}
+        index_to_name = {}
+        for saved, ours in zip(state["param_groups"], self.optimizer.param_groups):
+            index_to_name.update(zip(saved["params"], (names[id(p)] for p in ours["params"])))
+        return {"state": {index_to_name[i]: value for i, value in state["state"].items()},
+                "param_groups": [{**g, "params": [index_to_name[i] for i in g["params"]]}
+                                 for g in state["param_groups"]]}
 
 
 class Snapshot:

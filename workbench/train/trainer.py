@@ -35,7 +35,7 @@ from .lock import StageLock
 from .monitor import MetricsLog, PromptGrid
 from .noise import draw_sample_noise
 from .optim import clip_grad_norm, make_optimizer
-from .resume import resume_trainer, start_from
+from .resume import carry_optimizer, resume_trainer, start_from
 from .stage_folder import clear_outputs, samples_path, stopped_line
 from .sharding import FullOptimizerState, FullState, Snapshot, full_norm, local_tensors, plain_copy, shard_model
 from .stages import Stage, check_stage, ema_decay_at, lr_factor
@@ -142,6 +142,8 @@ class Trainer:
         self.read_every = 1 if acc.device.type == "cpu" else stage.log_every
         if not stage.fsdp:
             self.init_info = start_from(stage, model, self.ema, optimizer) if stage.init_from else None
+        elif stage.init_from and stage.init_mode == "full":
+            carry_optimizer(stage, FullOptimizerState(model, optimizer))
         if self.repa is not None:
             self.repa.to(acc.device)
         if stage.fsdp:                              # sharded already: accelerate must not wrap it in DDP

@@ -99,7 +99,7 @@ def load_optimizer_state(path: str | Path, optimizer: torch.optim.Optimizer, *,
     path = resolve_checkpoint(path)
     _check_files(path, [OPTIMIZER_FILE], verify)
     saved = safe_torch_load(path / OPTIMIZER_FILE, map_location)
-    ours = optimizer.state_dict()
+    ours = _group_layout(optimizer)
 
     def names(state_dict: dict) -> list:
         return [g.get("name") for g in state_dict["param_groups"]]
@@ -107,6 +107,17 @@ def load_optimizer_state(path: str | Path, optimizer: torch.optim.Optimizer, *,
     if names(saved) != names(ours):
         saved = _match_groups_by_name(saved, ours)
     optimizer.load_state_dict(saved)
+
+
+def _group_layout(optimizer) -> dict:
+    """The optimizer's groups as its ``state_dict()`` has them (settings, consecutive parameter indices), read
+    without building the state dict (a sharded model's would be a collective)."""
+    groups, start = [], 0
+    for group in optimizer.param_groups:
+        n = len(group["params"])
+        groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": list(range(start, start + n))})
+        start += n
+    return {"param_groups": groups}
 
 
 def _match_groups_by_name(saved: dict, ours: dict) -> dict:
