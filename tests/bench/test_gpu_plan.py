@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_small_plan_reports_mfu_and_the_masked_speed_up(one_thread):
-    plan = [{"batch": 2}, {"batch": 2, "gradient_checkpointing": True}]
+    plan = [{"batch": 2}, {"batch": 2, "gradient_checkpointing": True, "weights_bf16": True}]
     report = bench_gpu("nano", plan=plan, latent_size=16, repeats=1, progress=lambda line: None)
     rows = report["results"]
     assert len(rows) == 4 and report["matmul_peak_gflops"] > 0                   # two entries x masks 0 and 0.75
@@ -32,7 +32,7 @@ def test_out_of_memory_and_the_budget_are_recorded_not_raised(monkeypatch):
     monkeypatch.setattr(gpu, "bench_model", out_of_memory)
     report = bench_gpu("nano", plan=[{"batch": 512}], latent_size=16, progress=lambda line: None)
     assert report["results"] == [{"batch": 512, "bf16": False, "compile": False, "gradient_checkpointing": False,
-                                  "error": "out of memory"}]
+                                  "weights_bf16": False, "error": "out of memory"}]
     skipped = bench_gpu("nano", plan=[{"batch": 2}], budget_s=-1, progress=lambda line: None)["results"]
     assert skipped[0]["skipped"].startswith("past the")
 

@@ -27,9 +27,11 @@ from .step import matmul_peak_gflops
 GPU_PLAN = (
     {"batch": 64, "bf16": False},
     {"batch": 64, "bf16": True},
+    {"batch": 64, "weights_bf16": True},                         # bf16-mixed's compute copy: no autocast casts
     {"batch": 128, "bf16": True},
     {"batch": 256, "bf16": True},
     {"batch": 256, "bf16": True, "gradient_checkpointing": True},
+    {"batch": 256, "weights_bf16": True},
     {"batch": 64, "bf16": True, "compile": True},
     {"batch": 256, "bf16": True, "compile": True, "gradient_checkpointing": True},
 )
@@ -50,7 +52,8 @@ def datasheet_peak_flops(device_name: str) -> float | None:
 
 def bench_gpu(preset: str = "xl_2", plan=GPU_PLAN, latent_size: int = 32, repeats: int = 5, budget_s: float = 420,
               progress=print) -> dict:
-    """Run ``plan`` (dicts of ``bench_model`` options: batch, bf16, compile, gradient_checkpointing); a report."""
+    """Run ``plan`` (dicts of ``bench_model`` options: batch, bf16, compile, gradient_checkpointing, weights_bf16);
+    a report."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     peak = matmul_peak_gflops(n=8192 if device == "cuda" else 1024, dtype=dtype, device=device)
@@ -60,7 +63,8 @@ def bench_gpu(preset: str = "xl_2", plan=GPU_PLAN, latent_size: int = 32, repeat
               "results": []}
     start = time.perf_counter()
     for options in plan:
-        entry = {"batch": 16, "bf16": False, "compile": False, "gradient_checkpointing": False, **options}
+        entry = {"batch": 16, "bf16": False, "compile": False, "gradient_checkpointing": False, "weights_bf16": False,
+                 **options}
         if time.perf_counter() - start > budget_s:
             report["results"].append({**entry, "skipped": f"past the {budget_s:.0f} s budget"})
             continue

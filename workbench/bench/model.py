@@ -15,13 +15,14 @@ from . import environment, interleaved_timings
 
 def bench_model(presets=("nano", "micro"), batch: int = 16, latent_size: int = 32, caption_len: int = 77,
                 mask_ratios=(0.0, 0.75), repeats: int = 5, bf16: bool = False, compile: bool = False,
-                gradient_checkpointing: bool = False, progress=print) -> dict:
+                gradient_checkpointing: bool = False, weights_bf16: bool = False, progress=print) -> dict:
     """Time one training forward+backward per preset and mask ratio; returns a JSON-able report.
 
     ``latent_size`` is the side of the model's input (latents for 4-channel presets such as xl_2:
     32 is the paper's 256 px stage). On a GPU, ``bf16=True, compile=True`` is the paper's setting;
     ``compile`` compiles each block (``MicroDiT.compile_blocks``, as ``Stage.compile`` does) and
-    ``gradient_checkpointing`` recomputes each block's activations in the backward pass.
+    ``gradient_checkpointing`` recomputes each block's activations in the backward pass; ``weights_bf16``
+    times the bf16 compute copy of ``mixed_precision: bf16-mixed`` (bf16 weights and inputs, no autocast).
 
     Example::
 
@@ -29,20 +30,23 @@ def bench_model(presets=("nano", "micro"), batch: int = 16, latent_size: int = 3
     """
     report = {"benchmark": "model", "batch": batch, "latent_size": latent_size, "caption_len": caption_len,
               "autocast_bf16": bf16, "compile": compile, "gradient_checkpointing": gradient_checkpointing,
-              "environment": environment(), "results": []}
+              "weights_bf16": weights_bf16, "environment": environment(), "results": []}
     device = default_device()
     for name in presets:
         torch.manual_seed(0)
         model = MicroDiT.from_preset(name).to(device).train()
+        if weights_bf16:
+            model = model.bfloat16()
         c = model.arch
         if gradient_checkpointing:
             model.enable_gradient_checkpointing()
         if compile:
             model.compile_blocks()
-        x = torch.randn(batch, c.in_channels, latent_size, latent_size, device=device)
-        caption = torch.randn(batch, caption_len, c.caption_dim, device=device)
+        dtype = torch.bfloat16 if weights_bf16 else torch.float32
+        x = torch.randn(batch, c.in_channels, latent_size, latent_size, device=device, dtype=dtype)
+        caption = torch.randn(batch, caption_len, c.caption_dim, device=device, dtype=dtype)
         mask = torch.ones(batch, caption_len, dtype=torch.long, device=device)
-        c_noise = torch.randn(batch, device=device)
+        c_noise = torch.randn(batch, device=device, dtype=dtype)
 
         inputs = (x, c_noise, caption, mask)
         if device == "cuda":

@@ -25,9 +25,10 @@ def make_accelerator(stage: Stage):
     from accelerate.state import AcceleratorState, is_initialized
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1 and is_initialized() and AcceleratorState().mixed_precision != stage.mixed_precision:
+    autocast = "no" if stage.mixed_precision == "bf16-mixed" else stage.mixed_precision   # bf16-mixed: the Trainer's
+    if world == 1 and is_initialized() and AcceleratorState().mixed_precision != autocast:
         AcceleratorState._reset_state()
-    acc = Accelerator(mixed_precision=stage.mixed_precision, cpu=world > 1 and not has_gpu(),
+    acc = Accelerator(mixed_precision=autocast, cpu=world > 1 and not has_gpu(),
                       log_with="tensorboard" if stage.tensorboard else None, project_dir=str(stage.stage_dir))
     if world > 1 and acc.num_processes == 1:
         raise RuntimeError(f"the launcher started {world} processes (WORLD_SIZE) but accelerate joined "

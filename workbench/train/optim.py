@@ -55,3 +55,19 @@ def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
     total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))      # ()
     torch._foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp(max=1.0))
     return total
+
+
+def update_ema(ema: list[torch.Tensor], raw: list[torch.Tensor], decay: float, finite: torch.Tensor) -> None:
+    """``ema += (1 - decay) * finite * (raw - ema)`` in three foreach ops; ``decay == 0`` copies ``raw``.
+
+    ``finite`` (a 0-dim tensor on the device, 0 for a skipped non-finite step) is a tensor weight, so
+    nothing is read back from the device (``_foreach_lerp_`` would read a tensor weight as a number).
+    A skipped step left ``raw`` as it was, so the copy phase needs no weight.
+    """
+    with torch.no_grad():
+        if decay == 0.0:
+            torch._foreach_copy_(ema, raw)
+        else:
+            step = torch._foreach_sub(raw, ema)
+            torch._foreach_mul_(step, (1.0 - decay) * finite.float())
+            torch._foreach_add_(ema, step)

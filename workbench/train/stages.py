@@ -27,7 +27,7 @@ from ..errors import InputError
 DEFAULT_PROMPTS = ("a red circle", "a blue square", "a green triangle", "a yellow star",
                    "a large purple ring", "an orange cross", "two red circles", "a blue star above a green square")
 SCHEDULES = ("cosine", "constant")
-PRECISIONS = ("no", "bf16", "fp16")
+PRECISIONS = ("no", "bf16", "fp16", "bf16-mixed")   # bf16: autocast; bf16-mixed: bf16 weights, fp32 master
 INIT_MODES = ("weights", "full")
 
 
@@ -108,7 +108,7 @@ class Stage:
     p_mean: float = -0.6                       # EDM training noise: mean of ln sigma
     p_std: float = 1.2                         # EDM training noise: std of ln sigma
     sigma_data: float = 0.9                    # EDM sigma_data
-    mixed_precision: str = "no"                # no | bf16 | fp16 (fp16 is for GPUs only)
+    mixed_precision: str = "no"                # no | bf16 (autocast) | fp16 (GPUs) | bf16-mixed (train/precision.py)
     compile: bool = False                      # torch.compile each model block (MicroDiT.compile_blocks)
     activation_checkpointing: bool = False     # recompute each block's activations in backward (less memory)
     fsdp: bool = False                         # shard with FSDP2 instead of DDP (2+ processes; train/sharding.py)
@@ -143,6 +143,9 @@ class Stage:
         except ValueError as err:
             raise InputError(f"Stage: {err}") from None
         preset_config(self.model, **self.model_overrides)  # unknown preset or bad override fails here
+        if self.mixed_precision == "bf16-mixed" and (self.fsdp or self.repa_weight > 0):
+            raise InputError("Stage.mixed_precision: bf16-mixed does not combine with fsdp or REPA yet; use "
+                             "mixed_precision bf16 (autocast) for them")
 
     def architecture(self) -> dict:
         """The ``MicroDiTConfig`` (as a dict) this stage trains: its preset with ``model_overrides``."""

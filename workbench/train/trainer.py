@@ -34,7 +34,8 @@ from .interrupt import StopOnInterrupt
 from .lock import StageLock
 from .monitor import MetricsLog, PromptGrid
 from .noise import draw_sample_noise
-from .optim import clip_grad_norm, make_optimizer
+from .optim import clip_grad_norm, make_optimizer, update_ema
+from .precision import BF16Compute, grad_scaler_state
 from .resume import carry_optimizer, resume_trainer, start_from
 from .stage_folder import clear_outputs, samples_path, stopped_line
 from .sharding import FullOptimizerState, FullState, Snapshot, full_norm, local_tensors, plain_copy, shard_model
@@ -123,10 +124,6 @@ class Trainer:
 
             self.repa = build_repa(stage.repa_encoder, self.info, model, stage.repa_depth)
             self.repa.attach(model)
-        if stage.activation_checkpointing:
-            model.enable_gradient_checkpointing()
-        if stage.compile:
-            model.compile_blocks()                  # in place: the EMA copy above and the checkpoints stay plain
         if stage.fsdp:                              # weights in before sharding; the optimiser over the shards
             self.init_info = start_from(stage, model, self.ema, None) if stage.init_from else None
             shard_model(model.to(acc.device), acc.device)
@@ -140,16 +137,28 @@ class Trainer:
         self.pending = PendingMetrics(stage.global_batch, stage.mask_ratio, repa=self.repa is not None)
         # steps between reads of the metrics from the device (a read waits for the GPU); on the CPU a read is free
         self.read_every = 1 if acc.device.type == "cpu" else stage.log_every
+        self._prepare(model, optimizer)
+
+    def _prepare(self, model: MicroDiT, optimizer) -> None:
+        """``init_from``; the bf16 compute copy (``bf16-mixed``); checkpointing and compilation of the module that
+        computes; accelerate's wrappers (not around a sharded model)."""
+        stage, acc = self.stage, self.accelerator
         if not stage.fsdp:
             self.init_info = start_from(stage, model, self.ema, optimizer) if stage.init_from else None
         elif stage.init_from and stage.init_mode == "full":
             carry_optimizer(stage, FullOptimizerState(model, optimizer))
+        self.precision = BF16Compute(model.to(acc.device)) if stage.mixed_precision == "bf16-mixed" else None
+        work = self.precision.model if self.precision is not None else model
+        if stage.activation_checkpointing:
+            work.enable_gradient_checkpointing()
+        if stage.compile:
+            work.compile_blocks()                   # in place: the EMA copy and the checkpoints stay plain
         if self.repa is not None:
             self.repa.to(acc.device)
         if stage.fsdp:                              # sharded already: accelerate must not wrap it in DDP
-            self.model, self.optimizer = model, acc.prepare(optimizer)
+            self.model, self.optimizer = work, acc.prepare(optimizer)
         else:
-            self.model, self.optimizer = acc.prepare(model, optimizer)
+            self.model, self.optimizer = acc.prepare(work, optimizer)
         if self.ema is not None:
             self.ema.to(acc.device)
 
@@ -165,6 +174,8 @@ class Trainer:
         acc.wait_for_everyone()
         self.metrics = MetricsLog(stage.stage_dir / "metrics.jsonl")
         self.resumed_from = resume_trainer(self, resume)
+        if self.precision is not None:
+            self.precision.weights_from_master()            # the resumed master weights into the bf16 copy
         if acc.is_main_process and not self.past_steps:     # a stage past its steps records nothing new
             with writing("stage.yaml", stage.stage_dir):
                 stage.to_yaml(stage.stage_dir / "stage.yaml")
@@ -197,6 +208,8 @@ class Trainer:
         self.model.train()
         outs = [self._forward_backward(batch, len(batches), last=i == len(batches) - 1)
                 for i, batch in enumerate(batches)]
+        if self.precision is not None:
+            self.precision.grads_to_master()                                              # bf16 -> fp32 .grad
         grad_norm = self._clip_gradients()                                                # ()
         losses = acc.gather(torch.cat([per_sample for per_sample, _, _ in outs]))         # (global_batch,)
         all_sigmas = acc.gather(torch.cat([sigma for _, sigma, _ in outs]))               # (global_batch,)
@@ -256,7 +269,11 @@ class Trainer:
             self.optimizer.step()
         elif bool(finite):
             self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        if self.precision is not None:                      # master -> bf16 copy; the master's .grad is reused
+            self.precision.weights_from_master()
+            self.precision.zero_grad()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         self.step_count += 1
@@ -265,7 +282,9 @@ class Trainer:
 
     @property
     def raw_model(self) -> MicroDiT:
-        """The trained MicroDiT itself, under any DDP / FSDP and ``torch.compile`` wrappers."""
+        """The trained MicroDiT itself (under bf16-mixed its fp32 master), under any DDP and compile wrappers."""
+        if getattr(self, "precision", None) is not None:
+            return self.precision.master
         return ckpt.unwrap_model(self.accelerator.unwrap_model(self.model))
 
     @property
@@ -290,19 +309,10 @@ class Trainer:
         return clip_grad_norm(params, max_norm)
 
     def _update_ema(self, finite: torch.Tensor) -> None:
-        if self.ema is None:
-            return
-        if getattr(self, "_ema_pairs", None) is None:       # the same tensors every step: listed once
-            self._ema_pairs = (local_tensors(self.ema.parameters()), local_tensors(self.raw_model.parameters()))
-        ema, raw = self._ema_pairs
-        decay = ema_decay_at(self.step_count, self.stage)
-        with torch.no_grad():
-            if decay == 0.0:                        # a skipped step left raw as it was: copying it changes nothing
-                torch._foreach_copy_(ema, raw)
-            else:
-                step = torch._foreach_sub(raw, ema)              # ema += w (raw - ema), w = 0 on a skipped step:
-                torch._foreach_mul_(step, (1.0 - decay) * finite.float())    # a tensor weight (lerp would read it)
-                torch._foreach_add_(ema, step)
+        if self.ema is not None:
+            if getattr(self, "_ema_pairs", None) is None:       # the same tensors every step: listed once
+                self._ema_pairs = (local_tensors(self.ema.parameters()), local_tensors(self.raw_model.parameters()))
+            update_ema(*self._ema_pairs, ema_decay_at(self.step_count, self.stage), finite)
 
     def run(self, steps: int | None = None) -> list[dict]:
         """Train until the stage's last step (or ``steps`` more), then checkpoint and sample.
@@ -397,7 +407,8 @@ class Trainer:
         if acc.is_main_process:
             state = ckpt.TrainingState(step=self.step_count, rng=ckpt.capture_rng(), loader=self.loader.state_dict(),
                                        extra={"stage": self.stage.name, "nonfinite_total": self.nonfinite_total,
-                                              "init_from": self.init_info, "grad_scaler": self._scaler_state(),
+                                              "init_from": self.init_info,
+                                              "grad_scaler": grad_scaler_state(self.accelerator),
                                               "repa": (None if self.repa is None else
                                                        {k: v.detach().cpu() for k, v in
                                                         self.repa.projector.state_dict().items()})})
@@ -413,13 +424,6 @@ class Trainer:
         self._checkpointed_step = self.step_count
         acc.wait_for_everyone()
         return path
-
-    def _scaler_state(self) -> dict | None:
-        """fp16's GradScaler state (loss scale, growth tracker) as plain numbers; None otherwise."""
-        scaler = self.accelerator.scaler
-        if scaler is None:
-            return None
-        return {k: v.item() if torch.is_tensor(v) else v for k, v in scaler.state_dict().items()}
 
     def _complete_outputs(self) -> None:
         """A rerun of a finished stage makes what a kill after its final checkpoint left out: the sample grid."""
