@@ -12,7 +12,9 @@ def add_bench_parser(sub) -> None:
     bench.add_argument("--resolution", type=int, default=32, help="image side in pixels (data, train)")
     bench.add_argument("--latent-size", type=int, default=32, help="the model input's side (model)")
     bench.add_argument("--repeats", type=int, default=5)
-    bench.add_argument("--bf16", action="store_true", help="bf16 autocast (model, train)")
+    bench.add_argument("--bf16", action="store_true", help="bf16 autocast (model, train, step)")
+    bench.add_argument("--precision", choices=["no", "bf16", "fp16", "bf16-mixed"], default=None,
+                       help="Stage.mixed_precision (train, step; default: bf16 with --bf16, else no)")
     bench.add_argument("--compile", action="store_true", help="torch.compile each block (MicroDiT.compile_blocks; "
                                                                   "model, train, step)")
     bench.add_argument("--gradient-checkpointing", action="store_true",
@@ -32,6 +34,11 @@ def add_bench_parser(sub) -> None:
     bench.set_defaults(fn=cmd_bench)
 
 
+def precision(args) -> str:
+    """The Stage.mixed_precision a ``bench train|step`` run uses."""
+    return args.precision or ("bf16" if args.bf16 else "no")
+
+
 def cmd_bench(args) -> int:
     from . import write_report
 
@@ -45,7 +52,7 @@ def cmd_bench(args) -> int:
         from .train import bench_train
 
         report = bench_train(presets=args.presets or ("nano", "micro"), batch=args.batch, resolution=args.resolution,
-                             steps=args.steps or 6, mixed_precision="bf16" if args.bf16 else "no", compile=args.compile,
+                             steps=args.steps or 6, mixed_precision=precision(args), compile=args.compile,
                              data=args.data)
     elif args.what == "memory":
         from .memory import bench_memory
@@ -58,7 +65,7 @@ def cmd_bench(args) -> int:
 
         report = bench_step(preset=(args.presets or ("micro",))[0], mask_ratio=args.mask, batch=args.batch,
                             resolution=args.resolution, steps=args.steps or 6,
-                            mixed_precision="bf16" if args.bf16 else "no", compile=args.compile, data=args.data)
+                            mixed_precision=precision(args), compile=args.compile, data=args.data)
         if not args.profile:
             report.pop("top_ops"), report.pop("top_self_time")
     elif args.what == "gpu":

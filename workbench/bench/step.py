@@ -103,7 +103,7 @@ def bench_step(preset: str = "micro", mask_ratio: float = 0.75, batch: int = 16,
         trainer = Trainer(stage, progress=False)
         try:
             latent_side = trainer.info.latent_shapes[resolution][-1]            # (C, h, w) of the prepared rows
-            dtype = torch.bfloat16 if mixed_precision == "bf16" else torch.float32
+            dtype = torch.bfloat16 if mixed_precision in ("bf16", "bf16-mixed") else torch.float32
             peak = matmul_peak_gflops(dtype=dtype, device=trainer.accelerator.device.type)
             start = time.perf_counter()
             trainer.step()                                        # warm-up: allocations, first-call paths, compiling
