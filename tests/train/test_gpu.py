@@ -40,7 +40,7 @@ def gpu_stage(gpu_data, tmp_path):
     return make
 
 
-@pytest.mark.parametrize("precision", ["no", "bf16", "fp16"])
+@pytest.mark.parametrize("precision", ["no", "bf16", "fp16", "bf16-mixed"])
 def test_training_on_the_gpu_learns_in_each_precision(gpu_stage, precision):
     stage = gpu_stage(name=f"gpu_{precision}", steps=120, mixed_precision=precision, ema_decay=0.9, log_every=1)
     trainer = Trainer(stage, progress=False)
@@ -78,6 +78,20 @@ def test_gpu_and_cpu_first_steps_agree(gpu_stage, tmp_path):
     assert a.keys() == b.keys() == {1, 2, 3}
     for step in a:        # TF32 convolutions and reduction order differ; the losses agree to ~1e-3
         assert a[step] == pytest.approx(b[step], rel=2e-2), (step, a[step], b[step])
+
+
+def test_a_gpu_step_does_not_synchronise(gpu_stage):
+    """Nothing in a step waits for the GPU: CUDA's sync debug mode raises on any synchronising call."""
+    trainer = Trainer(gpu_stage(name="nosync", steps=10), progress=False)
+    trainer.step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            trainer._step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len(trainer.pending) == 3
 
 
 def test_compiled_training_matches_eager(gpu_stage):

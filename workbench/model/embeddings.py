@@ -46,13 +46,21 @@ def _sincos_2d_cached(dim: int, grid_h: int, grid_w: int, scale: float) -> torch
     return emb.float()
 
 
-def sincos_2d_positions(dim: int, grid_h: int, grid_w: int, scale: float = 1.0) -> torch.Tensor:
+def sincos_2d_positions(dim: int, grid_h: int, grid_w: int, scale: float = 1.0, device=None) -> torch.Tensor:
     """Fixed 2-D sin-cos position embeddings (h*w, dim) for a token grid, row-major.
 
     ``scale`` divides the coordinates: a 64x64 latent grid with ``scale=2`` spans the same
-    coordinate range as the 32x32 grid a model was trained on.
+    coordinate range as the 32x32 grid a model was trained on. With ``device`` the table is kept
+    there (one copy per grid and device), so a forward pass copies nothing from the host.
     """
+    if device is not None and torch.device(device).type != "cpu":
+        return _on_device(dim, grid_h, grid_w, float(scale), str(device))
     return _sincos_2d_cached(dim, grid_h, grid_w, float(scale))
+
+
+@lru_cache(maxsize=16)
+def _on_device(dim: int, grid_h: int, grid_w: int, scale: float, device: str) -> torch.Tensor:
+    return _sincos_2d_cached(dim, grid_h, grid_w, scale).to(device)
 
 
 class PatchEmbed(nn.Module):

@@ -260,7 +260,7 @@ class MicroDiT(ModelMixin, ConfigMixin):
         else:  # a caption with no real token attends to all of its (zero) tokens rather than to nothing
             caption_mask = caption_mask.bool() | ~caption_mask.bool().any(dim=1, keepdim=True)  # (B, L)
 
-        pos = sincos_2d_positions(cfg.width, h // p, w // p, cfg.pos_interp_scale).to(x.device, x.dtype)  # (T, D)
+        pos = sincos_2d_positions(cfg.width, h // p, w // p, cfg.pos_interp_scale, x.device).to(x.dtype)  # (T, D)
         stem = self.stem(x) if self.stem is not None else x                        # (B, C or C_stem, H, W)
         tokens = self.patch_embed(stem) + pos                                      # (B, T, D)
         y, pooled = self.caption_embed(caption, caption_mask)                      # (B, L, D), (B, D)
@@ -268,8 +268,8 @@ class MicroDiT(ModelMixin, ConfigMixin):
 
         rope = None
         if cfg.rope:
-            cos, sin = rope_2d_tables(cfg.head_dim, h // p, w // p, cfg.pos_interp_scale)   # (T, hd) each
-            rope = (cos.to(x.device)[None, None], sin.to(x.device)[None, None])    # (1, 1, T, hd) each
+            cos, sin = rope_2d_tables(cfg.head_dim, h // p, w // p, cfg.pos_interp_scale, x.device)  # (T, hd)
+            rope = (cos[None, None], sin[None, None])                              # (1, 1, T, hd) each
 
         tokens = self.mixer_in(tokens)                                             # (B, T, Dm)
         y_mixer = self.mixer_caption(y) if len(self.mixer) else y                  # (B, L, Dm)

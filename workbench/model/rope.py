@@ -29,12 +29,21 @@ def _tables(head_dim: int, grid_h: int, grid_w: int, scale: float) -> tuple[torc
     return angles.cos().float(), angles.sin().float()
 
 
-def rope_2d_tables(head_dim: int, grid_h: int, grid_w: int, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_2d_tables(head_dim: int, grid_h: int, grid_w: int, scale: float = 1.0,
+                   device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """``cos`` and ``sin`` (h*w, head_dim) for a row-major token grid; ``scale`` divides the coordinates
-    (``pos_interp_scale``, as for the sin-cos positions). ``head_dim`` must be a multiple of 4."""
+    (``pos_interp_scale``, as for the sin-cos positions). ``head_dim`` must be a multiple of 4. With
+    ``device`` the tables are kept there (one copy per grid and device)."""
     if head_dim % 4:
         raise InputError(f"2-D RoPE needs head_dim divisible by 4, got {head_dim}")
+    if device is not None and torch.device(device).type != "cpu":
+        return _tables_on(head_dim, grid_h, grid_w, float(scale), str(device))
     return _tables(head_dim, grid_h, grid_w, float(scale))
+
+
+@lru_cache(maxsize=32)
+def _tables_on(head_dim: int, grid_h: int, grid_w: int, scale: float, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return tuple(t.to(device) for t in _tables(head_dim, grid_h, grid_w, scale))
 
 
 def rotate_pairs(t: torch.Tensor) -> torch.Tensor:

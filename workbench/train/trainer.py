@@ -33,7 +33,7 @@ from .inference import sampling_record
 from .interrupt import StopOnInterrupt
 from .lock import StageLock
 from .monitor import MetricsLog, PromptGrid
-from .noise import draw_sample_noise
+from .noise import draw_sample_noise, to_device
 from .optim import clip_grad_norm, make_optimizer, update_ema
 from .precision import BF16Compute, grad_scaler_state
 from .resume import carry_optimizer, resume_trainer, start_from
@@ -230,25 +230,23 @@ class Trainer:
         acc, stage, model = self.accelerator, self.stage, self.model
         c, h, w = batch.latents.shape[1:]
         tokens = (h // self._patch) * (w // self._patch)
-        sigma, noise, mask_noise, drop = draw_sample_noise(batch.indices, self.step_count, stage, self.edm, (c, h, w),
-                                                           tokens)
+        drawn = draw_sample_noise(batch.indices, self.step_count, stage, self.edm, (c, h, w), tokens)
+        sigma, noise, mask_noise, drop = to_device(drawn, acc.device)     # drawn on the host, copied without a wait
         caption, caption_mask = batch.caption_emb, batch.caption_mask   # padding trimmed by the loader
-        if drop.numpy().any():                                  # drop is drawn on the host: no device read
+        if drawn[3].numpy().any():                              # read on the host copy: no device read
             null, null_mask = null_caption(caption, caption_mask)
-            d = drop.to(caption.device)
-            caption = torch.where(d[:, None, None], null, caption)                 # (B, L, D)
-            caption_mask = torch.where(d[:, None], null_mask, caption_mask)       # (B, L)
+            caption = torch.where(drop[:, None, None], null, caption)              # (B, L, D)
+            caption_mask = torch.where(drop[:, None], null_mask, caption_mask)    # (B, L)
         if stage.fsdp:
             model.set_requires_gradient_sync(last)          # FSDP2: reduce-scatter on the last micro-batch only
         sync = acc.no_sync(model) if not last and acc.num_processes > 1 and not stage.fsdp else nullcontext()
         repa = None
         with sync, acc.autocast():
             out = self.loss_fn(model, batch.latents, caption, caption_mask, stage.mask_ratio,
-                               sigma=sigma.to(acc.device), noise=noise.to(acc.device),
-                               mask_noise=mask_noise.to(acc.device))
+                               sigma=sigma, noise=noise, mask_noise=mask_noise)
             total = out.loss
             if self.repa is not None:
-                repa = self.repa.per_sample_loss(batch.latents, stage.mask_ratio, mask_noise.to(acc.device))
+                repa = self.repa.per_sample_loss(batch.latents, stage.mask_ratio, mask_noise)
                 total = total + stage.repa_weight * repa.mean()
             acc.backward(total / micro_batches)
         return out.per_sample.detach(), out.sigma.detach(), None if repa is None else repa.detach()
