@@ -85,7 +85,7 @@ def test_a_rerun_resumes_without_training_and_a_failed_variant_loses_nothing(tmp
     monkeypatch.setattr(runner, "evaluate_trainer", real)
     from workbench.train import Trainer
     trained, opened = [], []
-    monkeypatch.setattr(Trainer, "step", lambda self, _s=Trainer.step: trained.append(self.stage.run) or _s(self))
+    monkeypatch.setattr(Trainer, "_step", lambda self, _s=Trainer._step: trained.append(self.stage.run) or _s(self))
     monkeypatch.setattr(Trainer, "__init__", lambda self, stage, _i=Trainer.__init__, **kw:
                         opened.append(stage.run) or _i(self, stage, **kw))
     second = run_suite(suite, budget=0.4e12, seeds=1, checkpoints=2, out=tmp_path, progress=False)
@@ -101,14 +101,14 @@ def test_a_rerun_resumes_without_training_and_a_failed_variant_loses_nothing(tmp
 def test_ctrl_c_stops_the_suite_without_recording_an_unfinished_point(tmp_path, one_thread, monkeypatch):
     suite = quick("masking", variants={"c_deferred_75": {"mask_ratio": 0.75}})
     from workbench.train import Trainer
-    real = Trainer.step
+    real = Trainer._step                  # what run() calls each step
 
     def interrupted_at_step_5(self):
         if self.step_count == 5:
             self._stop.set()              # what StopOnInterrupt does on SIGINT / SIGTERM
             self.interrupted = True
         return real(self)
-    monkeypatch.setattr(Trainer, "step", interrupted_at_step_5)
+    monkeypatch.setattr(Trainer, "_step", interrupted_at_step_5)
     with pytest.raises(KeyboardInterrupt):
         run_suite(suite, budget=0.4e12, seeds=1, checkpoints=2, out=tmp_path, progress=False)
     assert not list((tmp_path / "evals").rglob("*.json"))
