@@ -102,6 +102,7 @@ class FullOptimizerState:
 
     @property
     def param_groups(self) -> list[dict]:
+        """The optimiser's own (live) parameter groups: their LR, betas and weight decay can be set here."""
         return self.optimizer.param_groups
 
     def state_dict(self) -> dict:
