@@ -183,7 +183,6 @@ class Trainer:
             acc.init_trackers(stage.run, config={k: v for k, v in stage.to_dict().items()
                                                  if isinstance(v, (int, float, str, bool))})
 
-    # ------------------------------------------------------------------ set-up
     # ------------------------------------------------------------------ training
     @property
     def done(self) -> bool:
@@ -297,7 +296,8 @@ class Trainer:
     def _clip_gradients(self) -> torch.Tensor:
         """Clip the global gradient norm to ``grad_clip`` (0: measure only); the norm before clipping.
 
-        accelerate unscales fp16 gradients first, and clips FSDP's sharded gradients itself.
+        accelerate unscales fp16 gradients first; FSDP's sharded gradients go through torch's clip, which
+        reduces the norm over the mesh.
         """
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         max_norm = self.stage.grad_clip if self.stage.grad_clip > 0 else float("inf")
