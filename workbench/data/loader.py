@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from ..devices import to_device
 from .caption_padding import trim_caption_padding
 from .prepared_format import PreparedInfo, load_prepared
 from ..errors import InputError
@@ -234,8 +235,7 @@ class PreparedLoader:
         mask = torch.from_numpy(self._mask[rows])                 # (B, L) bool
         if self.trim_captions:
             emb, mask = trim_caption_padding(emb, mask)           # (B, l, D), (B, l): host work, no device read
-        if self.device.type == "cuda":
-            lat, emb, mask = (t.pin_memory().to(self.device, non_blocking=True) for t in (lat, emb, mask))
+        lat, emb, mask = to_device((lat, emb, mask), self.device)   # pinned and non-blocking on CUDA
         captions = [self._captions[i] for i in rows] if self._captions is not None else None
         return Batch(lat.float(), emb.float(), mask, indices=rows, captions=captions)  # float32 on device
 

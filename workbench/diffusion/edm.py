@@ -199,8 +199,8 @@ def sigma_bin_sums(per_sample: torch.Tensor, sigma: torch.Tensor, edges=DEFAULT_
     per_sample, sigma = per_sample.detach().flatten().float(), sigma.detach().flatten().float()  # (B,), (B,)
     index = sum((sigma >= edge).long() for edge in edges) - 1          # (B,) bin of each σ; -1 or n_bins outside
     #       (compared with Python numbers: no table of edges copied to the device)
-    inside = (index >= 0) & (index < len(edges) - 1)                                           # (B,)
-    values = torch.stack([per_sample, torch.ones_like(per_sample)], dim=1) * inside[:, None]    # (B, 2)
+    values = torch.stack([per_sample, torch.ones_like(per_sample)], dim=1)                      # (B, 2)
+    # rows 0 and n_bins + 1 collect the σ outside the edges, and are dropped
     return torch.zeros(len(edges) + 1, 2, device=sigma.device).index_add_(0, index + 1, values)[1:-1]  # (n_bins, 2)
 
 

@@ -29,11 +29,3 @@ def draw_sample_noise(rows, step: int, stage, edm: EDMConfig, shape: tuple[int, 
         mask_noises.append(torch.rand(tokens, generator=gen))
         drops.append(torch.rand((), generator=gen) < stage.caption_dropout)
     return torch.stack(sigmas), torch.stack(noises), torch.stack(mask_noises), torch.stack(drops)
-
-
-def to_device(tensors, device: torch.device) -> tuple:
-    """The host-drawn tensors on ``device``: through pinned memory and without waiting on CUDA (a pageable copy
-    would block the host until the GPU's queue drains), unchanged on the CPU."""
-    if torch.device(device).type != "cuda":
-        return tuple(tensors)
-    return tuple(t.pin_memory().to(device, non_blocking=True) for t in tensors)

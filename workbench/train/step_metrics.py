@@ -19,6 +19,7 @@ import torch
 
 from ..diffusion import sigma_bin_means
 
+
 class TrainingDiverged(RuntimeError):
     """Too many consecutive non-finite losses or gradients."""
 
@@ -33,6 +34,7 @@ class PendingMetrics:
         self.global_batch, self.mask_ratio, self.repa = global_batch, mask_ratio, repa
         self._steps: list[tuple[int, float, float]] = []          # (step, lr, host seconds)
         self._values: list[torch.Tensor] = []                     # one (FIXED + 2 * n_bins,) tensor per step
+        self._no_repa: torch.Tensor | None = None                 # NaN in the REPA slot, made once per device
 
     def __len__(self) -> int:
         return len(self._steps)
@@ -40,7 +42,9 @@ class PendingMetrics:
     def add(self, *, step: int, lr: float, seconds: float, loss: torch.Tensor, grad_norm: torch.Tensor,
             finite: torch.Tensor, sigma_sums: torch.Tensor, repa_loss: torch.Tensor | None = None) -> None:
         """Keep one step's metrics: ``loss``, ``grad_norm``, ``finite`` 0-dim tensors, ``sigma_sums`` (n_bins, 2)."""
-        repa = repa_loss if repa_loss is not None else torch.full((), float("nan"), device=loss.device)
+        if repa_loss is None and (self._no_repa is None or self._no_repa.device != loss.device):
+            self._no_repa = torch.full((), float("nan"), device=loss.device)
+        repa = repa_loss if repa_loss is not None else self._no_repa
         scalars = torch.stack([t.detach().float().reshape(()) for t in (loss, grad_norm, finite, repa)])  # (4,)
         self._values.append(torch.cat([scalars, sigma_sums.detach().float().flatten()]))    # (4 + 2 n_bins,)
         self._steps.append((step, lr, seconds))

@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.loader import PreparedLoader
+from ..devices import to_device
 from ..diffusion import EDMLoss, sigma_bin_sums
 from ..errors import out_of_memory, writing
 from ..model import MicroDiT, null_caption
@@ -33,7 +34,7 @@ from .inference import sampling_record
 from .interrupt import StopOnInterrupt
 from .lock import StageLock
 from .monitor import MetricsLog, PromptGrid
-from .noise import draw_sample_noise, to_device
+from .noise import draw_sample_noise
 from .optim import clip_grad_norm, make_optimizer, update_ema
 from .precision import BF16Compute, grad_scaler_state
 from .resume import carry_optimizer, resume_trainer, start_from
@@ -126,9 +127,9 @@ class Trainer:
             self.repa.attach(model)
         if stage.fsdp:                              # weights in before sharding; the optimiser over the shards
             self.init_info = start_from(stage, model, self.ema, None) if stage.init_from else None
-            shard_model(model.to(acc.device), acc.device)
+            mesh = shard_model(model.to(acc.device), acc.device)
             if self.ema is not None:
-                shard_model(self.ema.to(acc.device), acc.device)
+                shard_model(self.ema.to(acc.device), acc.device, mesh)       # the same shards: a local update
         optimizer = make_optimizer(model, stage, acc.device, self.repa)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, stage))
         self.loader = PreparedLoader(stage.data, stage.resolution, stage.micro_batch, seed=stage.seed,
