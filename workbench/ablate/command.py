@@ -62,19 +62,17 @@ def run(args) -> int:
     return 1 if results["failures"] else 0          # every finished run is kept; a rerun retries the failed
 
 
-HIGHER_IS_BETTER = ("shape_accuracy", "colour_accuracy")
-
-
 def format_table(results: dict) -> str:
     """The final-budget table: per metric and variant, the mean [min, max] over seeds, best first, and which
     variants it cannot be told apart from (their seeds' ranges overlap)."""
+    from .figures import HIGHER_IS_BETTER, METRICS
     from .runner import summary_table
 
     seeds = results["seeds"]
     lines = [f"{results['suite']} at {results['budget']:.3g} training FLOPs per run, {seeds} seed(s) per variant: "
              f"mean [min, max] over seeds at the final budget"
              + ("" if seeds > 1 else " (one seed: no spread, so no difference below is resolved)")]
-    for metric in ("val_loss", "shape_accuracy", "colour_accuracy", "fid_proxy"):
+    for metric in METRICS:
         table = summary_table(results, metric)
         if not table:
             continue

@@ -15,7 +15,8 @@ import numpy as np
 
 from ..io import atomic_write_text
 
-METRICS = ("val_loss", "shape_accuracy", "colour_accuracy", "fid_proxy")
+METRICS = ("val_loss", "shape_probe", "shape_gap", "shape_accuracy", "colour_accuracy", "fid_proxy")
+HIGHER_IS_BETTER = ("shape_probe", "shape_gap", "shape_accuracy", "colour_accuracy")
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
 
@@ -75,9 +76,16 @@ def sigma_figure(results: dict):
     return fig
 
 
+def measured_metrics(results: dict) -> tuple[str, ...]:
+    """The metrics of ``METRICS`` that some row has a value for (results written before a metric existed lack it)."""
+    return tuple(m for m in METRICS if any(row["metrics"].get(m) is not None for row in results["rows"]))
+
+
 def all_figures(results: dict | None) -> list:
-    """``ablation_figure`` of every metric in ``METRICS``, then ``sigma_figure`` (none without results)."""
-    return [ablation_figure(results, metric) for metric in METRICS] + [sigma_figure(results)] if results else []
+    """``ablation_figure`` of every measured metric, then ``sigma_figure`` (none without results)."""
+    if not results:
+        return []
+    return [ablation_figure(results, metric) for metric in measured_metrics(results)] + [sigma_figure(results)]
 
 
 def svg_figure(results: dict, metric: str = "val_loss", width: int = 640, height: int = 380) -> str:
@@ -127,13 +135,13 @@ def write_report(results: dict, folder: str | Path) -> list[Path]:
     html = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures)]
     paths = [atomic_write_text(folder / "figures.html", "<html><head><meta charset='utf-8'></head><body>" +
                                "\n".join(html) + "</body></html>")]
-    for metric in METRICS:
+    for metric in measured_metrics(results):
         paths.append(atomic_write_text(folder / f"{metric}.svg", svg_figure(results, metric)))
     try:
         import kaleido  # noqa: F401  (optional: plotly's static image export)
     except ImportError:
         return paths
-    for metric, fig in zip(METRICS, figures):
+    for metric, fig in zip(measured_metrics(results), figures):
         try:
             fig.write_image(folder / f"{metric}.png", width=800, height=420)
         except Exception as err:  # noqa: BLE001 - kaleido without its browser: the SVGs stand in

@@ -47,6 +47,7 @@ def prepare_suite_data(suite: Suite, out: Path, progress: bool = True) -> tuple[
 def protocol(suite: Suite) -> dict:
     """How every number of a suite was made (``results.json``'s ``protocol``)."""
     from ..eval.heldout import protocol as heldout_protocol
+    from ..eval.shape_probe import protocol as shape_probe_protocol
 
     e = suite.evaluate
     return {"training_flops": FLOPS, "data": suite.data, "finetune": suite.finetune,
@@ -54,22 +55,28 @@ def protocol(suite: Suite) -> dict:
             "compositional": {"prompts": 55, "samples_per_prompt": e["samples_per_prompt"], "steps": e["steps"],
                               "sampler": DEFAULT_SAMPLER, "cfg_scale": e["cfg_scale"], "seed": 0,
                               "weights": "EMA when kept"},
+            "shape_probe": shape_probe_protocol(e["probe_n"]) if e["probe_n"] else None,
             "fid_proxy": {"samples": e["fid_samples"], "reference": "2000 val-split renders", "steps": e["steps"],
                           "cfg_scale": e["cfg_scale"], "note": "biased upwards at few samples: compare equal counts"}}
 
 
 def evaluate_trainer(trainer, val: Path, protocol: dict) -> dict:
-    """Held-out loss (per σ and mean), compositional accuracies and the FID-proxy of a trainer's sampling model."""
+    """Held-out loss (per σ and mean), the shape probe, compositional accuracies and the FID-proxy of a trainer's
+    sampling model."""
     from ..eval.compositional import evaluate_sampler, summarise
     from ..eval.fid import add_generated, fid_proxy_metric
     from ..eval.heldout import model_heldout_loss
+    from ..eval.shape_probe import shape_probe
     from ..train.inference import bundle_for_trainer
 
     stage, t0 = trainer.stage, time.perf_counter()
     heldout = model_heldout_loss(trainer.sampling_model(), val, stage.resolution, stage.sigma_data,
                                  n=protocol.get("val_n", 256))
-    t1 = time.perf_counter()
-    bundle = bundle_for_trainer(trainer)
+    t1, bundle, probe = time.perf_counter(), bundle_for_trainer(trainer), None
+    if protocol.get("probe_n"):
+        probe = shape_probe(bundle.model, bundle.codec, bundle.text_encoder, bundle.resolution, bundle.edm.sigma_data,
+                            n=protocol["probe_n"])
+    t_probe = time.perf_counter()
     results, _ = evaluate_sampler(bundle, protocol["samples_per_prompt"], protocol["steps"], protocol["cfg_scale"],
                                   progress=False)
     scores = summarise(results)
@@ -77,12 +84,13 @@ def evaluate_trainer(trainer, val: Path, protocol: dict) -> dict:
     metrics = {"val_loss": heldout["mean"], "val_loss_by_sigma": heldout["by_sigma"],
                "shape_accuracy": scores["attributes"]["shape"], "colour_accuracy": scores["attributes"]["colour"],
                "single_object_shape": scores["single_object_shape"], "overall": scores["overall"],
-               "fid_proxy": None}
+               "shape_probe": probe and probe["accuracy"], "shape_gap": probe and probe["gap"], "fid_proxy": None}
     if protocol.get("fid_samples"):
         metric = fid_proxy_metric(stage.resolution)
         add_generated(metric, bundle, protocol["fid_samples"], protocol["steps"], protocol["cfg_scale"], progress=False)
         metrics["fid_proxy"] = float(metric.compute())
-    metrics["seconds"] = {"val_loss": round(t1 - t0, 2), "compositional": round(t2 - t1, 2),
+    metrics["seconds"] = {"val_loss": round(t1 - t0, 2), "shape_probe": round(t_probe - t1, 2),
+                          "compositional": round(t2 - t_probe, 2),
                           "fid_proxy": round(time.perf_counter() - t2, 2)}
     return metrics
 
@@ -187,8 +195,10 @@ def log_line(row: dict) -> str:
     """One line per evaluation, for logs of headless runs."""
     m = row["metrics"]
     fid = "-" if m.get("fid_proxy") is None else f"{m['fid_proxy']:.1f}"
+    probe = "" if m.get("shape_probe") is None else f" probe {m['shape_probe']:.3f} gap {m['shape_gap']:+.5f}"
     return (f"{row['suite']} {row['variant']} seed {row['seed']} {row['phase']} step {row['step']} "
-            f"({row['train_flops'] / 1e12:.2f} TFLOP): val_loss {m['val_loss']:.4f} shape {m['shape_accuracy']:.3f} "
+            f"({row['train_flops'] / 1e12:.2f} TFLOP): val_loss {m['val_loss']:.4f}{probe} "
+            f"shape {m['shape_accuracy']:.3f} "
             f"colour {m['colour_accuracy']:.3f} fid_proxy {fid} (train {row['train_seconds']} s, eval "
             f"{row['eval_seconds']} s)")
 
@@ -205,7 +215,8 @@ def check_out(out: Path, suite: Suite, budget: float, checkpoints: int) -> None:
                                                                           ("checkpoints", checkpoints))
                    if saved.get(key) is not None and not math.isclose(saved[key], now, rel_tol=1e-9)]
         old_suite, new_suite = saved.get("suite"), suite.to_dict()
-        if old_suite is not None:
+        if old_suite is not None:   # an evaluation setting added since (e.g. probe_n) adds a metric, changes none
+            old_suite = {**old_suite, "evaluate": {**new_suite["evaluate"], **old_suite.get("evaluate", {})}}
             changed += [f"suite {key}" for key in new_suite
                         if key != "variants" and old_suite.get(key) != new_suite[key]]
             changed += [f"variant {v}" for v in old_suite.get("variants", {})

@@ -56,6 +56,7 @@ class _EvalSpec:
     steps: int = 12               # Heun steps per sample
     cfg_scale: float = 3.0        # guidance for the eval samples
     fid_samples: int = 64         # FID-proxy samples (0: not computed)
+    probe_n: int = 96             # single-object val scenes of the shape probe (0: not computed)
     val_n: int = 256              # held-out rows scored by the denoising loss (at most the data's val_n)
 
 
@@ -99,8 +100,8 @@ class Suite:
                 raise InputError(f"{what}: data.{key} must be a positive integer, got {value!r}")
         self.evaluate = dataclasses.asdict(_EvalSpec(**self.evaluate))
         for key, value in self.evaluate.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < (0 if key == "fid_samples"
-                                                                                           else 1):
+            least = 0 if key in ("fid_samples", "probe_n") else 1
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < least:
                 raise InputError(f"{what}: evaluate.{key} must be a positive number, got {value!r}")
         self._check_stage_keys("base", self.base)
         self._check_stage_keys("finetune_overrides", self.finetune_overrides)

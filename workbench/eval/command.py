@@ -4,6 +4,7 @@
     workbench eval fid --checkpoint runs/demo/stage4 --samples 500 --json fid.json    FID-proxy (or Inception)
     workbench eval detector --json detector.json   the detector's accuracy on ground truth, clean and degraded
     workbench eval val-loss runs/demo/stage1 [--json]   held-out EDM loss at 8 fixed sigmas (eval.heldout)
+    workbench eval shape-probe runs/demo/stage4 [--json]   does the model use the shape word? (eval.shape_probe)
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ def add_parser(sub) -> None:
     from ..diffusion import DEFAULT_SAMPLER, SAMPLERS
 
     ev = sub.add_parser("eval", help="score a checkpoint: compositional (GenEval-like), fid, val-loss (held-out "
-                                     "denoising loss), or the detector itself")
-    ev.add_argument("what", choices=["compositional", "fid", "detector", "val-loss"])
+                                     "denoising loss), shape-probe (shape word used?), or the detector itself")
+    ev.add_argument("what", choices=["compositional", "fid", "detector", "val-loss", "shape-probe"])
     ev.add_argument("target", nargs="?", default=None, metavar="CKPT",
-                    help="val-loss: a checkpoint or stage folder (or give --checkpoint)")
+                    help="a checkpoint or stage folder (or give --checkpoint)")
     ev.add_argument("--checkpoint", help="a checkpoint, or a stage folder (newest checkpoint)")
     ev.add_argument("--samples-per-prompt", type=int, default=4, help="compositional: images per eval prompt")
     ev.add_argument("--samples", type=int, default=500, help="fid: generated images")
@@ -36,7 +37,8 @@ def add_parser(sub) -> None:
     ev.add_argument("--inception-weights", default=None, help="fid: a local pt_inception-2015-12-05 weights file "
                     "for real Inception FID (needs the fid extra); default: the FID-proxy")
     ev.add_argument("--n", type=int, default=None, help="detector: ground-truth scenes per resolution and level "
-                                                        "(default 500); val-loss: val rows (default 256)")
+                                                        "(default 500); val-loss: val rows (default 256); "
+                                                        "shape-probe: single-object val scenes (default 96)")
     ev.add_argument("--data", default=None, help="val-loss: a prepared validation set (default: the shapes val "
                                                  "split prepared once with the checkpoint's codec and text encoder)")
     ev.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
@@ -62,7 +64,7 @@ def run(args) -> int:
 
         return val_loss_command(args)
     args.checkpoint = args.checkpoint or args.target
-    if args.what in ("compositional", "fid") and not args.checkpoint:
+    if args.what in ("compositional", "fid", "shape-probe") and not args.checkpoint:
         raise InputError(f"workbench eval {args.what} needs --checkpoint: a checkpoint, or a stage folder")
     quiet = args.json == "-"               # only the JSON on stdout
     if args.what == "compositional":
@@ -79,6 +81,13 @@ def run(args) -> int:
             print(f"protocol: {p['samples_per_prompt']} samples/prompt, {p['steps']} {p['sampler']} steps, CFG "
                   f"{p['cfg_scale']}, seed {p['seed']}, {p['resolution']} px, weights {p['weights_sha256']} "
                   f"({'EMA' if p['ema'] else 'raw'}); {report['seconds']} s")
+    elif args.what == "shape-probe":
+        from .shape_probe import N, checkpoint_shape_probe, format_probe
+
+        report = checkpoint_shape_probe(args.checkpoint, use_ema=not args.raw, device=args.device or "cpu",
+                                        n=args.n or N, seed=args.seed)
+        if not quiet:
+            print(format_probe(report))
     elif args.what == "fid":
         from .fid import evaluate_fid_checkpoint
 
