@@ -38,7 +38,7 @@ def test_a_bad_suite_file_is_one_error_naming_the_key(tmp_path, text, match):
 
 
 def test_an_unknown_suite_names_the_built_in_ones():
-    with pytest.raises(FileNotFoundError, match="masking, moe, optim, recipe"):
+    with pytest.raises(FileNotFoundError, match="masking, masking32, moe, optim, recipe"):
         Suite.load("nonexistent")
 
 

@@ -17,7 +17,7 @@ Both are deterministic functions of the weights. Example::
 
     from workbench.eval.shape_probe import checkpoint_shape_probe
     result = checkpoint_shape_probe("workbench/assets/reference")
-    result["accuracy"], result["gap"]          # 0.41, 0.0082   (chance: 1/6 and 0)
+    result["accuracy"], result["gap"]          # 0.354, 0.0064   (chance: 1/6 and 0)
 
 ``workbench eval shape-probe CKPT [--json]`` prints the same numbers.
 """
