@@ -243,12 +243,17 @@ def scores_html(summaries: list[dict]) -> str:
     rows = [{"score": n, **{stage: t.get(n) for stage, t in tables.items()}} for n in names]
     rows.append({"score": "FID-proxy (lower is better)",
                  **{s["stage"]: (s["scores"].get("fid_proxy") or {}).get("value") for s in done}})
+    for key, label in (("accuracy", "shape probe accuracy (chance 1/6)"),
+                       ("gap", "shape probe gap (0: shape ignored)")):
+        rows.append({"score": label, **{s["stage"]: (s["scores"].get("shape_probe") or {}).get(key) for s in done}})
     p = done[-1]["scores"]["protocol"]
     note = (f"Compositional score: {p['samples_per_prompt']} samples per prompt of the 55 fixed prompts, "
             f"{p['steps']} {p['sampler']} steps, CFG {p['cfg_scale']}, seed {p['seed']}, EMA weights; the detector "
             f"is {p['detector_sha256']}. Overall is the mean over the six categories (held-out pairs apart). "
             f"FID-proxy: {p['fid_samples']} samples of val captions against {p['fid_reference']} real val scenes, "
-            f"on shapes features: not comparable with published FID.")
+            f"on shapes features: not comparable with published FID. Shape probe: does the model use the caption's "
+            f"shape word? Loss at mid σ with the true caption vs each other shape, on single-object val scenes "
+            f"(docs/evaluation.md).")
     return table_html(rows, ["score", *tables]) + f"<p><small>{html.escape(note)}</small></p>"
 
 

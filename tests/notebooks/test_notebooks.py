@@ -216,10 +216,12 @@ def test_03_sample_and_evaluate_compares_the_stages_of_a_run(workspace, trained)
     saved = json.loads((run_dir / "stage1" / "eval" / "scores.json").read_text())
     assert saved["protocol"]["samples_per_prompt"] == 1 and saved["protocol"]["steps"] == 2
     assert saved["compositional"]["overall"] == scores["overall"]
+    assert saved["shape_probe"]["n"] == 96 and scores["shape_probe"] == saved["shape_probe"]["accuracy"]
     assert "application/vnd.plotly.v1+json" in mimetypes(nb)                  # loss curves
     page = html_outputs(nb)
     assert "data:image/png;base64," in page and "final_loss" in page and "H100-h" in page
     assert "single-object shape accuracy" in page and "FID-proxy" in page      # the score table
+    assert "shape probe gap" in page
     assert "saw:" in page                                                      # the worst failures
 
 

@@ -2,15 +2,16 @@
 
 The pipeline's evaluate step, notebook 03 and ``report.html`` all read this file, so the numbers
 a user sees in the notebook and in the report are the same numbers. It holds the compositional
-scores (``eval.compositional``) with their protocol, the FID-proxy (``eval.fid``), and the worst
-failures with what the detector saw (their images in ``<stage>/eval/failures/``). A second call
-with the same protocol on the same weights reads the file instead of sampling again.
+scores (``eval.compositional``) with their protocol, the FID-proxy (``eval.fid``), the shape probe
+(``eval.shape_probe``), and the worst failures with what the detector saw (their images in
+``<stage>/eval/failures/``). A second call with the same protocol on the same weights reads the file
+instead of sampling again.
 
 Example::
 
     from workbench.eval.stage_eval import evaluate_stage
     scores = evaluate_stage("runs/demo/stage4", samples_per_prompt=4)
-    scores["compositional"]["overall"], scores["fid_proxy"]["value"]
+    scores["compositional"]["overall"], scores["fid_proxy"]["value"], scores["shape_probe"]["gap"]
 """
 
 from __future__ import annotations
@@ -46,11 +47,12 @@ def read_stage_scores(stage_dir: str | Path) -> dict | None:
 def evaluate_stage(stage_dir: str | Path, samples_per_prompt: int = 4, steps: int = 30, cfg_scale: float | None = None,
                    seed: int = 0, sampler: str = DEFAULT_SAMPLER, fid_samples: int = 200, n_reference: int = 1000,
                    failures: int = 8, batch: int = 64, device: str | None = None, progress: bool = True,
-                   force: bool = False) -> dict:
+                   force: bool = False, probe_n: int = 96) -> dict:
     """Score a stage's newest checkpoint (EMA weights) and save ``<stage>/eval/scores.json``; returns it.
 
-    ``fid_samples`` images of val-split captions give the FID-proxy (0 skips it). Nothing is
-    sampled again when the saved file has the same protocol and weights, unless ``force``.
+    ``fid_samples`` images of val-split captions give the FID-proxy (0 skips it); ``probe_n`` single-object
+    val scenes give the shape probe (0 skips it). Nothing is sampled again when the saved file has the same
+    protocol and weights, unless ``force``; a saved file without the probe gets it added.
     """
     from ..train.inference import load_for_sampling
     from .compositional import detector_hash
@@ -65,6 +67,9 @@ def evaluate_stage(stage_dir: str | Path, samples_per_prompt: int = 4, steps: in
                 "detector_sha256": detector_hash(), "fid_samples": fid_samples, "fid_reference": n_reference}
     saved = read_stage_scores(stage_dir)
     if saved is not None and saved.get("protocol") == protocol and not force:
+        if probe_n and (saved.get("shape_probe") or {}).get("n") != probe_n:   # scored before the probe existed
+            saved["shape_probe"] = stage_probe(bundle, probe_n)
+            atomic_write_json(scores_path(stage_dir), saved)
         return saved
     t0 = time.perf_counter()
     detector = Detector()
@@ -86,9 +91,20 @@ def evaluate_stage(stage_dir: str | Path, samples_per_prompt: int = 4, steps: in
                       batch=batch, progress=progress)
         out["fid_proxy"] = {"label": PROXY_LABEL, "value": round(float(metric.compute()), 4), "samples": fid_samples,
                             "reference": n_reference}
+    if probe_n:
+        out["shape_probe"] = stage_probe(bundle, probe_n)
     out["seconds"] = round(time.perf_counter() - t0, 1)
     atomic_write_json(scores_path(stage_dir), out)
     return out
+
+
+def stage_probe(bundle, n: int) -> dict:
+    """The shape probe of a sampling bundle, as saved in ``scores.json``: accuracy, gap, scenes, chance."""
+    from .shape_probe import shape_probe
+
+    result = shape_probe(bundle.model, bundle.codec, bundle.text_encoder, bundle.resolution, bundle.edm.sigma_data,
+                         n=n)
+    return {key: result[key] for key in ("accuracy", "gap", "n", "chance")}
 
 
 def evaluate_stages(stage_dirs, samples_per_prompt: int = 4, earlier_samples_per_prompt: int = 1,
@@ -107,12 +123,13 @@ def evaluate_stages(stage_dirs, samples_per_prompt: int = 4, earlier_samples_per
 
 
 def headline(scores: dict | None) -> dict:
-    """The few numbers a table shows per stage: overall, single-object shape and colour, FID-proxy."""
+    """The few numbers a table shows per stage: overall, single-object shape and colour, FID-proxy, shape probe."""
     if not scores:
         return {}
     comp = scores.get("compositional", {})
     return {"overall": comp.get("overall"), "single_object_shape": comp.get("single_object_shape"),
             "single_object_colour": comp.get("single_object_colour"),
             "fid_proxy": (scores.get("fid_proxy") or {}).get("value"),
+            "shape_probe": (scores.get("shape_probe") or {}).get("accuracy"),
             "samples": comp.get("samples")}
 
