@@ -1,4 +1,4 @@
-"""``workbench bench model|data|train|memory|step|gpu``: the command's options and what each runs."""
+"""``workbench bench model|data|train|memory|step|gpu|peer``: the command's options and what each runs."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from __future__ import annotations
 def add_bench_parser(sub) -> None:
     """The ``bench`` subcommand of ``workbench``."""
     bench = sub.add_parser("bench", help="performance benchmarks (JSON)")
-    bench.add_argument("what", choices=["model", "data", "train", "memory", "step", "gpu"])
+    bench.add_argument("what", choices=["model", "data", "train", "memory", "step", "gpu", "peer"])
     bench.add_argument("--json", metavar="PATH", default=None, help="also write the report here")
-    bench.add_argument("--batch", type=int, default=16)
+    bench.add_argument("--batch", type=int, default=None, help="batch size (default 16; peer: 8)")
     bench.add_argument("--resolution", type=int, default=32, help="image side in pixels (data, train)")
     bench.add_argument("--latent-size", type=int, default=32, help="the model input's side (model)")
     bench.add_argument("--repeats", type=int, default=5)
@@ -30,6 +30,9 @@ def add_bench_parser(sub) -> None:
     bench.add_argument("--mask", type=float, default=0.75, help="mask ratio (step)")
     bench.add_argument("--profile", action="store_true",
                        help="also list the commonest dispatched ops and where the time goes (step)")
+    bench.add_argument("--official", metavar="PATH", default=None,
+                       help="peer: the root of a SonyResearch/micro_diffusion checkout, importable with its "
+                            "requirements (never copied into this package)")
     bench.add_argument("--trim-padding", action="store_true", help="text encoder stops at the longest caption (data)")
     bench.set_defaults(fn=cmd_bench)
 
@@ -41,33 +44,43 @@ def precision(args) -> str:
 
 def cmd_bench(args) -> int:
     from . import write_report
+    from ..errors import InputError
 
     if args.what == "model":
         from .model import bench_model
 
-        report = bench_model(presets=args.presets or ("nano", "micro"), batch=args.batch, latent_size=args.latent_size,
+        report = bench_model(presets=args.presets or ("nano", "micro"), batch=args.batch or 16,
+                             latent_size=args.latent_size,
                              repeats=args.repeats, bf16=args.bf16, compile=args.compile,
                              gradient_checkpointing=args.gradient_checkpointing)
     elif args.what == "train":
         from .train import bench_train
 
-        report = bench_train(presets=args.presets or ("nano", "micro"), batch=args.batch, resolution=args.resolution,
+        report = bench_train(presets=args.presets or ("nano", "micro"), batch=args.batch or 16,
+                             resolution=args.resolution,
                              steps=args.steps or 6, mixed_precision=precision(args), compile=args.compile,
                              data=args.data)
     elif args.what == "memory":
         from .memory import bench_memory
 
         steps = args.steps or 1000
-        report = bench_memory(preset=(args.presets or ("micro",))[0], steps=steps, batch=args.batch,
+        report = bench_memory(preset=(args.presets or ("micro",))[0], steps=steps, batch=args.batch or 16,
                               warmup=max(1, min(100, steps // 5)))
     elif args.what == "step":
         from .step import bench_step
 
-        report = bench_step(preset=(args.presets or ("micro",))[0], mask_ratio=args.mask, batch=args.batch,
+        report = bench_step(preset=(args.presets or ("micro",))[0], mask_ratio=args.mask, batch=args.batch or 16,
                             resolution=args.resolution, steps=args.steps or 6,
                             mixed_precision=precision(args), compile=args.compile, data=args.data)
         if not args.profile:
             report.pop("top_ops"), report.pop("top_self_time")
+    elif args.what == "peer":
+        from .peer import bench_peer
+
+        if not args.official:
+            raise InputError("workbench bench peer needs --official PATH: the root of a SonyResearch/micro_diffusion "
+                             "checkout")
+        report = bench_peer(args.official, batch=args.batch or 8, repeats=args.repeats, compile=args.compile)
     elif args.what == "gpu":
         from .gpu import bench_gpu
 
@@ -75,7 +88,7 @@ def cmd_bench(args) -> int:
     else:
         from .data import bench_data
 
-        report = bench_data(n=args.n, resolution=args.resolution, batch_size=args.batch,
+        report = bench_data(n=args.n, resolution=args.resolution, batch_size=args.batch or 16,
                             trim_padding=args.trim_padding)
     print(write_report(report, args.json))
     return 0
