@@ -1,4 +1,4 @@
-"""``workbench bench model|data|train|memory|step|gpu|peer``: the command's options and what each runs."""
+"""``workbench bench model|data|train|memory|step|gpu|peer|contention``: the command's options and what each runs."""
 
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ from __future__ import annotations
 def add_bench_parser(sub) -> None:
     """The ``bench`` subcommand of ``workbench``."""
     bench = sub.add_parser("bench", help="performance benchmarks (JSON)")
-    bench.add_argument("what", choices=["model", "data", "train", "memory", "step", "gpu", "peer"])
+    bench.add_argument("what", choices=["model", "data", "train", "memory", "step", "gpu", "peer",
+                                               "contention"])
     bench.add_argument("--json", metavar="PATH", default=None, help="also write the report here")
     bench.add_argument("--batch", type=int, default=None, help="batch size (default 16; peer: 8)")
-    bench.add_argument("--resolution", type=int, default=32, help="image side in pixels (data, train)")
+    bench.add_argument("--resolution", type=int, default=None, help="image side in pixels (data, train, step: "
+                                                                   "default 32; contention: 16, the demo's stage 1)")
     bench.add_argument("--latent-size", type=int, default=32, help="the model input's side (model)")
     bench.add_argument("--repeats", type=int, default=5)
     bench.add_argument("--bf16", action="store_true", help="bf16 autocast (model, train, step)")
@@ -57,7 +59,7 @@ def cmd_bench(args) -> int:
         from .train import bench_train
 
         report = bench_train(presets=args.presets or ("nano", "micro"), batch=args.batch or 16,
-                             resolution=args.resolution,
+                             resolution=args.resolution or 32,
                              steps=args.steps or 6, mixed_precision=precision(args), compile=args.compile,
                              data=args.data)
     elif args.what == "memory":
@@ -70,7 +72,7 @@ def cmd_bench(args) -> int:
         from .step import bench_step
 
         report = bench_step(preset=(args.presets or ("micro",))[0], mask_ratio=args.mask, batch=args.batch or 16,
-                            resolution=args.resolution, steps=args.steps or 6,
+                            resolution=args.resolution or 32, steps=args.steps or 6,
                             mixed_precision=precision(args), compile=args.compile, data=args.data)
         if not args.profile:
             report.pop("top_ops"), report.pop("top_self_time")
@@ -81,6 +83,11 @@ def cmd_bench(args) -> int:
             raise InputError("workbench bench peer needs --official PATH: the root of a SonyResearch/micro_diffusion "
                              "checkout")
         report = bench_peer(args.official, batch=args.batch or 8, repeats=args.repeats, compile=args.compile)
+    elif args.what == "contention":
+        from .contention import bench_contention
+
+        report = bench_contention(preset=(args.presets or ("nano",))[0], batch=args.batch or 32,
+                                  resolution=args.resolution or 16, mask_ratio=args.mask)
     elif args.what == "gpu":
         from .gpu import bench_gpu
 
@@ -88,7 +95,7 @@ def cmd_bench(args) -> int:
     else:
         from .data import bench_data
 
-        report = bench_data(n=args.n, resolution=args.resolution, batch_size=args.batch or 16,
+        report = bench_data(n=args.n, resolution=args.resolution or 32, batch_size=args.batch or 16,
                             trim_padding=args.trim_padding)
     print(write_report(report, args.json))
     return 0
