@@ -157,6 +157,14 @@ def test_a_rerun_with_another_budget_checkpoints_or_suite_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"variant a_no_mask"):
         check_out(tmp_path, dataclasses.replace(suite, variants={**suite.variants, "a_no_mask": {"mask_ratio": 0.1}}),
                   1e12, 4)
+    older = tmp_path / "older"                                            # ablate.json from before the shape probe
+    check_out(older, suite, 1e12, 4)
+    saved = json.loads((older / "ablate.json").read_text())
+    del saved["suite"]["evaluate"]["probe_n"]
+    (older / "ablate.json").write_text(json.dumps(saved))
+    check_out(older, suite, 1e12, 4)                                      # an added metric: it resumes
+    with pytest.raises(ValueError, match=r"suite evaluate"):
+        check_out(older, dataclasses.replace(suite, evaluate={**suite.evaluate, "steps": 3}), 1e12, 4)
     legacy = tmp_path / "legacy"                                          # results.json from before ablate.json
     legacy.mkdir()
     (legacy / "results.json").write_text(json.dumps({"budget": 1e13, "checkpoints": 4, "rows": []}))
