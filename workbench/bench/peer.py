@@ -6,12 +6,13 @@ mosaicml composer, diffusers, transformers)::
 
     workbench bench peer --official ~/src/micro_diffusion --json docs/bench/peer.json [--batch 8] [--repeats 5]
 
-Both sides get the official ``DiT``'s weights (converted as ``workbench convert-official`` does), the same
-inputs and the same optimiser (``torch.optim.AdamW``, foreach), and run interleaved in one process
-(``bench.interleaved_timings``), so the ratios are not hit by machine drift:
+Both sides get the official ``DiT``'s weights (converted as ``workbench convert-official`` does) and the
+same inputs, and run interleaved in one process (``bench.interleaved_timings``), so the ratios are not hit
+by machine drift:
 
 - the train step at each mask ratio: EDM loss (official: ``LatentDiffusion.edm_loss``; ours: ``EDMLoss``),
-  backward, AdamW step;
+  backward, gradient clipping to norm 0.25 and AdamW with the official config's settings, each side with the
+  implementation its own training uses (see ``_train_step``);
 - sampling: 30 Heun steps with CFG (official: ``edm_sampler_loop``; ours: ``diffusion.sample``);
 - top-level dispatched aten ops per train step (what makes a GPU step host-bound).
 
@@ -93,11 +94,23 @@ def official_pair(checkout: str | Path, cfg: MicroDiTConfig, seed: int = 0):
     return official, ours
 
 
-def _train_step(loss_fn, params):
-    optimizer = torch.optim.AdamW(params, lr=1e-4, foreach=True)
+ADAMW = dict(lr=2.4e-4, weight_decay=0.1, eps=1e-8, betas=(0.9, 0.999))   # the official res_256_pretrain.yaml
+CLIP_NORM = 0.25                                                           # its gradient_clipping algorithm
+
+
+def _train_step(loss_fn, model: torch.nn.Module, official: bool):
+    """Loss, backward, clip to norm 0.25, AdamW step, as each side's training does it: the official config's
+    ``torch.optim.AdamW`` (torch's default implementation) and ``clip_grad_norm_``; ours the Trainer's fused
+    kernel (``train.optim.adamw_kernel``) and three-op clipping (``train.optim.clip_grad_norm``)."""
+    from ..train.optim import clip_grad_norm
+
+    params = list(model.parameters())
+    optimizer = torch.optim.AdamW(params, **ADAMW, **({} if official else {"fused": True}))
+    clip = torch.nn.utils.clip_grad_norm_ if official else clip_grad_norm
 
     def step():
         loss_fn().backward()
+        clip(params, CLIP_NORM)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return step
@@ -151,10 +164,10 @@ def bench_peer(official_checkout: str | Path, batch: int = 8, masks=(0.0, 0.75),
         net.train()
     for mask in masks:
         steps = {"official": _train_step(lambda m=mask: official.edm_loss(x0, caption[:, None], mask_ratio=m),
-                                         official.dit.parameters())}
+                                         official.dit, official=True)}
         for name, net in sides.items():
             steps[name] = _train_step(lambda m=mask, net=net: ours_loss(net, x0, caption, None, mask_ratio=m).loss,
-                                      net.parameters())
+                                      net, official=False)
         seconds = interleaved_timings(steps, repeats)
         ops = {name: count_ops(fn) for name, fn in steps.items()}
         report["train"][f"mask_{mask:g}"] = {"seconds": seconds, "aten_ops_per_step": ops, **_ratios(seconds, ops)}
