@@ -44,14 +44,16 @@ def test_evaluation_points_are_k_over_n_of_the_budget():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", BUILT_IN)
 def test_every_variant_spends_the_budget_within_2_percent_and_writes_its_metrics(name, tmp_path, one_thread):
-    suite, budget = quick(name), (0.4e12 if name != "recipe" else 0.8e12)
+    suite, budget = quick(name), (0.8e12 if name in ("recipe", "masking32") else 0.4e12)   # 32 px: bigger steps
     checkpoints = 2 if len(suite.variants) <= 4 else 1     # the large suites: one evaluation each (CI time)
     results = run_suite(suite, budget=budget, seeds=1, checkpoints=checkpoints, out=tmp_path / name, progress=False)
     assert results["failures"] == []
     for variant in suite.variants:
         rows = [r for r in results["rows"] if r["variant"] == variant]
         assert len(rows) == checkpoints and rows[-1]["train_flops"] == pytest.approx(budget, rel=0.02), variant
-        assert rows[0]["train_flops"] == pytest.approx(budget / checkpoints, rel=0.02), variant
+        per_step = rows[0]["train_flops"] / rows[0]["step"]      # a point is a whole step of the nominal share
+        assert abs(rows[0]["train_flops"] - budget / checkpoints) <= max(0.02 * budget / checkpoints,
+                                                                         per_step * 1.001), variant
         for row in rows:
             metrics = row["metrics"]
             assert metrics["val_loss"] > 0 and len(metrics["val_loss_by_sigma"]) == 8
