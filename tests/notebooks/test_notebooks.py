@@ -266,7 +266,7 @@ def test_06_ablations_plans_runs_and_draws_a_quick_suite(tmp_path):
     nb, results = execute("06_ablations.ipynb", tmp_path / "out", run=True, quick=True, budget=0.4e12, seeds=1,
                           checkpoints=2, out=str(tmp_path / "ablate"))
     assert results["variants"] == ["a_no_mask", "b_naive_75", "c_deferred_75", "d_small_unmasked", "e_deferred_50"]
-    assert results["rows"] == 2 * 5 and results["failures"] == 0 and results["figures"] == 5
+    assert results["rows"] == 2 * 5 and results["failures"] == 0 and results["figures"] == 7   # 6 metrics, per σ
     assert (tmp_path / "ablate" / "results.json").is_file()
     assert "application/vnd.plotly.v1+json" in mimetypes(nb) or "text/html" in mimetypes(nb)
 
