@@ -60,11 +60,13 @@ def test_every_variant_spends_the_budget_within_2_percent_and_writes_its_metrics
             assert metrics["val_loss"] == pytest.approx(sum(metrics["val_loss_by_sigma"].values()) / 8)
             assert 0 <= metrics["shape_accuracy"] <= 1 and 0 <= metrics["colour_accuracy"] <= 1
             assert metrics["fid_proxy"] > 0
+            assert 0 <= metrics["shape_probe"] <= 1 and abs(metrics["shape_gap"]) < 1.0     # a finite gap
             record = tmp_path / name / "evals" / f"{name}-{variant}-s0" / f"{row['phase']}_step_{row['step']:07d}.json"
             assert json.loads(record.read_text()) == row
     saved = json.loads((tmp_path / name / "results.json").read_text())
     assert saved["rows"] == results["rows"] and saved["suite"] == name and saved["budget"] == budget
     assert saved["protocol"]["heldout"]["sigmas"][0] == 0.02 and saved["protocol"]["compositional"]["steps"] == 2
+    assert saved["protocol"]["shape_probe"]["scenes"] == 12                   # the quick protocol's probe
     assert set(saved["plan"]) == set(suite.variants)
 
 

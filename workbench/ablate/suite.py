@@ -165,7 +165,7 @@ class Suite:
                                    base={**self.base, "model_overrides": overrides, "warmup_steps": 5},
                                    data={**self.data, "n": 96, "val_n": 32},
                                    evaluate={"samples_per_prompt": 1, "steps": 2, "cfg_scale": 3.0, "fid_samples": 8,
-                                             "val_n": 32})
+                                             "probe_n": 12, "val_n": 32})
 
     def only(self, *variants: str) -> Suite:
         """The same suite with just ``variants`` (in that order), e.g. a small live rerun of two of them::
