@@ -130,18 +130,18 @@ def svg_figure(results: dict, metric: str = "val_loss", width: int = 640, height
 def write_report(results: dict, folder: str | Path) -> list[Path]:
     """``figures.html`` (plotly, every metric, plotly.js inline so it opens offline), one SVG per metric, and
     one PNG per metric where plotly's static export (kaleido) works here; returns the paths written."""
-    folder = Path(folder)
+    folder, metrics = Path(folder), measured_metrics(results)
     figures = all_figures(results)
     html = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures)]
     paths = [atomic_write_text(folder / "figures.html", "<html><head><meta charset='utf-8'></head><body>" +
                                "\n".join(html) + "</body></html>")]
-    for metric in measured_metrics(results):
+    for metric in metrics:
         paths.append(atomic_write_text(folder / f"{metric}.svg", svg_figure(results, metric)))
     try:
         import kaleido  # noqa: F401  (optional: plotly's static image export)
     except ImportError:
         return paths
-    for metric, fig in zip(measured_metrics(results), figures):
+    for metric, fig in zip(metrics, figures):
         try:
             fig.write_image(folder / f"{metric}.png", width=800, height=420)
         except Exception as err:  # noqa: BLE001 - kaleido without its browser: the SVGs stand in

@@ -66,7 +66,7 @@ def evaluate_trainer(trainer, val: Path, protocol: dict) -> dict:
     from ..eval.compositional import evaluate_sampler, summarise
     from ..eval.fid import add_generated, fid_proxy_metric
     from ..eval.heldout import model_heldout_loss
-    from ..eval.shape_probe import shape_probe
+    from ..eval.shape_probe import bundle_shape_probe
     from ..train.inference import bundle_for_trainer
 
     stage, t0 = trainer.stage, time.perf_counter()
@@ -74,8 +74,7 @@ def evaluate_trainer(trainer, val: Path, protocol: dict) -> dict:
                                  n=protocol.get("val_n", 256))
     t1, bundle, probe = time.perf_counter(), bundle_for_trainer(trainer), None
     if protocol.get("probe_n"):
-        probe = shape_probe(bundle.model, bundle.codec, bundle.text_encoder, bundle.resolution, bundle.edm.sigma_data,
-                            n=protocol["probe_n"])
+        probe = bundle_shape_probe(bundle, n=protocol["probe_n"])
     t_probe = time.perf_counter()
     results, _ = evaluate_sampler(bundle, protocol["samples_per_prompt"], protocol["steps"], protocol["cfg_scale"],
                                   progress=False)

@@ -129,12 +129,12 @@ def count_ops(fn, calls: int = 2) -> float:
     """Top-level dispatched aten ops per call of ``fn`` (ops inside other aten ops are not counted)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from .step import _under_aten_op
+    from .step import top_level_aten_events
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(calls):
             fn()
-    return len([e for e in prof.events() if e.name.startswith("aten::") and not _under_aten_op(e)]) / calls
+    return len(top_level_aten_events(prof)) / calls
 
 
 def bench_peer(official_checkout: str | Path, batch: int = 8, masks=(0.0, 0.75), caption_len: int = 77,

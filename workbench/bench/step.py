@@ -60,6 +60,11 @@ def _under_aten_op(event) -> bool:
     return False
 
 
+def top_level_aten_events(prof) -> list:
+    """The profiler's aten ops dispatched from outside any other aten op: what the host issues per step."""
+    return [e for e in prof.events() if e.name.startswith("aten::") and not _under_aten_op(e)]
+
+
 def profile_steps(trainer, steps: int) -> dict:
     """Top-level aten ops of ``steps`` ``trainer.step()`` calls: per-step count, time inside them, the commonest."""
     from torch.profiler import ProfilerActivity, profile
@@ -67,7 +72,7 @@ def profile_steps(trainer, steps: int) -> dict:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             trainer.step()
-    top = [e for e in prof.events() if e.name.startswith("aten::") and not _under_aten_op(e)]
+    top = top_level_aten_events(prof)
     counts = Counter(e.name for e in top)
     total_us = sum(e.cpu_time_total for e in top)
     by_time = sorted(prof.key_averages(), key=lambda a: a.self_cpu_time_total, reverse=True)[:12]

@@ -33,6 +33,13 @@ def protocol(n: int = VAL_N, seed: int = 0, sigmas=SIGMAS) -> dict:
             "split": "shapes val", "weights": "EMA when kept"}
 
 
+def row_noise(shape, rows, seed: int = 0) -> torch.Tensor:
+    """Standard normal noise (len(rows), *shape), row r drawn from its own generator seeded by (seed, r), so a
+    row's noise does not depend on which batch it is in."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + r))
+                        for r in rows])
+
+
 @torch.no_grad()
 def model_heldout_loss(model, data: str | Path, resolution: int, sigma_data: float, sigmas=SIGMAS, n: int = VAL_N,
                        seed: int = 0, batch: int = 64) -> dict:
@@ -58,8 +65,7 @@ def model_heldout_loss(model, data: str | Path, resolution: int, sigma_data: flo
             if take <= 0:
                 break
             x0, caption, mask = x0[:take].to(device), caption[:take].to(device), mask[:take].to(device)
-            noise = torch.stack([torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(
-                seed * 1_000_003 + r)) for r in range(seen, seen + take)]).to(device)     # (b, C, H, W)
+            noise = row_noise(x0.shape[1:], range(seen, seen + take), seed).to(device)    # (b, C, H, W)
             for s in totals:
                 sigma = torch.full((take,), s, device=device)                             # (b,)
                 totals[s] += loss_fn(model, x0, caption, mask, sigma=sigma, noise=noise).per_sample.sum().item()

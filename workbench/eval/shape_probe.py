@@ -32,6 +32,7 @@ import torch
 from ..data.shapes import SHAPES, make_scene, render_scene, scene_rng
 from ..diffusion import EDMConfig, EDMLoss
 from ..errors import InputError
+from .heldout import row_noise
 
 SIGMAS = (1.0, 2.5, 6.0)      # mid noise: the object's position is visible in x_σ, its outline is not
 N = 96                        # single-object val scenes
@@ -106,8 +107,7 @@ def shape_probe(model, codec, text_encoder, resolution: int, sigma_data: float, 
     """
     scenes = probe_scenes(n, seed)
     x0 = codec.encode(np.stack([render_scene(scene, resolution) for scene in scenes]))           # (N, C, h, w)
-    noise = torch.stack([torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(seed * 1_000_003 + r))
-                         for r in range(n)])                                                      # (N, C, h, w)
+    noise = row_noise(x0.shape[1:], range(n), seed)                                               # (N, C, h, w)
     captions = [text_encoder.encode(swapped_captions(scenes, shape)) for shape in SHAPES]
     truth = torch.tensor([SHAPES.index(scene.objects[0].shape) for scene in scenes])              # (N,)
     was_training = model.training
@@ -119,13 +119,19 @@ def shape_probe(model, codec, text_encoder, resolution: int, sigma_data: float, 
     return summarise_probe(losses, truth, [float(s) for s in sigmas])
 
 
+def bundle_shape_probe(bundle, **kw) -> dict:
+    """``shape_probe`` of a sampling bundle (``load_for_sampling``, ``bundle_for_trainer``): its model, codec,
+    text encoder, resolution and σ_data."""
+    return shape_probe(bundle.model, bundle.codec, bundle.text_encoder, bundle.resolution, bundle.edm.sigma_data,
+                       **kw)
+
+
 def checkpoint_shape_probe(checkpoint: str | Path, use_ema: bool = True, device: str | None = "cpu", **kw) -> dict:
     """``shape_probe`` of a checkpoint, stage folder or exported model (EMA weights when it has them)."""
     from ..train.inference import load_for_sampling
 
     bundle = load_for_sampling(checkpoint, use_ema=use_ema, device=device)
-    result = shape_probe(bundle.model, bundle.codec, bundle.text_encoder, bundle.resolution, bundle.edm.sigma_data,
-                         **kw)
+    result = bundle_shape_probe(bundle, **kw)
     return {**result, "checkpoint": str(bundle.checkpoint), "ema": bundle.ema, "weights_sha256": bundle.weights_hash,
             "protocol": protocol(result["n"], kw.get("seed", 0), kw.get("sigmas", SIGMAS))}
 

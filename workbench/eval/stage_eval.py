@@ -100,10 +100,9 @@ def evaluate_stage(stage_dir: str | Path, samples_per_prompt: int = 4, steps: in
 
 def stage_probe(bundle, n: int) -> dict:
     """The shape probe of a sampling bundle, as saved in ``scores.json``: accuracy, gap, scenes, chance."""
-    from .shape_probe import shape_probe
+    from .shape_probe import bundle_shape_probe
 
-    result = shape_probe(bundle.model, bundle.codec, bundle.text_encoder, bundle.resolution, bundle.edm.sigma_data,
-                         n=n)
+    result = bundle_shape_probe(bundle, n=n)
     return {key: result[key] for key in ("accuracy", "gap", "n", "chance")}
 
 
