@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from workbench.ablate.runner import check_out, check_trained_with, eval_points, run_points, run_suite, summary_table
+from workbench.ablate.runner import (check_out, check_trained_with, eval_points, prepare_suite_data, run_points, run_suite,
+                                    summary_table)
 from workbench.ablate.suite import BUILT_IN, Suite
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -250,3 +251,20 @@ def test_only_keeps_the_named_variants_and_run_dir_is_the_last_phase(tmp_path):
     with pytest.raises(ValueError, match="no variant 'nope' .*it has a_no_mask"):
         Suite.load("masking").only("nope")
     assert run_dir(two, "b_naive_75", 1, 1e12, tmp_path) == tmp_path / "runs" / "masking-b_naive_75-s1" / "finetune"
+
+
+def test_a_suites_template_weights_set_the_training_mix_and_leave_the_held_out_scenes_alone(tmp_path, one_thread):
+    import datasets
+
+    from workbench.data.shapes import make_scenes
+
+    suite = dataclasses.replace(quick("optim"), data={"n": 12, "val_n": 6, "resolution": 32},
+                                variants={"singles": {"template_weights": {"single": 1.0}}, "base": {}})
+    assert suite.training_mix("singles") == {"single": 1.0} and suite.training_mix("base") is None
+    assert "template_weights" not in suite.stage_fields("singles", 0)
+    train, val = prepare_suite_data(suite, tmp_path, progress=False, mix=suite.training_mix("singles"))
+    assert train.name == "train_12_single1"
+    singles = [s.caption for s in make_scenes(12, "train", template_weights={"single": 1.0})]
+    assert datasets.load_from_disk(str(train))["caption"] == singles
+    assert datasets.load_from_disk(str(val))["caption"] == [s.caption for s in make_scenes(6, "val")]
+    assert singles != [s.caption for s in make_scenes(12, "train")]       # the mix changed what was prepared

@@ -28,6 +28,7 @@ def write(tmp_path, text: str):
     ("name: x\nvariants: {a: {}}\nevaluate: {steps: 0}\n", r"evaluate\.steps must be a positive number"),
     ("name: x\nvariants: {a: {}}\ndata: {resolution: 17}\n", r"variant 'a'.*divisible by patch_size"),
     ("name: x\nvariants: {a: {}}\ndata: {n: 0}\n", r"data\.n must be a positive integer"),
+    ("name: x\nvariants: {a: {template_weights: {singel: 1}}}\n", r"variant 'a'.*template_weights.*'singel'"),
     ("variants: {a: {}}\n", r"'name' is missing"),
     ("name: x\nvariants: {}\n", r"'variants' must map"),
     ("name: x\nvariants: {a: 3}\n", r"variant 'a' must be a mapping"),

@@ -31,16 +31,19 @@ from ..errors import InputError, MissingFileError
 FLOPS = "workbench.eval.cost: 3 x MicroDiT.flops (analytic forward FLOPs at the stage's mask ratio) per step"
 
 
-def prepare_suite_data(suite: Suite, out: Path, progress: bool = True) -> tuple[Path, Path]:
+def prepare_suite_data(suite: Suite, out: Path, progress: bool = True,
+                       mix: dict | None = None) -> tuple[Path, Path]:
     """The suite's training scenes and held-out scenes (shapes train / val split), prepared once under ``out``
-    with the same codec (pixels), text encoder and settings, so the val latents match the training ones."""
+    with the same codec (pixels), text encoder and settings, so the val latents match the training ones.
+    ``mix`` (a variant's ``template_weights``) changes the training scenes only."""
     from ..data.prepare import prepare
 
     spec, root = suite.data, out / "data"
-    train, val = root / f"train_{spec['n']}", root / f"val_{spec['val_n']}"
-    for source, path, n in (("shapes", train, spec["n"]), ("shapes:val", val, spec["val_n"])):
+    mix_name = "".join(f"_{template}{weight:g}" for template, weight in sorted(mix.items())) if mix else ""
+    train, val = root / f"train_{spec['n']}{mix_name}", root / f"val_{spec['val_n']}"
+    for source, path, n, weights in (("shapes", train, spec["n"], mix), ("shapes:val", val, spec["val_n"], None)):
         prepare(source=source, out=path, resolutions=(spec["resolution"],), limit=int(n), n=int(n),
-                text_encoder_options={"trim_padding": True}, progress=progress)
+                template_weights=weights, text_encoder_options={"trim_padding": True}, progress=progress)
     return train, val
 
 
@@ -260,7 +263,6 @@ class _SuiteRun:
 def _run_suite(suite: Suite, budget: float, seeds: int, checkpoints: int, out: Path, progress: bool,
                command: str | None) -> dict:
     check_out(out, suite, budget, checkpoints)
-    train, val = prepare_suite_data(suite, out, progress=False)
     jobs = [(v, s) for v in suite.variants for s in range(seeds)]
     plan = {v: [{"phase": st.name, "steps": st.steps, "flops": f} for st, f in suite.stages(v, budget, 0)]
             for v in suite.variants}
@@ -272,6 +274,7 @@ def _run_suite(suite: Suite, budget: float, seeds: int, checkpoints: int, out: P
         for variant, seed in jobs:
             bar.set_postfix_str(f"{variant} seed {seed}")
             try:
+                train, val = prepare_suite_data(suite, out, progress=False, mix=suite.training_mix(variant))
                 rows += run_variant(suite, variant, seed, budget, checkpoints, out, train, val, bar)
             except Exception as err:  # noqa: BLE001 - one failed variant must not lose the others
                 failures.append({"variant": variant, "seed": seed, "error": f"{type(err).__name__}: {err}",

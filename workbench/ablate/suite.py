@@ -11,6 +11,11 @@ A suite is a YAML file (the built-in ones ship in ``workbench/ablate/suites/``):
     variants:
       c_deferred_75: {mask_ratio: 0.75}
       b_naive_75: {mask_ratio: 0.75, model_overrides: {mixer_depth: 0}}
+      singles: {template_weights: {single: 0.7, pair: 0.1, position: 0.1, count: 0.1}}   # the training scenes' mix
+
+``template_weights`` (in ``base`` or a variant) is the one field that is not a Stage's: the caption-template mix
+of the variant's training scenes (default: the shapes world's, 40% single objects), prepared once per mix. The
+held-out scenes keep the default mix, so the held-out loss stays comparable across variants.
 
 Each variant's steps are solved from the analytic FLOP count (``workbench.eval.cost``: 3 x forward
 FLOPs per step), so every variant of a suite spends the same training FLOPs, main phase and
@@ -32,6 +37,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..config import check_known_keys, parse_yaml
+from ..data.shapes import check_template_weights
 from ..eval.cost import StagePlan
 from ..train import Stage
 from ..errors import InputError, MissingFileError
@@ -39,6 +45,7 @@ from ..errors import InputError, MissingFileError
 BUILT_IN = tuple(sorted(entry.name.removesuffix(".yaml")                      # the YAML files shipped in suites/
                         for entry in resources.files("workbench.ablate").joinpath("suites").iterdir()
                         if entry.name.endswith(".yaml")))
+DATA_FIELDS = ("template_weights",)   # variant fields that change the training scenes, not the Stage
 SET_BY_SUITE = ("name", "run", "runs_dir", "data", "steps", "seed", "resolution", "init_from", "init_mode")
 FINETUNE_SEED = 1000          # the finetune phase of seed s draws its data order and noise with seed 1000 + s
 
@@ -115,6 +122,12 @@ class Suite:
                 raise InputError(f"{what} variant {variant!r}: {err}") from None
 
     def _check_stage_keys(self, where: str, values: dict) -> None:
+        if "template_weights" in values:
+            try:
+                check_template_weights(values["template_weights"])
+            except ValueError as err:
+                raise InputError(f"suite {self.name!r} {where}: {err}") from None
+        values = {k: v for k, v in values.items() if k not in DATA_FIELDS}
         check_known_keys(Stage, values, what=f"suite {self.name!r} {where}: Stage")
         for key in SET_BY_SUITE:
             if key in values:
@@ -187,14 +200,22 @@ class Suite:
             lines.append(f"{variant:<20} {phases}")
         return "\n".join(lines)
 
-    def stage_fields(self, variant: str, seed: int) -> dict:
-        """The variant's Stage fields: base, then the variant's changes (``model_overrides`` merged)."""
+    def _fields(self, variant: str) -> dict:
         if variant not in self.variants:
             raise InputError(f"suite {self.name} has no variant {variant!r} (it has {', '.join(self.variants)})")
         changes = dict(self.variants[variant] or {})
-        fields = {**self.base, **changes, "seed": seed, "resolution": self.data["resolution"]}
+        fields = {**self.base, **changes}
         fields["model_overrides"] = {**self.base.get("model_overrides", {}), **changes.get("model_overrides", {})}
         return fields
+
+    def stage_fields(self, variant: str, seed: int) -> dict:
+        """The variant's Stage fields: base, then the variant's changes (``model_overrides`` merged)."""
+        fields = {k: v for k, v in self._fields(variant).items() if k not in DATA_FIELDS}
+        return {**fields, "seed": seed, "resolution": self.data["resolution"]}
+
+    def training_mix(self, variant: str) -> dict | None:
+        """The caption-template mix of the variant's training scenes (None: the shapes world's default)."""
+        return self._fields(variant).get("template_weights")
 
     def finetune_fields(self, fields: dict, seed: int) -> dict:
         """The finetune phase's Stage fields: unmasked, constant LR at the main phase's final LR, optimiser and
