@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from workbench.ablate.runner import (check_out, check_trained_with, eval_points, prepare_suite_data, run_points, run_suite,
-                                    summary_table)
+from workbench.ablate.runner import (check_out, check_trained_with, eval_points, prepare_suite_data, run_points,
+                                    run_suite, summary_table)
 from workbench.ablate.suite import BUILT_IN, Suite
 
 ROOT = Path(__file__).resolve().parents[2]
