@@ -173,6 +173,18 @@ def test_loss_is_lambda_weighted_squared_error():
     torch.testing.assert_close(out.loss, out.per_sample.mean())
 
 
+def test_band_weight_multiplies_lambda_inside_the_band_only():
+    x0 = torch.randn(4, 2, 4, 4, dtype=torch.float64)
+    sigma = torch.tensor([0.5, 1.0, 3.0, 7.0], dtype=torch.float64)          # below, at the edge, inside, above
+    plain = EDMLoss(EDMConfig())(Oracle(x0, 0.3), x0, caption_for(4), sigma=sigma, noise=torch.zeros_like(x0))
+    banded = EDMLoss(EDMConfig(band_weight=3.0, band_min=1.0, band_max=6.0))(
+        Oracle(x0, 0.3), x0, caption_for(4), sigma=sigma, noise=torch.zeros_like(x0))
+    torch.testing.assert_close(banded.per_sample / plain.per_sample, torch.tensor([1.0, 3.0, 3.0, 1.0],
+                                                                                   dtype=torch.float64))
+    with pytest.raises(ValueError, match="band_min"):
+        EDMConfig(band_min=6.0, band_max=1.0)
+
+
 def test_loss_is_zero_for_a_perfect_denoiser():
     x0 = torch.randn(2, 2, 4, 4, dtype=torch.float64)
     out = EDMLoss()(Oracle(x0, 0.0), x0, caption_for(2))

@@ -103,6 +103,8 @@ def test_unknown_yaml_key_suggests_the_closest_field(tmp_path):
     (dict(init_mode="everything"), r"Stage\.init_mode: expected weights or full"),
     (dict(model="huge"), r"unknown MicroDiT preset 'huge'"),
     (dict(model_overrides={"detph": 2}), r"did you mean 'depth'"),
+    (dict(loss_band=(6.0, 1.0)), r"Stage\.loss_band: expected two noise levels 0 < min < max"),
+    (dict(loss_band_weight=0.0), r"Stage\.loss_band_weight"),
 ])
 def test_invalid_stage_fields_fail_when_the_stage_is_built(changes, message):
     with pytest.raises(ValueError, match=message):
@@ -225,3 +227,9 @@ def test_ema_power_warms_the_decay_up_to_ema_decay_and_zero_power_keeps_it_fixed
     assert all(a <= b for a, b in zip(decays, decays[1:]))           # rises monotonically, capped
     with pytest.raises(ValueError, match="ema_power"):
         Stage(ema_power=-1)
+
+
+def test_the_loss_band_reaches_the_edm_loss():
+    edm = Stage(loss_band_weight=2.0, loss_band=[0.5, 4]).edm
+    assert (edm.band_weight, edm.band_min, edm.band_max) == (2.0, 0.5, 4.0)
+    assert Stage().edm.band_weight == 1.0                                        # off by default

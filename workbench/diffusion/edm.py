@@ -39,12 +39,18 @@ class EDMConfig:
     rho: float = 7.0          # curvature of the Karras σ schedule
     p_mean: float = -0.6      # training noise: mean of ln σ
     p_std: float = 1.2        # training noise: std of ln σ
+    band_weight: float = 1.0  # loss weight of the σ in [band_min, band_max], times λ(σ) (1: EDM's weighting alone)
+    band_min: float = 1.0     # the band where a shapes scene's outline is decided (docs/demo.md, the shape probe)
+    band_max: float = 6.0
 
     def __post_init__(self):
         check_field_types(self)
-        check_ranges(self, {name: POSITIVE for name in ("sigma_data", "sigma_min", "sigma_max", "rho", "p_std")})
+        check_ranges(self, {name: POSITIVE for name in ("sigma_data", "sigma_min", "sigma_max", "rho", "p_std",
+                                                        "band_weight", "band_min", "band_max")})
         require(self.sigma_min < self.sigma_max, "EDMConfig", "sigma_min", f"< sigma_max ({self.sigma_max!r})",
                 self.sigma_min)
+        require(self.band_min < self.band_max, "EDMConfig", "band_min", f"< band_max ({self.band_max!r})",
+                self.band_min)
 
 
 @dataclass
@@ -158,6 +164,8 @@ def patch_loss(loss: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 class EDMLoss:
     """EDM loss λ(σ)·‖D(x0 + σn; σ) − x0‖² with λ = (σ² + σ_data²)/(σ·σ_data)².
 
+    ``config.band_weight`` ≠ 1 multiplies λ(σ) by that factor for σ in [band_min, band_max] (a lever, off by
+    default): more weight where the outline is decided, without moving the noise distribution as P_mean does.
     Averaged over all elements of each sample, or, when the model masks patches, per patch and then
     over the kept patches of each sample (as the official code); then over the batch.
     """
@@ -184,6 +192,9 @@ class EDMLoss:
         n = noise.to(x0.device, x0.dtype)                                   # (B, C, H, W)
         s = sigma.view(-1, 1, 1, 1)                                         # (B, 1, 1, 1)
         weight = (s ** 2 + sd ** 2) / (s * sd) ** 2                         # (B, 1, 1, 1)
+        if cfg.band_weight != 1.0:
+            in_band = (s >= cfg.band_min) & (s <= cfg.band_max)             # (B, 1, 1, 1)
+            weight = torch.where(in_band, weight * cfg.band_weight, weight)
         denoised, keep = precondition(model, x0 + n * s, sigma, caption, caption_mask, sigma_data=sd,
                                       mask_ratio=mask_ratio, generator=generator, mask_noise=mask_noise)
         loss = weight * (denoised - x0) ** 2                                # (B, C, H, W)

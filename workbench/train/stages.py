@@ -70,6 +70,8 @@ STAGE_RANGES = {
     "weight_decay": NON_NEGATIVE,
     "grad_clip": NON_NEGATIVE,
     "betas": (lambda v: all(0 <= b < 1 for b in v), "two values in [0, 1)"),
+    "loss_band_weight": POSITIVE,
+    "loss_band": (lambda v: 0 < v[0] < v[1], "two noise levels 0 < min < max"),
     "sample_cfg_scale": (lambda v: v >= 1.0, "a guidance scale >= 1"),
     "schedule": _one_of(SCHEDULES),
     "mixed_precision": _one_of(PRECISIONS, " | "),
@@ -107,6 +109,8 @@ class Stage:
     caption_dropout: float = 0.1               # probability of training on the null caption (for CFG)
     p_mean: float = -0.6                       # EDM training noise: mean of ln sigma
     p_std: float = 1.2                         # EDM training noise: std of ln sigma
+    loss_band_weight: float = 1.0              # loss weight of sigma in loss_band, times EDM's (1: off)
+    loss_band: tuple[float, float] = (1.0, 6.0)  # [min, max] sigma of that band
     sigma_data: float = 0.9                    # EDM sigma_data
     mixed_precision: str = "no"                # no | bf16 (autocast) | fp16 (GPUs) | bf16-mixed (train/precision.py)
     compile: bool = False                      # torch.compile each model block (MicroDiT.compile_blocks)
@@ -134,6 +138,7 @@ class Stage:
     def __post_init__(self) -> None:
         check_field_types(self)                        # types first, so the range checks below cannot TypeError
         self.betas = tuple(float(b) for b in self.betas)
+        self.loss_band = tuple(float(b) for b in self.loss_band)
         self.sample_prompts = [str(p) for p in self.sample_prompts]
         check_ranges(self, STAGE_RANGES)
         require(self.global_batch % self.micro_batch == 0, "Stage", "global_batch",
@@ -154,8 +159,9 @@ class Stage:
     # ------------------------------------------------------------------ paths
     @property
     def edm(self) -> EDMConfig:
-        """The stage's EDM constants (σ_data, P_mean, P_std) as the loss and samplers take them."""
-        return EDMConfig(sigma_data=self.sigma_data, p_mean=self.p_mean, p_std=self.p_std)
+        """The stage's EDM constants (σ_data, P_mean, P_std, the loss band) as the loss and samplers take them."""
+        return EDMConfig(sigma_data=self.sigma_data, p_mean=self.p_mean, p_std=self.p_std,
+                         band_weight=self.loss_band_weight, band_min=self.loss_band[0], band_max=self.loss_band[1])
 
     @property
     def stage_dir(self) -> Path:
