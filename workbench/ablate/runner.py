@@ -263,6 +263,7 @@ class _SuiteRun:
 def _run_suite(suite: Suite, budget: float, seeds: int, checkpoints: int, out: Path, progress: bool,
                command: str | None) -> dict:
     check_out(out, suite, budget, checkpoints)
+    data = {v: prepare_suite_data(suite, out, progress=False, mix=suite.training_mix(v)) for v in suite.variants}
     jobs = [(v, s) for v in suite.variants for s in range(seeds)]
     plan = {v: [{"phase": st.name, "steps": st.steps, "flops": f} for st, f in suite.stages(v, budget, 0)]
             for v in suite.variants}
@@ -274,8 +275,7 @@ def _run_suite(suite: Suite, budget: float, seeds: int, checkpoints: int, out: P
         for variant, seed in jobs:
             bar.set_postfix_str(f"{variant} seed {seed}")
             try:
-                train, val = prepare_suite_data(suite, out, progress=False, mix=suite.training_mix(variant))
-                rows += run_variant(suite, variant, seed, budget, checkpoints, out, train, val, bar)
+                rows += run_variant(suite, variant, seed, budget, checkpoints, out, *data[variant], bar)
             except Exception as err:  # noqa: BLE001 - one failed variant must not lose the others
                 failures.append({"variant": variant, "seed": seed, "error": f"{type(err).__name__}: {err}",
                                  "traceback": traceback.format_exc(limit=8)})
