@@ -83,3 +83,29 @@ def test_variants_selects_part_of_a_suite_and_an_unknown_one_lists_the_known(cap
     assert main(["ablate", "--suite", "optim", "--variants", "base", "nope"]) == 2
     err = capsys.readouterr().err
     assert "no variant 'nope'" in err and "rope" in err
+
+
+def test_several_reports_merge_into_one_comparison_at_the_common_budget(tmp_path, capsys):
+    longer = results()
+    longer["budget"] = 4e12
+    longer["rows"] = [{**r, "variant": "a" if r["variant"] == "a" else "d"} for r in longer["rows"]]
+    longer["rows"] += [{**r, "train_flops": 4e12, "metrics": {**r["metrics"], "val_loss": 0.01}}
+                       for r in longer["rows"] if r["train_flops"] == 2e12]
+    for name, res in (("first", results()), ("second", longer)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(res))
+    out = tmp_path / "both"
+    assert main(["ablate", "--report", str(tmp_path / "first"), str(tmp_path / "second"), "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("first + second at 2e+12 training FLOPs")
+    table = lines[lines.index("val_loss (lower is better)") + 1:lines.index("shape_accuracy (higher is better)")]
+    names = [line.split()[0] for line in table]
+    assert sorted(names) == ["b", "c", "d", "first/a", "second/a"]      # the shared name is told apart by folder
+    second_a = next(line for line in table if line.split()[0] == "second/a")
+    assert second_a.split()[1] == "0.2100"                # compared at 2e12, not at the longer run's 4e12 point (0.01)
+    merged = json.loads((out / "results.json").read_text())
+    assert (out / "val_loss.svg").read_text().count("<polyline") == 5
+    assert max(r["train_flops"] for r in merged["rows"] if r["variant"] == "second/a") == 4e12   # curves keep it
+    assert main(["ablate", "--report", str(out)]) == 0                 # the merged folder redraws like any other
+    assert main(["ablate", "--report", str(tmp_path / "first"), str(tmp_path / "second")]) == 2
+    assert "add --out DIR" in capsys.readouterr().err

@@ -23,7 +23,9 @@ def add_parser(sub) -> None:
     ab.add_argument("--seeds", type=int, default=2, help="seeds per variant (default 2)")
     ab.add_argument("--checkpoints", type=int, default=4, help="evaluations per run at k/N of the budget (default 4)")
     ab.add_argument("--out", default=None, help="output folder (default runs/ablate/<suite>); a rerun resumes")
-    ab.add_argument("--report", default=None, metavar="DIR", help="only redraw the figures and table of DIR")
+    ab.add_argument("--report", nargs="+", default=None, metavar="DIR",
+                    help="only redraw the figures and table of DIR; of several (folders or committed results, "
+                         "e.g. scale-60T) together into --out: one curve per variant, the table at the smallest budget")
     ab.add_argument("--quick", action="store_true", help="the suite's smoke-test form: a small model, 96 scenes, "
                                                           "a 2-step protocol (Suite.quick; use a tiny --budget)")
     ab.add_argument("--json", action="store_true", help="print results.json instead of the table")
@@ -39,8 +41,7 @@ def run(args) -> int:
     from .runner import run_suite
 
     if args.report:
-        results = json.loads((Path(args.report) / "results.json").read_text())
-        out = Path(args.report)
+        results, out = report_results(args.report, args.out)
     else:
         if not args.suite:
             raise InputError("workbench ablate: give --suite masking|moe|recipe|FILE.yaml (or --report DIR)")
@@ -60,6 +61,26 @@ def run(args) -> int:
         print(format_table(results))
         print("figures: " + ", ".join(str(p) for p in paths))
     return 1 if results["failures"] else 0          # every finished run is kept; a rerun retries the failed
+
+
+def report_results(folders: list[str], out: str | None) -> tuple[dict, Path]:
+    """What ``--report`` draws and where: one folder's results in place, or several merged into ``out`` (its
+    ``results.json`` written too, so ``--report OUT`` redraws it)."""
+    from ..io import atomic_write_json
+    from .runner import load_results, merge_results
+
+    if len(folders) == 1:
+        return json.loads((Path(folders[0]) / "results.json").read_text()), Path(folders[0])
+    if not out:
+        raise InputError(f"workbench ablate --report {' '.join(folders)}: several results are drawn together into "
+                         f"a new folder; add --out DIR")
+    names = [Path(f).name or f for f in folders]
+    if len(set(names)) < len(names):
+        raise InputError(f"workbench ablate --report: the folders' names must differ (they name the variants "
+                         f"they share), got {' '.join(names)}")
+    merged = merge_results({name: load_results(f) for name, f in zip(names, folders)})
+    atomic_write_json(Path(out) / "results.json", merged)
+    return merged, Path(out)
 
 
 def format_table(results: dict) -> str:

@@ -28,6 +28,8 @@ from ..io import atomic_write_json
 from .suite import Suite
 from ..errors import InputError, MissingFileError
 
+BUDGET_TOLERANCE = 0.02       # every run of a suite spends its budget within 2% (tests/ablate/test_suite.py)
+
 FLOPS = "workbench.eval.cost: 3 x MicroDiT.flops (analytic forward FLOPs at the stage's mask ratio) per step"
 
 
@@ -292,8 +294,10 @@ def _run_suite(suite: Suite, budget: float, seeds: int, checkpoints: int, out: P
 def summary_table(results: dict, metric: str = "val_loss") -> list[dict]:
     """Per variant at the final budget: mean, min, max of ``metric`` over seeds, sorted by the mean, and which
     other variants overlap its [min, max] range (``within_spread_of``: a difference the seeds cannot resolve)."""
-    final = {}
+    final, at = {}, results.get("compare_at")       # merged results compare at their common budget only
     for row in results["rows"]:
+        if at is not None and abs(row["train_flops"] - at) > BUDGET_TOLERANCE * at:
+            continue
         key = (row["variant"], row["seed"])
         if key not in final or row["train_flops"] > final[key]["train_flops"]:
             final[key] = row
@@ -377,3 +381,29 @@ def load_or_run(suite: Suite, budget: float, seeds: int, checkpoints: int, out: 
         print(f"no results in {results or out} yet: run `workbench ablate --suite {suite.name} --budget {budget:g} "
               f"--seeds {seeds} --out {out}`, or set run = True (committed results: {', '.join(shipped_results())})")
         return None
+
+
+def merge_results(named: dict[str, dict]) -> dict:
+    """Several ablations' results as one, to put recipes from different suites or sessions on one set of curves::
+
+        merged = merge_results({"scale-60T": load_results("scale-60T"), "mine": load_results("runs/ablate/x")})
+        write_report(merged, "runs/ablate/compare")      # what ``workbench ablate --report A B --out DIR`` does
+
+    A variant keeps its name unless another folder has one of the same name; then each becomes
+    ``<folder>/<variant>``. The curves keep every point; the table compares the variants at the smallest of the
+    budgets (``compare_at``), leaving out a variant with no evaluation within 2% of it."""
+    if len(named) < 2:
+        raise InputError("merge_results: give two or more results to merge")
+    counts: dict = {}
+    for results in named.values():
+        for variant in dict.fromkeys(r["variant"] for r in results["rows"]):
+            counts[variant] = counts.get(variant, 0) + 1
+    rows, failures = [], []
+    for folder, results in named.items():
+        rename = {v: (f"{folder}/{v}" if counts[v] > 1 else v) for v in counts}
+        rows += [{**row, "variant": rename.get(row["variant"], row["variant"])} for row in results["rows"]]
+        failures += [{**f, "variant": f"{folder}/{f['variant']}"} for f in results.get("failures", [])]
+    return {"suite": " + ".join(named), "budget": min(r["budget"] for r in named.values()),
+            "compare_at": min(r["budget"] for r in named.values()), "seeds": min(r["seeds"] for r in named.values()),
+            "checkpoints": None, "merged_from": {k: r.get("command") for k, r in named.items()}, "rows": rows,
+            "failures": failures}
