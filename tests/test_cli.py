@@ -14,6 +14,7 @@ import yaml
 from PIL import Image
 
 from workbench.cli import main
+from workbench.data.shapes.prompts import eval_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -165,6 +166,15 @@ def test_prepare_train_resume_and_sample_from_the_command_line(tmp_path, capsys)
     assert protocol["seed"] == 3 and protocol["sampler"] == "heun" and len(protocol["weights_sha256"]) == 16
     assert report["scores"]["samples"] == 55 and len(report["results"]) == 55
     assert 0.0 <= report["scores"]["overall"] <= 1.0
+    assert main(["eval", "compositional", str(stage_dir), "--categories", "single_object", "colours",
+                 "--samples-per-prompt", "1", "--steps", "2", "--json", str(scores), "--no-progress"]) == 0
+    single = json.loads(scores.read_text())                          # the single-object score of docs/demo.md
+    expected = sum(p.category in ("single_object", "colours") for p in eval_prompts())
+    assert single["protocol"]["categories"] == ["single_object", "colours"] and len(single["results"]) == expected
+    assert {r["category"] for r in single["results"]} == {"single_object", "colours"}
+    capsys.readouterr()
+    assert main(["eval", "compositional", str(stage_dir), "--categories", "singles"]) == 2
+    assert "unknown singles; the categories are single_object, two_objects" in capsys.readouterr().err
 
     fid = tmp_path / "fid.json"
     assert main(["eval", "fid", "--checkpoint", str(stage_dir), "--samples", "8", "--steps", "2", "--json", str(fid),

@@ -24,6 +24,9 @@ def add_parser(sub) -> None:
                     help="a checkpoint or stage folder (or give --checkpoint)")
     ev.add_argument("--checkpoint", help="a checkpoint, or a stage folder (newest checkpoint)")
     ev.add_argument("--samples-per-prompt", type=int, default=4, help="compositional: images per eval prompt")
+    ev.add_argument("--categories", nargs="+", default=None, metavar="NAME",
+                    help="compositional: only these prompt categories, e.g. single_object colours (the single-object "
+                         "score of docs/demo.md; default: all)")
     ev.add_argument("--samples", type=int, default=500, help="fid: generated images")
     ev.add_argument("--steps", type=int, default=30, help="σ levels of the Karras schedule (default 30)")
     ev.add_argument("--cfg-scale", type=float, default=None, help="CFG scale (default: the stage's sample_cfg_scale)")
@@ -68,12 +71,18 @@ def run(args) -> int:
         raise InputError(f"workbench eval {args.what} needs --checkpoint: a checkpoint, or a stage folder")
     quiet = args.json == "-"               # only the JSON on stdout
     if args.what == "compositional":
+        from ..data.shapes.prompts import EVAL_CATEGORIES
         from .compositional import evaluate_checkpoint, scores_table
+
+        unknown = sorted(set(args.categories or ()) - set(EVAL_CATEGORIES))
+        if unknown:
+            raise InputError(f"workbench eval compositional --categories: unknown {', '.join(unknown)}; the "
+                             f"categories are {', '.join(EVAL_CATEGORIES)}")
 
         report = evaluate_checkpoint(args.checkpoint, samples_per_prompt=args.samples_per_prompt, steps=args.steps,
                                      cfg_scale=args.cfg_scale, seed=args.seed, sampler=args.sampler, batch=args.batch,
                                      use_ema=not args.raw, device=args.device,
-                                     progress=not (args.no_progress or quiet))
+                                     progress=not (args.no_progress or quiet), categories=args.categories)
         p = report["protocol"]
         if not quiet:
             for row in scores_table(report["scores"]):
