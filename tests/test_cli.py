@@ -174,7 +174,7 @@ def test_prepare_train_resume_and_sample_from_the_command_line(tmp_path, capsys)
     assert {r["category"] for r in single["results"]} == {"single_object", "colours"}
     capsys.readouterr()
     assert main(["eval", "compositional", str(stage_dir), "--categories", "singles"]) == 2
-    assert "unknown singles; the categories are single_object, two_objects" in capsys.readouterr().err
+    assert "unknown categories singles; the categories are single_object, two_objects" in capsys.readouterr().err
 
     fid = tmp_path / "fid.json"
     assert main(["eval", "fid", "--checkpoint", str(stage_dir), "--samples", "8", "--steps", "2", "--json", str(fid),

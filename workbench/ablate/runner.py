@@ -294,9 +294,9 @@ def _run_suite(suite: Suite, budget: float, seeds: int, checkpoints: int, out: P
 def summary_table(results: dict, metric: str = "val_loss") -> list[dict]:
     """Per variant at the final budget: mean, min, max of ``metric`` over seeds, sorted by the mean, and which
     other variants overlap its [min, max] range (``within_spread_of``: a difference the seeds cannot resolve)."""
-    final, at = {}, results.get("compare_at")       # merged results compare at their common budget only
-    for row in results["rows"]:
-        if at is not None and abs(row["train_flops"] - at) > BUDGET_TOLERANCE * at:
+    final, at = {}, results["budget"]
+    for row in results["rows"]:              # merged results compare at their common (smallest) budget only
+        if "merged_from" in results and abs(row["train_flops"] - at) > BUDGET_TOLERANCE * at:
             continue
         key = (row["variant"], row["seed"])
         if key not in final or row["train_flops"] > final[key]["train_flops"]:
@@ -391,19 +391,19 @@ def merge_results(named: dict[str, dict]) -> dict:
 
     A variant keeps its name unless another folder has one of the same name; then each becomes
     ``<folder>/<variant>``. The curves keep every point; the table compares the variants at the smallest of the
-    budgets (``compare_at``), leaving out a variant with no evaluation within 2% of it."""
+    budgets (``budget``), leaving out a variant with no evaluation within 2% of it."""
     if len(named) < 2:
         raise InputError("merge_results: give two or more results to merge")
     counts: dict = {}
     for results in named.values():
         for variant in dict.fromkeys(r["variant"] for r in results["rows"]):
             counts[variant] = counts.get(variant, 0) + 1
+    def name(folder: str, variant: str) -> str:
+        return f"{folder}/{variant}" if counts.get(variant, 0) > 1 else variant
     rows, failures = [], []
     for folder, results in named.items():
-        rename = {v: (f"{folder}/{v}" if counts[v] > 1 else v) for v in counts}
-        rows += [{**row, "variant": rename.get(row["variant"], row["variant"])} for row in results["rows"]]
-        failures += [{**f, "variant": f"{folder}/{f['variant']}"} for f in results.get("failures", [])]
+        rows += [{**row, "variant": name(folder, row["variant"])} for row in results["rows"]]
+        failures += [{**f, "variant": name(folder, f["variant"])} for f in results.get("failures", [])]
     return {"suite": " + ".join(named), "budget": min(r["budget"] for r in named.values()),
-            "compare_at": min(r["budget"] for r in named.values()), "seeds": min(r["seeds"] for r in named.values()),
-            "checkpoints": None, "merged_from": {k: r.get("command") for k, r in named.items()}, "rows": rows,
-            "failures": failures}
+            "seeds": min(r["seeds"] for r in named.values()), "checkpoints": None,
+            "merged_from": {k: r.get("command") for k, r in named.items()}, "rows": rows, "failures": failures}

@@ -215,6 +215,10 @@ def evaluate_sampler(bundle, samples_per_prompt: int = 4, steps: int = 30, cfg_s
     """
     from tqdm.auto import tqdm
 
+    unknown = sorted(set(categories or ()) - set(EVAL_CATEGORIES))
+    if unknown:
+        raise InputError(f"compositional score: unknown categories {', '.join(unknown)}; the categories are "
+                         f"{', '.join(EVAL_CATEGORIES)}")
     prompts = list(prompts) if prompts is not None else eval_prompts()
     jobs = [(p, s) for p, prompt in enumerate(prompts) for s in range(samples_per_prompt)
             if categories is None or prompt.category in categories]
