@@ -294,9 +294,9 @@ def _run_suite(suite: Suite, budget: float, seeds: int, checkpoints: int, out: P
 def summary_table(results: dict, metric: str = "val_loss") -> list[dict]:
     """Per variant at the final budget: mean, min, max of ``metric`` over seeds, sorted by the mean, and which
     other variants overlap its [min, max] range (``within_spread_of``: a difference the seeds cannot resolve)."""
-    final, at = {}, results["budget"]
+    final, merged = {}, "merged_from" in results
     for row in results["rows"]:              # merged results compare at their common (smallest) budget only
-        if "merged_from" in results and abs(row["train_flops"] - at) > BUDGET_TOLERANCE * at:
+        if merged and abs(row["train_flops"] - results["budget"]) > BUDGET_TOLERANCE * results["budget"]:
             continue
         key = (row["variant"], row["seed"])
         if key not in final or row["train_flops"] > final[key]["train_flops"]:
