@@ -170,6 +170,15 @@ def test_a_rerun_with_another_budget_checkpoints_or_suite_is_refused(tmp_path):
     check_out(older, suite, 1e12, 4)                                      # an added metric: it resumes
     with pytest.raises(ValueError, match=r"suite evaluate"):
         check_out(older, dataclasses.replace(suite, evaluate={**suite.evaluate, "steps": 3}), 1e12, 4)
+    spelled = tmp_path / "spelled"                 # a variant that spelled the base's model_overrides out: the same
+    check_out(spelled, suite, 1e12, 4)
+    saved = json.loads((spelled / "ablate.json").read_text())
+    variant = next(v for v, c in saved["suite"]["variants"].items() if c.get("model_overrides"))
+    base_overrides = saved["suite"]["base"].get("model_overrides", {})
+    saved["suite"]["variants"][variant]["model_overrides"] = {**base_overrides,
+                                                              **saved["suite"]["variants"][variant]["model_overrides"]}
+    (spelled / "ablate.json").write_text(json.dumps(saved))
+    check_out(spelled, suite, 1e12, 4)
     legacy = tmp_path / "legacy"                                          # results.json from before ablate.json
     legacy.mkdir()
     (legacy / "results.json").write_text(json.dumps({"budget": 1e13, "checkpoints": 4, "rows": []}))

@@ -207,6 +207,14 @@ def log_line(row: dict) -> str:
             f"{row['eval_seconds']} s)")
 
 
+def _effective(definition: dict, variant: str) -> dict:
+    """A variant's fields as it trains: the base, then its changes, ``model_overrides`` merged (so a definition
+    that spells the base's overrides out in the variant is the same experiment as one that inherits them)."""
+    base, changes = definition.get("base", {}), definition["variants"][variant] or {}
+    return {**base, **changes, "model_overrides": {**base.get("model_overrides", {}),
+                                                   **changes.get("model_overrides", {})}}
+
+
 def check_out(out: Path, suite: Suite, budget: float, checkpoints: int) -> None:
     """Refuse to resume ``out`` with another budget, checkpoints or suite (variants may be added); record them."""
     path, legacy = out / "ablate.json", out / "results.json"
@@ -224,7 +232,7 @@ def check_out(out: Path, suite: Suite, budget: float, checkpoints: int) -> None:
             changed += [f"suite {key}" for key in new_suite
                         if key != "variants" and old_suite.get(key) != new_suite[key]]
             changed += [f"variant {v}" for v in old_suite.get("variants", {})
-                        if v in new_suite["variants"] and old_suite["variants"][v] != new_suite["variants"][v]]
+                        if v in new_suite["variants"] and _effective(old_suite, v) != _effective(new_suite, v)]
         if changed:
             raise InputError(f"ablate: {out} holds another experiment ({'; '.join(changed)}; see {path}): rerun "
                              f"with its settings to resume it, or give another --out")
