@@ -148,6 +148,41 @@ def test_kill_9_mid_suite_then_a_rerun_finishes_it_and_keeps_what_was_done(tmp_p
     assert "val_loss" in done.stdout and "a_no_mask" in done.stdout
 
 
+@pytest.mark.slow
+def test_jobs_2_trains_two_runs_at_once_and_its_workers_stop_when_it_is_killed(tmp_path):
+    psutil = pytest.importorskip("psutil")
+    out, suite = tmp_path / "ablate", tmp_path / "suite.yaml"
+    import yaml
+    suite.write_text(yaml.safe_dump(quick("masking", variants=TWO).to_dict()))
+    cmd = [sys.executable, "-m", "workbench", "ablate", "--suite", str(suite), "--budget", "0.4e12", "--seeds", "1",
+           "--checkpoints", "2", "--out", str(out), "--no-progress", "--jobs", "2"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    evals, deadline = out / "evals", time.time() + 300
+    try:
+        while not (evals.is_dir() and any(evals.rglob("main_*.json"))) and time.time() < deadline:
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            time.sleep(0.2)
+        workers = psutil.Process(proc.pid).children()
+        assert len(workers) >= 2, workers                  # the spawn helper may be there too
+        started = {p.parent.parent.name for p in (out / "runs").glob("*/main/metrics.jsonl")}
+        assert started == {"masking-c_deferred_75-s0", "masking-a_no_mask-s0"}     # both train before either ends
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=60)
+    assert not alive, f"workers outlived a killed workbench ablate: {alive}"
+    kept = {p: p.stat().st_mtime_ns for p in evals.rglob("*.json")}
+    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept                       # not evaluated again
+    results = json.loads((out / "results.json").read_text())
+    assert results["failures"] == [] and len(results["rows"]) == 4
+    order = list(Suite.load(str(suite)).variants)
+    variants = [r["variant"] for r in results["rows"]]
+    assert variants == sorted(variants, key=order.index) and set(variants) == set(order)    # the plan's order
+
+
 def test_a_rerun_with_another_budget_checkpoints_or_suite_is_refused(tmp_path):
     suite = quick("masking")
     check_out(tmp_path, suite, 1e12, 4)

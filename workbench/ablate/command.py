@@ -23,6 +23,8 @@ def add_parser(sub) -> None:
     ab.add_argument("--seeds", type=int, default=2, help="seeds per variant (default 2)")
     ab.add_argument("--checkpoints", type=int, default=4, help="evaluations per run at k/N of the budget (default 4)")
     ab.add_argument("--out", default=None, help="output folder (default runs/ablate/<suite>); a rerun resumes")
+    ab.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own process with 1/N of "
+                                                       "the cores (default 1; on a 2-core machine --jobs 2)")
     ab.add_argument("--report", nargs="+", default=None, metavar="DIR",
                     help="only redraw the figures and table of DIR; of several (folders or committed results, "
                          "e.g. scale-60T) together into --out: one curve per variant, the table at the smallest budget")
@@ -53,7 +55,7 @@ def run(args) -> int:
         out = Path(args.out or f"runs/ablate/{suite.name}{'-quick' if args.quick else ''}")
         command = "workbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         results = run_suite(suite, args.budget, args.seeds, args.checkpoints, out, progress=not args.no_progress,
-                            command=command)
+                            command=command, jobs=args.jobs)
     paths = write_report(results, out)
     if args.json:
         print(json.dumps(results, indent=2))

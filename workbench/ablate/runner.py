@@ -6,7 +6,9 @@ file under ``<out>/evals`` written atomically (a rerun skips it; a run whose eva
 not even opened). A variant that fails is recorded with its error and the others go on; the next rerun
 tries it again. ``<out>/ablate.json`` pins the budget, the checkpoints and the suite, so a rerun with
 other settings is refused instead of mixing two experiments. ``results.json`` is rewritten after every
-run::
+run. ``jobs=N`` trains N runs at once, each in its own process with 1/N of the cores (on a small CPU two
+one-thread processes outrun one two-thread process and are not slowed by each other; docs/benchmarks.md,
+"Contention")::
 
     results = run_suite(Suite.load("masking"), budget=20e12, seeds=2, checkpoints=4, out="runs/ablate/masking")
     results["rows"][0]   # {"suite", "variant", "seed", "step", "phase", "train_flops", "metrics": {...}}
@@ -16,8 +18,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import threading
 import time
 import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -241,16 +248,17 @@ def check_out(out: Path, suite: Suite, budget: float, checkpoints: int) -> None:
 
 
 def run_suite(suite: Suite, budget: float, seeds: int = 2, checkpoints: int = 4, out: str | Path = "runs/ablate",
-              progress: bool = True, command: str | None = None) -> dict:
-    """Run every variant of ``suite`` with seeds 0..seeds-1 at ``budget`` training FLOPs; write ``results.json``."""
-    if seeds < 1 or checkpoints < 1 or not budget > 0:
-        raise InputError(f"ablate: --seeds and --checkpoints must be >= 1 and --budget > 0 (got {seeds}, "
-                         f"{checkpoints}, {budget:g})")
+              progress: bool = True, command: str | None = None, jobs: int = 1) -> dict:
+    """Run every variant of ``suite`` with seeds 0..seeds-1 at ``budget`` training FLOPs; write ``results.json``.
+    ``jobs`` runs train at once, each in a process of its own with ``os.cpu_count() // jobs`` threads."""
+    if seeds < 1 or checkpoints < 1 or not budget > 0 or jobs < 1:
+        raise InputError(f"ablate: --seeds, --checkpoints and --jobs must be >= 1 and --budget > 0 (got {seeds}, "
+                         f"{checkpoints}, {jobs}, {budget:g})")
     out = Path(out)
     holder = _SuiteRun()
     lock = holder.lock(out)
     try:
-        return _run_suite(suite, budget, seeds, checkpoints, out, progress, command)
+        return _run_suite(suite, budget, seeds, checkpoints, out, progress, command, jobs)
     finally:
         lock.release(owner=holder)
 
@@ -271,32 +279,103 @@ class _SuiteRun:
 
 
 def _run_suite(suite: Suite, budget: float, seeds: int, checkpoints: int, out: Path, progress: bool,
-               command: str | None) -> dict:
+               command: str | None, jobs: int) -> dict:
     check_out(out, suite, budget, checkpoints)
     data = {v: prepare_suite_data(suite, out, progress=False, mix=suite.training_mix(v)) for v in suite.variants}
-    jobs = [(v, s) for v in suite.variants for s in range(seeds)]
+    runs = [(v, s) for v in suite.variants for s in range(seeds)]
     plan = {v: [{"phase": st.name, "steps": st.steps, "flops": f} for st, f in suite.stages(v, budget, 0)]
             for v in suite.variants}
-    total = sum(len(p) for v, _ in jobs for p in run_points(suite, suite.stages(v, budget, 0), checkpoints))
+    total = sum(len(p) for v, _ in runs for p in run_points(suite, suite.stages(v, budget, 0), checkpoints))
     bar = tqdm(total=total, desc=f"ablate {suite.name}", unit="eval", disable=not progress, dynamic_ncols=True)
-    rows, failures, t0 = [], [], time.perf_counter()
+    done, failures, t0 = {}, [], time.perf_counter()
     results = {}
     try:
-        for variant, seed in jobs:
-            bar.set_postfix_str(f"{variant} seed {seed}")
-            try:
-                rows += run_variant(suite, variant, seed, budget, checkpoints, out, *data[variant], bar)
-            except Exception as err:  # noqa: BLE001 - one failed variant must not lose the others
-                failures.append({"variant": variant, "seed": seed, "error": f"{type(err).__name__}: {err}",
-                                 "traceback": traceback.format_exc(limit=8)})
-                tqdm.write(f"ablate {suite.name}: {variant} seed {seed} failed: {type(err).__name__}: {err}")
+        for (variant, seed), rows, failure in _train_runs(suite, runs, budget, checkpoints, out, data, bar, jobs):
+            if failure is None:
+                done[variant, seed] = rows
+            else:
+                failures.append({"variant": variant, "seed": seed, **failure})
+                tqdm.write(f"ablate {suite.name}: {variant} seed {seed} failed: {failure['error']}")
             results = {"suite": suite.name, "budget": budget, "seeds": seeds, "checkpoints": checkpoints,
                        "command": command, "protocol": protocol(suite), "plan": plan, "definition": suite.to_dict(),
-                       "rows": rows, "failures": failures, "seconds": round(time.perf_counter() - t0, 1)}
+                       "rows": [row for run in runs for row in done.get(run, [])],        # in the plan's order
+                       "failures": failures, "seconds": round(time.perf_counter() - t0, 1)}
             atomic_write_json(out / "results.json", results)
     finally:
         bar.close()
     return results
+
+
+def _failure(err: BaseException) -> dict:
+    return {"error": f"{type(err).__name__}: {err}", "traceback": "".join(traceback.format_exception(err, limit=8))}
+
+
+def _train_runs(suite, runs, budget, checkpoints, out, data, bar, jobs):
+    """Yield ``((variant, seed), rows, failure)`` per run as each ends: in order in this process (``jobs`` 1), or
+    ``jobs`` at a time in worker processes. One failed run must not lose the others."""
+    if jobs == 1:
+        for variant, seed in runs:
+            bar.set_postfix_str(f"{variant} seed {seed}")
+            try:
+                rows = run_variant(suite, variant, seed, budget, checkpoints, out, *data[variant], bar)
+            except Exception as err:  # noqa: BLE001
+                yield (variant, seed), None, _failure(err)
+                continue
+            yield (variant, seed), rows, None
+        return
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    saved = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = threads                        # read by torch as each worker starts
+    pool = ProcessPoolExecutor(min(jobs, len(runs)), mp_context=get_context("spawn"), initializer=_stop_with_parent,
+                               initargs=(os.getpid(),))
+    try:
+        futures = {pool.submit(_run_in_worker, suite, v, s, budget, checkpoints, out, *data[v]): (v, s)
+                   for v, s in runs}
+        bar.set_postfix_str(f"{len(runs)} runs, {jobs} at a time")
+        for future in as_completed(futures):
+            try:
+                rows = future.result()
+            except Exception as err:  # noqa: BLE001
+                yield futures[future], None, _failure(err)
+                continue
+            bar.update(len(rows))
+            yield futures[future], rows, None
+    finally:                       # Ctrl-C reaches the workers too (they stop their Trainers); start no more runs
+        pool.shutdown(wait=True, cancel_futures=True)
+        os.environ.pop("OMP_NUM_THREADS") if saved is None else os.environ.update(OMP_NUM_THREADS=saved)
+
+
+class _NoBar:
+    """``run_variant``'s progress bar inside a worker process (the parent counts finished runs)."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+
+_IDLE = threading.Event()           # in a worker process: set while it trains no run
+_IDLE.set()
+
+
+def _run_in_worker(suite, variant, seed, budget, checkpoints, out, train, val) -> list[dict]:
+    """One run in a worker process of ``jobs > 1``; its evaluations are logged as they are written."""
+    _IDLE.clear()
+    try:
+        return run_variant(suite, variant, seed, budget, checkpoints, out, train, val, _NoBar())
+    finally:
+        _IDLE.set()
+
+
+def _stop_with_parent(parent: int) -> None:
+    """In a worker: when ``workbench ablate`` is gone (killed), stop as a plain SIGTERM stops a run (the Trainer
+    checkpoints and returns), then exit, instead of training on as an orphan that holds the run's lock."""
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        if not _IDLE.is_set():
+            os.kill(os.getpid(), signal.SIGTERM)
+            _IDLE.wait(timeout=600)
+        os._exit(128 + signal.SIGTERM)
+    threading.Thread(target=watch, daemon=True, name="stop-with-parent").start()
 
 
 def summary_table(results: dict, metric: str = "val_loss") -> list[dict]:
