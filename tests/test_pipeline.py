@@ -125,6 +125,7 @@ BAD = [
     (["threads=-1"], "threads: expected an integer >= 0"),
     (["ablate.sedes=2"], "ablate.sedes: unknown parameter of 06_ablations.ipynb (did you mean 'seeds'?)"),
     (["ablate.seeds=0"], "ablate.seeds: expected an integer >= 1"),
+    (["ablate.jobs=0"], "ablate.jobs: expected an integer >= 1"),
     (["ablate.budget=-1"], "ablate.budget: expected a positive number of FLOPs"),
     (["ablate.suite=no_such_suite"], "ablate.suite: "),
     (["ablate.run=true"], "ablate.run: set by the pipeline"),

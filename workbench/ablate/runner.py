@@ -456,12 +456,12 @@ def load_results(spec: str | Path) -> dict:
 
 
 def load_or_run(suite: Suite, budget: float, seeds: int, checkpoints: int, out: str | Path, run: bool,
-                results: str | Path | None = None) -> dict | None:
+                results: str | Path | None = None, jobs: int = 1) -> dict | None:
     """Run (or resume) ``suite`` into ``out`` when ``run``; else read ``results`` (default ``out``; a committed
     result by name works too, see :func:`load_results`). None, with a line saying how to make them, when there
     are none yet. What notebook 06 calls."""
     if run:
-        return run_suite(suite, budget, seeds, checkpoints, out)
+        return run_suite(suite, budget, seeds, checkpoints, out, jobs=jobs)
     try:
         return load_results(results or out)
     except MissingFileError:

@@ -245,6 +245,7 @@ def plan_ablate(config: PipelineConfig, runtime: dict, out_dir: Path) -> Step | 
     _expect(_is_int(values["seeds"]) and values["seeds"] >= 1, "ablate.seeds", "an integer >= 1", values["seeds"])
     _expect(_is_int(values["checkpoints"]) and values["checkpoints"] >= 1, "ablate.checkpoints", "an integer >= 1",
             values["checkpoints"])
+    _expect(_is_int(values["jobs"]) and values["jobs"] >= 1, "ablate.jobs", "an integer >= 1", values["jobs"])
     _expect(isinstance(values["budget"], (int, float)) and values["budget"] > 0, "ablate.budget",
             "a positive number of FLOPs (e.g. 20e12)", values["budget"])
     from ..ablate.suite import Suite
