@@ -36,6 +36,7 @@ def test_the_cli_redraws_a_report_from_results_json(tmp_path, capsys):
     assert "shape_accuracy (higher is better)" in out
     svg = (tmp_path / "val_loss.svg").read_text()
     assert svg.startswith("<svg") and svg.count("<polyline") == 3
+    assert svg.count("<circle") == sum(map(len, curves(results(), "val_loss").values()))    # a marker per point
     html = (tmp_path / "figures.html").read_text()
     assert len(html) > 1_000_000 and 'src="https://cdn.plot.ly' not in html   # plotly.js inline: opens offline
     assert html.count("Plotly.newPlot") == 5                          # 4 metrics and the held-out loss per sigma

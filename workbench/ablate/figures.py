@@ -122,6 +122,7 @@ def svg_figure(results: dict, metric: str = "val_loss", width: int = 640, height
                      f'fill-opacity="0.18"/>')
         line = " ".join(f"{sx(p[0]):.1f},{sy(p[1]):.1f}" for p in series)
         parts.append(f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        parts += [f'<circle cx="{sx(p[0]):.1f}" cy="{sy(p[1]):.1f}" r="3" fill="{colour}"/>' for p in series]
         parts.append(f'<text x="{width - right + 10}" y="{top + 16 * i + 10}" fill="{colour}">{escape(variant)}</text>')
     parts.append("</svg>")
     return "\n".join(parts)
