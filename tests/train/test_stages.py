@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -65,6 +67,16 @@ def test_paper_stage1_lr_schedule_warms_up_then_decays_to_7_9e_5():
     assert stage3.lr * lr_factor(10_000, stage3) == pytest.approx(8e-5)
 
 
+def test_a_cooldown_keeps_the_constant_lr_then_decays_linearly_to_the_final_fraction():
+    constant = Stage(steps=1000, lr=1e-3, schedule="constant", warmup_steps=50)
+    cooled = dataclasses.replace(constant, cooldown_fraction=0.2, final_lr_fraction=0.0)
+    assert [lr_factor(s, cooled) for s in range(800)] == [lr_factor(s, constant) for s in range(800)]
+    tail = [lr_factor(s, cooled) for s in range(800, 1000)]
+    assert tail[0] == pytest.approx(1 - 1 / 200) and tail[-1] == 0.0           # the last step runs at 0 x lr
+    assert all(a > b for a, b in zip(tail, tail[1:]))                        # linear, monotone
+    assert lr_factor(999, dataclasses.replace(cooled, final_lr_fraction=0.1)) == pytest.approx(0.1)
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "configs" / "demo").glob("stage*.yaml")), ids=lambda p: p.stem)
 def test_demo_stage_configs_load(path):
     stage = Stage.from_yaml(path)                                       # validated; the lead tunes the values
@@ -105,6 +117,8 @@ def test_unknown_yaml_key_suggests_the_closest_field(tmp_path):
     (dict(model_overrides={"detph": 2}), r"did you mean 'depth'"),
     (dict(loss_band=(6.0, 1.0)), r"Stage\.loss_band: expected two noise levels 0 < min < max"),
     (dict(loss_band_weight=0.0), r"Stage\.loss_band_weight"),
+    (dict(cooldown_fraction=1.0, schedule="constant"), r"Stage\.cooldown_fraction: expected a value in \[0, 1\)"),
+    (dict(cooldown_fraction=0.2), r"Stage\.cooldown_fraction: expected 0 with schedule cosine"),
 ])
 def test_invalid_stage_fields_fail_when_the_stage_is_built(changes, message):
     with pytest.raises(ValueError, match=message):

@@ -78,7 +78,7 @@ def applied_line(stage, applicable: list[tuple]) -> str | None:
     if not applicable:
         return None
     stretched = " (the LR schedule now spans the new total from this step)" if any(
-        k == "steps" for k, _, _ in applicable) and stage.schedule == "cosine" else ""
+        k == "steps" for k, _, _ in applicable) and (stage.schedule == "cosine" or stage.cooldown_fraction) else ""
     return (f"{stage.run}/{stage.name}: applied on resume: " +
             ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in applicable) + stretched)
 

@@ -67,6 +67,7 @@ STAGE_RANGES = {
     "ema_decay": (in_unit_interval, "a value in [0, 1)"),
     "ema_power": (lambda v: v >= 0, "a number >= 0 (0: a fixed decay)"),
     "final_lr_fraction": (lambda v: 0.0 <= v <= 1.0, "a value in [0, 1]"),
+    "cooldown_fraction": (in_unit_interval, "a value in [0, 1)"),
     "weight_decay": NON_NEGATIVE,
     "grad_clip": NON_NEGATIVE,
     "betas": (lambda v: all(0 <= b < 1 for b in v), "two values in [0, 1)"),
@@ -100,6 +101,8 @@ class Stage:
     schedule: str = "cosine"                   # cosine (to final_lr_fraction * lr) or constant, after warmup
     warmup_steps: int = 0                      # linear warmup from 0
     final_lr_fraction: float = 0.33            # cosine end point (paper stage 1: 7.9e-5 / 2.4e-4)
+    cooldown_fraction: float = 0.0             # constant schedule: the last fraction of steps decays linearly to
+                                               # final_lr_fraction * lr (warmup-stable-decay; 0: no cooldown)
     weight_decay: float = 0.1                  # AdamW weight decay, on all parameters
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
     grad_clip: float = 0.25                    # max global gradient norm (0 = no clipping)
@@ -143,6 +146,8 @@ class Stage:
         check_ranges(self, STAGE_RANGES)
         require(self.global_batch % self.micro_batch == 0, "Stage", "global_batch",
                 f"a multiple of micro_batch={self.micro_batch}", self.global_batch)
+        require(self.cooldown_fraction == 0 or self.schedule == "constant", "Stage", "cooldown_fraction",
+                "0 with schedule cosine (a cooldown ends a constant schedule)", self.cooldown_fraction)
         try:
             _ = self.edm                               # EDMConfig checks its own constants
         except ValueError as err:
@@ -222,11 +227,18 @@ def check_stage(stage: Stage, num_processes: int = 1) -> PreparedInfo:
 
 
 def lr_factor(step: int, stage: Stage) -> float:
-    """Learning-rate multiplier at ``step``: linear warmup, then cosine to ``final_lr_fraction`` or constant."""
+    """Learning-rate multiplier at ``step``: linear warmup, then cosine to ``final_lr_fraction``, or constant
+    (with ``cooldown_fraction`` > 0: constant, then a linear decay to ``final_lr_fraction`` over the last
+    ``cooldown_fraction`` of the steps, so a run at a fixed budget ends annealed and is identical to the constant
+    run until its cooldown starts)."""
     if stage.warmup_steps and step < stage.warmup_steps:
         return (step + 1) / stage.warmup_steps
     if stage.schedule == "constant":
-        return 1.0
+        cooldown = round(stage.cooldown_fraction * stage.steps)
+        start = stage.steps - cooldown
+        if cooldown == 0 or step < start:
+            return 1.0
+        return 1.0 - (1.0 - stage.final_lr_fraction) * (step - start + 1) / cooldown
     span = max(1, stage.steps - stage.warmup_steps)
     progress = min(1.0, (step - stage.warmup_steps) / span)
     return stage.final_lr_fraction + (1 - stage.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
