@@ -342,7 +342,10 @@ def _train_runs(suite, runs, budget, checkpoints, out, data, bar, jobs):
             yield futures[future], rows, None
     finally:                       # Ctrl-C reaches the workers too (they stop their Trainers); start no more runs
         pool.shutdown(wait=True, cancel_futures=True)
-        os.environ.pop("OMP_NUM_THREADS") if saved is None else os.environ.update(OMP_NUM_THREADS=saved)
+        if saved is None:
+            del os.environ["OMP_NUM_THREADS"]
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved
 
 
 class _NoBar:
