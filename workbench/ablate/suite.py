@@ -165,9 +165,12 @@ class Suite:
         for name, changes in self.variants.items():      # a variant's own widths shrink with the base's
             changes = dict(changes or {})
             own = dict(changes.get("model_overrides", {}))
+            heads = own["width"] // own["head_dim"] if "head_dim" in own and "width" in own else None
             for key in ("width", "mixer_width"):
                 if key in own:
                     own[key] = max(32, own[key] // 2 // 32 * 32)
+            if heads:                                     # keep the variant's number of heads
+                own["head_dim"] = own["width"] // heads
             if "depth" in own:
                 own["depth"] = max(1, min(own["depth"], 3))
             for key in ("global_batch", "micro_batch"):  # 96 scenes: at most 32 a batch
