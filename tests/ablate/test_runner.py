@@ -150,7 +150,7 @@ def test_kill_9_mid_suite_then_a_rerun_finishes_it_and_keeps_what_was_done(tmp_p
 
 @pytest.mark.slow
 def test_jobs_2_trains_two_runs_at_once_and_its_workers_stop_when_it_is_killed(tmp_path):
-    psutil = pytest.importorskip("psutil")
+    import psutil
     out, suite = tmp_path / "ablate", tmp_path / "suite.yaml"
     import yaml
     suite.write_text(yaml.safe_dump(quick("masking", variants=TWO).to_dict()))

@@ -250,7 +250,7 @@ def check_out(out: Path, suite: Suite, budget: float, checkpoints: int) -> None:
 def run_suite(suite: Suite, budget: float, seeds: int = 2, checkpoints: int = 4, out: str | Path = "runs/ablate",
               progress: bool = True, command: str | None = None, jobs: int = 1) -> dict:
     """Run every variant of ``suite`` with seeds 0..seeds-1 at ``budget`` training FLOPs; write ``results.json``.
-    ``jobs`` runs train at once, each in a process of its own with ``os.cpu_count() // jobs`` threads."""
+    ``jobs`` runs train at once, each in a process of its own with ``os.cpu_count() // jobs`` torch threads."""
     if seeds < 1 or checkpoints < 1 or not budget > 0 or jobs < 1:
         raise InputError(f"ablate: --seeds, --checkpoints and --jobs must be >= 1 and --budget > 0 (got {seeds}, "
                          f"{checkpoints}, {jobs}, {budget:g})")
@@ -323,11 +323,9 @@ def _train_runs(suite, runs, budget, checkpoints, out, data, bar, jobs):
                 continue
             yield (variant, seed), rows, None
         return
-    threads = str(max(1, (os.cpu_count() or 1) // jobs))
-    saved = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = threads                        # read by torch as each worker starts
-    pool = ProcessPoolExecutor(min(jobs, len(runs)), mp_context=get_context("spawn"), initializer=_stop_with_parent,
-                               initargs=(os.getpid(),))
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    pool = ProcessPoolExecutor(min(jobs, len(runs)), mp_context=get_context("spawn"), initializer=_start_worker,
+                               initargs=(os.getpid(), threads))
     try:
         futures = {pool.submit(_run_in_worker, suite, v, s, budget, checkpoints, out, *data[v]): (v, s)
                    for v, s in runs}
@@ -342,10 +340,6 @@ def _train_runs(suite, runs, budget, checkpoints, out, data, bar, jobs):
             yield futures[future], rows, None
     finally:                       # Ctrl-C reaches the workers too (they stop their Trainers); start no more runs
         pool.shutdown(wait=True, cancel_futures=True)
-        if saved is None:
-            del os.environ["OMP_NUM_THREADS"]
-        else:
-            os.environ["OMP_NUM_THREADS"] = saved
 
 
 class _NoBar:
@@ -368,9 +362,14 @@ def _run_in_worker(suite, variant, seed, budget, checkpoints, out, train, val) -
         _IDLE.set()
 
 
-def _stop_with_parent(parent: int) -> None:
-    """In a worker: when ``workbench ablate`` is gone (killed), stop as a plain SIGTERM stops a run (the Trainer
-    checkpoints and returns), then exit, instead of training on as an orphan that holds the run's lock."""
+def _start_worker(parent: int, threads: int) -> None:
+    """In a worker: train on ``threads`` threads, and when ``workbench ablate`` is gone (killed), stop as a plain
+    SIGTERM stops a run (the Trainer checkpoints and returns), then exit, instead of training on as an orphan
+    that holds the run's lock."""
+    import torch
+
+    torch.set_num_threads(threads)
+
     def watch():
         while os.getppid() == parent:
             time.sleep(1.0)

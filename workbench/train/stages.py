@@ -100,7 +100,7 @@ class Stage:
     lr: float = 2.4e-4                         # peak learning rate
     schedule: str = "cosine"                   # cosine (to final_lr_fraction * lr) or constant, after warmup
     warmup_steps: int = 0                      # linear warmup from 0
-    final_lr_fraction: float = 0.33            # cosine end point (paper stage 1: 7.9e-5 / 2.4e-4)
+    final_lr_fraction: float = 0.33            # where cosine or a cooldown ends (paper stage 1: 7.9e-5 / 2.4e-4)
     cooldown_fraction: float = 0.0             # constant schedule: the last fraction of steps decays linearly to
                                                # final_lr_fraction * lr (warmup-stable-decay; 0: no cooldown)
     weight_decay: float = 0.1                  # AdamW weight decay, on all parameters
