@@ -12,8 +12,10 @@ import subprocess
 import sys
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 from tests.train.conftest import worker_env
 from workbench.train import Trainer
@@ -84,6 +86,24 @@ def test_off_the_main_thread_it_changes_nothing():
     thread.start()
     thread.join()
     assert seen == [False] and signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_signal_that_lands_after_the_ranks_agreed_waits_for_the_next_agreement():
+    # A CI failure: rank 0's SIGTERM handler ran between the all-reduce (sum 0) and the return, so rank 0 stopped
+    # while rank 1 went on into the next step's collectives, and both hung until the launcher's SIGKILL.
+    stop = threading.Event()
+
+    class TwoRanks:
+        num_processes, device = 2, torch.device("cpu")
+
+        def reduce(self, tensor, reduction):
+            agreed = tensor.clone()          # the other rank had no stop request either
+            stop.set()                       # this rank's signal arrives during the collective
+            return agreed
+
+    trainer = SimpleNamespace(accelerator=TwoRanks(), _stop=stop, step_count=5, read_every=1)
+    assert Trainer._stop_agreed(trainer, target=10) is False        # what the other rank returns too
+    assert Trainer._stop_agreed(trainer, target=10) is True         # the next step: every rank stops there
 
 
 def signal_workbench_train(make_stage, tmp_path, signum):

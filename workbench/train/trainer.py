@@ -372,9 +372,10 @@ class Trainer:
         if self.step_count % self.read_every and self.step_count < target:
             return False
         wanted = torch.tensor([float(self._stop.is_set())], device=self.accelerator.device)
-        if self.accelerator.reduce(wanted, reduction="sum").item() > 0:
+        agreed = self.accelerator.reduce(wanted, reduction="sum").item() > 0
+        if agreed:
             self._stop.set()
-        return self._stop.is_set()
+        return agreed       # not the local flag: a signal that lands after the reduce waits for the next agreement
 
     def _after_step(self, metrics: dict) -> None:
         stage, acc = self.stage, self.accelerator
