@@ -171,7 +171,7 @@ def test_00_tour_builds_masks_trains_and_samples(workspace):
     assert result["step"] == 2
     assert all(isinstance(result[k], float) and result[k] > 0 for k in ("first_loss", "final_loss"))
     assert result["resumed_from"] is None                                    # fresh=True: the tour's own run
-    assert result["patches"] == 256 and result["kept_patches"] == 64         # the reference model: 32 px, 75 % masked
+    assert result["patches"] == 64 and result["kept_patches"] == 16          # the reference model: 32 px, patch 4, 75 % masked
     assert result["samples_shape"] == [4, 32, 32, 3]                         # sampled from the reference model
     assert len(result["samples_seen"]) == 4 and all(isinstance(s, str) for s in result["samples_seen"])
     assert result["parameters"]["params"] > 1_000_000

@@ -156,7 +156,8 @@ def export_for_sampling(spec: str | Path, out: str | Path, use_ema: bool = True,
     training state (e.g. the scores and the command that made it). This is how the shipped reference
     model is made::
 
-        export_for_sampling("runs/demo-long/stage4", "workbench/assets/reference", extra={"scores": ...})
+        export_for_sampling("runs/ablate/narrow-cooldown-200T/runs/scale-narrow_cooldown-s0/main",
+                            "workbench/assets/reference", extra={"scores": ...})
     """
     import shutil
 
